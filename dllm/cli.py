@@ -1,0 +1,59 @@
+"""Shared plumbing for the command-line entry points: clean errors, config files."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from t3d.dllm.errors import UserError
+
+_USER_ERRORS: list[type[BaseException]] = [UserError, FileNotFoundError, NotADirectoryError]
+
+
+def register_user_error(kind: type[BaseException]) -> None:
+    """Let `run_cli` print `kind` as a one-line error (packages register their own)."""
+    if kind not in _USER_ERRORS:
+        _USER_ERRORS.append(kind)
+
+
+def run_cli(body: Callable[[], Any]) -> Any:
+    """Run a CLI body; a user error becomes `error: ...` on stderr and exit code 2."""
+    try:
+        return body()
+    except tuple(_USER_ERRORS) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    """Read a TOML or YAML file of option values (keys as on the command line, `-` or `_`)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise UserError(f"config file must end in .toml, .yaml or .yml: {path}")
+    except UserError:
+        raise
+    except Exception as err:  # parse errors of either format
+        raise UserError(f"cannot parse config file {path}: {err}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a table of options")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,58 @@
+"""Additive attention masks `(B, 1, T, T)` shared by every model family.
+
+transformers honours a 4D float mask as given under both `sdpa` and `eager` (a bool 4D
+mask is misread by `eager`), so every family passes one of these: 0 where a query may
+attend to a key, the dtype's most negative value where it may not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool (B, T, T) -> float (B, 1, T, T); padding query rows keep their diagonal (no NaN)."""
+    eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+    empty_rows = ~allowed.any(dim=-1, keepdim=True)  # (B, T, 1)
+    allowed = allowed | (empty_rows & eye)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return bias.unsqueeze(1)  # (B, 1, T, T)
+
+
+def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Every real token sees every real token; padding keys are never seen.
+
+    attention_mask: (B, T) bool, False on padding.
+    """
+    keys = attention_mask[:, None, :]  # (B, 1, T)
+    queries = attention_mask[:, :, None]  # (B, T, 1)
+    return _additive(keys & queries, dtype)
+
+
+def block_ids(prompt_len: int, total_len: int, block_size: int, device=None) -> torch.Tensor:
+    """Block index per position: the prompt is block 0, response position j is in block 1 + j // B."""
+    pos = torch.arange(total_len, device=device)
+    resp = (pos - prompt_len).clamp(min=0)
+    return torch.where(pos < prompt_len, 0, 1 + resp // block_size)  # (T,)
+
+
+def block_causal_mask(
+    attention_mask: torch.Tensor, prompt_len: int, block_size: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A query in block b sees the keys of blocks <= b (bidirectional inside a block).
+
+    attention_mask: (B, T) bool, False on (left) padding; the prompt occupies the first
+    `prompt_len` columns (padding included), the response the rest.
+    """
+    total = attention_mask.shape[1]
+    blocks = block_ids(prompt_len, total, block_size, attention_mask.device)  # (T,)
+    causal = blocks[None, :] <= blocks[:, None]  # (T, T) query row, key column
+    allowed = causal[None] & attention_mask[:, None, :] & attention_mask[:, :, None]  # (B, T, T)
+    return _additive(allowed, dtype)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from the first real token, so left padding changes nothing. (B, T)"""
+    pos = attention_mask.long().cumsum(dim=-1) - 1
+    return pos.clamp(min=0)

@@ -1,0 +1,87 @@
+"""`DiffusionLM`: one small interface over every diffusion LM the project can load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from t3d.dllm import masks
+from t3d.dllm.families import Family
+
+
+@dataclass(eq=False)
+class DiffusionLM:
+    """A network that maps token ids containing `mask_id` to per-position logits.
+
+    `logits()` is the only way the samplers and the trainer call the network, so the
+    family's attention mask and logit alignment are applied in exactly one place.
+    """
+
+    net: torch.nn.Module
+    family: Family
+    mask_id: int
+    pad_id: int
+    eos_id: int
+    vocab_size: int
+    max_length: int
+    name: str
+    fingerprint: str
+    path: str
+    tokenizer: Any = None
+    block_size: int | None = None
+    max_new_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_len: int = 0,
+        block_size: int | None = None,
+    ) -> torch.Tensor:
+        """Per-position logits (B, T, V), row i predicting token i.
+
+        input_ids: (B, T) int64, prompts left-padded then the response.
+        attention_mask: (B, T) bool, False on padding (None: no padding).
+        prompt_len: columns before the response (padding included); block-causal only.
+        block_size: response block size; block-causal only (defaults to the model's).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        bias = self.family.attention_bias(
+            attention_mask, prompt_len, block_size or self.block_size, self._mask_dtype()
+        )  # (B, 1, T, T)
+        out = self.net(input_ids=input_ids, attention_mask=bias, position_ids=masks.position_ids(attention_mask))
+        logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
+        return self.family.align(logits)
+
+    def identity(self) -> dict[str, Any]:
+        """What names this model in a dataset manifest and a checkpoint."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "family": self.family.name,
+            "vocab_size": self.vocab_size,
+            "mask_id": self.mask_id,
+            "pad_id": self.pad_id,
+            "eos_id": self.eos_id,
+            "path": self.path,
+        }
+
+    def to(self, device: str | torch.device) -> DiffusionLM:
+        self.net.to(device)
+        return self
+
+    def _mask_dtype(self) -> torch.dtype:
+        dtype = self.dtype
+        return dtype if dtype.is_floating_point else torch.float32

@@ -1,0 +1,63 @@
+"""Randomly initialised checkpoints built from a config, for tests and GPU smoke checks.
+
+They are saved with `save_pretrained` and loaded back through `load_model`, so tests
+exercise the same path as a real checkpoint directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from t3d.dllm.families import get_family
+
+
+def build_checkpoint(
+    out_dir: str | Path,
+    family: str = "bidirectional",
+    *,
+    vocab_size: int = 64,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    max_position_embeddings: int = 64,
+    block_size: int | None = 4,
+    mask_id: int | None = None,
+    pad_id: int = 1,
+    eos_id: int = 2,
+    seed: int = 0,
+    tokenizer=None,
+) -> Path:
+    """Write a tiny Llama-architecture DLLM of `family` to `out_dir` and return the path.
+
+    mask_id defaults to the last id; pass mask_id=-1 to write a config without one.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    get_family(family)  # fail early on a typo
+    out = Path(out_dir)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        tie_word_embeddings=False,
+    )
+    config.t3d_family = family
+    if block_size is not None:
+        config.t3d_block_size = block_size
+    if mask_id != -1:
+        config.mask_token_id = vocab_size - 1 if mask_id is None else mask_id
+    torch.manual_seed(seed)
+    net = LlamaForCausalLM(config)
+    net.save_pretrained(out, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

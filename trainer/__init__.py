@@ -1,0 +1,1 @@
+"""Stage 2: distil a few-step student from trajectory shards (`t3d-distill`, `t3d-eval`)."""
