@@ -35,7 +35,9 @@ def build_checkpoint(
     mask_id defaults to the last id; pass mask_id=-1 to write a config without one.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     get_family(family)  # fail early on a typo
     out = Path(out_dir)
     config = LlamaConfig(

@@ -1,0 +1,63 @@
+"""Reveal strategies: given the proposals of a block, which positions to reveal this step.
+
+One class per strategy in a registry picked by name; the sampler never branches on it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class RevealStrategy(Protocol):
+    def choose(self, confidence: torch.Tensor, masked: torch.Tensor, step_in_block: torch.Tensor, cfg) -> torch.Tensor:
+        """confidence (R, B) float, masked (R, B) bool, step_in_block (R,) -> reveal (R, B) bool.
+
+        Only masked positions may be chosen, and at least one per row that has any.
+        """
+        ...
+
+
+def static_schedule(block_size: int, steps: int) -> list[int]:
+    """Tokens revealed at each step of a block: B // S each, the remainder on the first steps."""
+    base, extra = divmod(block_size, steps)
+    return [base + (1 if s < extra else 0) for s in range(steps)]
+
+
+def _top_confident(confidence: torch.Tensor, masked: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The `counts[r]` most confident masked positions of each row (R, B) -> bool (R, B)."""
+    scores = confidence.masked_fill(~masked, float("-inf"))  # (R, B)
+    order = scores.argsort(dim=1, descending=True, stable=True)  # (R, B)
+    rank = order.argsort(dim=1)  # rank of each position among its row
+    counts = torch.minimum(counts, masked.sum(dim=1))  # (R,)
+    return (rank < counts[:, None]) & masked
+
+
+class StaticStrategy:
+    """Reveal the k most confident masked positions; k follows `static_schedule`."""
+
+    def choose(self, confidence, masked, step_in_block, cfg):
+        schedule = torch.tensor(static_schedule(cfg.block_size, cfg.steps_per_block))
+        step = step_in_block.clamp(max=len(schedule) - 1)
+        counts = schedule[step]  # (R,)
+        # A block that still has masks after its last scheduled step reveals the rest.
+        leftover = step_in_block >= len(schedule) - 1
+        counts = torch.where(leftover, masked.sum(dim=1), counts)
+        return _top_confident(confidence, masked, counts)
+
+
+class ThresholdStrategy:
+    """Reveal every masked position whose confidence exceeds the threshold, at least one (Fast-dLLM)."""
+
+    def choose(self, confidence, masked, step_in_block, cfg):
+        above = (confidence > cfg.threshold) & masked  # (R, B)
+        best = _top_confident(confidence, masked, torch.ones(len(masked), dtype=torch.long))
+        return above | best
+
+
+STRATEGIES: dict[str, RevealStrategy] = {"static": StaticStrategy(), "threshold": ThresholdStrategy()}
+
+
+def get_strategy(name: str) -> RevealStrategy:
+    return STRATEGIES[name]
