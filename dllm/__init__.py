@@ -4,5 +4,6 @@ the built-in task and its tiny teacher."""
 from t3d.dllm.errors import UserError
 from t3d.dllm.loading import load_model
 from t3d.dllm.model import DiffusionLM
+from t3d.dllm.sampling import SampleOutput, SamplerConfig, sample
 
-__all__ = ["DiffusionLM", "UserError", "load_model"]
+__all__ = ["DiffusionLM", "SampleOutput", "SamplerConfig", "UserError", "load_model", "sample"]
