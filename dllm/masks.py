@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """bool (B, T, T) -> float (B, 1, T, T); padding query rows keep their diagonal (no NaN)."""
+def additive(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """bool (B, T, T) allowed pattern -> float (B, 1, T, T); a query row with no key keeps its diagonal (no NaN)."""
     eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
     empty_rows = ~allowed.any(dim=-1, keepdim=True)  # (B, T, 1)
     allowed = allowed | (empty_rows & eye)
@@ -27,7 +27,7 @@ def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.
     """
     keys = attention_mask[:, None, :]  # (B, 1, T)
     queries = attention_mask[:, :, None]  # (B, T, 1)
-    return _additive(keys & queries, dtype)
+    return additive(keys & queries, dtype)
 
 
 def block_ids(prompt_len: int, total_len: int, block_size: int, device=None) -> torch.Tensor:
@@ -49,7 +49,7 @@ def block_causal_mask(
     blocks = block_ids(prompt_len, total, block_size, attention_mask.device)  # (T,)
     causal = blocks[None, :] <= blocks[:, None]  # (T, T) query row, key column
     allowed = causal[None] & attention_mask[:, None, :] & attention_mask[:, :, None]  # (B, T, T)
-    return _additive(allowed, dtype)
+    return additive(allowed, dtype)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,17 @@ class DiffusionLM:
         bias = self.family.attention_bias(
             attention_mask, prompt_len, block_size or self.block_size, self._mask_dtype()
         )  # (B, 1, T, T)
-        out = self.net(input_ids=input_ids, attention_mask=bias, position_ids=masks.position_ids(attention_mask))
+        return self.logits_with_bias(input_ids, bias, masks.position_ids(attention_mask))
+
+    def logits_with_bias(
+        self, input_ids: torch.Tensor, attention_bias: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (B, T, V) under a ready-made additive mask (B, 1, T, T) and positions (B, T).
+
+        For layouts the family does not build itself, such as the trainer's
+        [prompt | clean | noisy] sequence; the family's logit alignment still applies.
+        """
+        out = self.net(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids)
         logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
         return self.family.align(logits)
 

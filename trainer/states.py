@@ -1,0 +1,343 @@
+"""Training states from teacher trajectories (DESIGN.md section 5).
+
+A trajectory row is `x0` (L,) and `reveal_step` (L,): the teacher saw, as the input of
+global step s, x0 with every position where reveal_step >= s masked. Response blocks
+of `block_size` were decoded one after another, so block j occupied the steps
+[lo_j, hi_j] (first and last reveal step in the block).
+
+Padding after EOS (reveal_step -1) is treated as LLaDA's SFT treats it: its target is
+EOS, and when revealed it shows as EOS, the token a model sees there when it decodes
+(`pad_id` never appears in a response). It gets virtual reveal steps after the
+teacher's last one, E = 1 + max(reveal_step): padding in the EOS block at E, each
+block of padding only at one more step (E + 1, E + 2, ...; `effective_reveal_step`).
+So padding is masked and supervised (to predict EOS) in every state of the EOS block,
+and a block of padding only is a fully masked EOS block whose one state step is its
+virtual step, with every earlier block clean.
+
+State step: the global step s whose input a block shows. Per block:
+- `state_order="trajectory"` (default): s is uniform over the steps the teacher spent
+  on the block, [lo_j, hi_j]; s = lo_j is "nothing revealed yet". The block then holds
+  exactly what the teacher had revealed before step s.
+- `state_order="reference"`: reproduces the T3D reference implementation: a mask ratio
+  r in {1, 0.75, 0.5, 0.25} with weights r**8 (normalised; ~91% fully masked), and the
+  ceil(r·B) positions revealed *first* (ties by position) are masked, the reverse of a
+  real trajectory (ceil only matters when B is not a multiple of 4; it keeps one
+  masked position). s is reported as lo_j, exact for the fully masked blocks.
+
+Two views, one per attention layout (`layout`):
+- "block_causal": every block is trained at once, each at its own state step; the
+  input is [prompt | clean response | noisy response] with a mask where each noisy
+  block sees the prompt, the clean blocks before it and itself.
+- "semi_ar": one state per row for bidirectional models: a current block c, uniform
+  over the blocks; blocks before c clean, c at its state step, blocks after c fully
+  masked. Input [prompt | noisy response]; only block c is supervised, since that is
+  the only block a semi-autoregressive sampler reveals from this state.
+
+`random_ratio` of the supervised positions show a uniformly random token from
+`random_vocab` instead of the mask (they stay supervised, targets stay x0).
+Randomness comes only from `generator`, drawn in a fixed order, so a seed fixes the
+states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from t3d.dllm import masks
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateConfig:
+    """How training states are cut from trajectories."""
+
+    block_size: int
+    """Response block length of the teacher's semi-autoregressive decoding; divides L."""
+    mask_id: int
+    """The model's mask token."""
+    eos_id: int
+    """Target (and revealed token) of padding after EOS."""
+    layout: Literal["block_causal", "semi_ar"] = "block_causal"
+    """"block_causal": all blocks in one forward; "semi_ar": one state for bidirectional models."""
+    state_order: Literal["trajectory", "reference"] = "trajectory"
+    """"trajectory": true teacher states; "reference": the reference code's first-revealed masking."""
+    random_ratio: float = 0.1
+    """Share of supervised positions that show a random token instead of the mask."""
+    random_vocab: tuple[int, int] | None = None
+    """[low, high) ids random tokens are drawn from (exclude special tokens); needed if random_ratio > 0."""
+    path_k_steps: int = 1
+    """Teacher steps fused into one student step: the path window is [s, s + K)."""
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.path_k_steps < 1:
+            raise ValueError("block_size and path_k_steps must be >= 1")
+        if not 0.0 <= self.random_ratio <= 1.0:
+            raise ValueError(f"random_ratio must be in [0, 1], got {self.random_ratio}")
+        if self.random_ratio > 0 and (self.random_vocab is None or self.random_vocab[0] >= self.random_vocab[1]):
+            raise ValueError("random_ratio > 0 needs random_vocab = (low, high) with low < high")
+        if self.layout not in _LAYOUTS or self.state_order not in _ORDERS:
+            raise ValueError(f"layout in {sorted(_LAYOUTS)}, state_order in {sorted(_ORDERS)}")
+
+
+@dataclass(frozen=True)
+class TrainingStates:
+    """A batch of training states. N rows, P prompt columns, L response positions,
+    nb = L / block_size blocks, T model columns (P + 2L block-causal, P + L semi-AR)."""
+
+    input_ids: Tensor
+    """(N, T) int64 model input."""
+    attention_mask: Tensor
+    """(N, T) bool, False on (left) prompt padding."""
+    attention_bias: Tensor
+    """(N, 1, T, T) additive float mask (0 attend, finfo.min not); padding rows see themselves."""
+    position_ids: Tensor
+    """(N, T) int64, from the first real prompt token; the two response copies share them."""
+    response_start: int
+    """Column of the supervised response copy: use logits[:, response_start:response_start + L]."""
+    targets: Tensor
+    """(N, L) int64, x0 with EOS on padding."""
+    noisy: Tensor
+    """(N, L) int64, the response as the model sees it (mask / random / revealed)."""
+    supervised: Tensor
+    """(N, L) bool, M: masked or randomised positions that the loss reads."""
+    randomized: Tensor
+    """(N, L) bool, the supervised positions showing a random token (subset of supervised)."""
+    path: Tensor
+    """(N, L) bool, supervised positions the teacher reveals in [s, s + K) (subset of supervised)."""
+    padding: Tensor
+    """(N, L) bool, padding after EOS (targets EOS; no teacher top-k there)."""
+    state_step: Tensor
+    """(N, nb) int64, the state step of each block (semi_ar: the current block's, for all)."""
+    current_block: Tensor | None
+    """(N,) int64 current block (semi_ar), None for block_causal."""
+
+
+def response_targets(x0: Tensor, reveal_step: Tensor, eos_id: int) -> Tensor:
+    """(N, L) int64: x0 with padding after EOS (reveal_step < 0) replaced by EOS."""
+    return torch.where(reveal_step < 0, eos_id, x0.long())
+
+
+def effective_reveal_step(reveal_step: Tensor, block_size: int) -> Tensor:
+    """(N, L) int64 reveal steps with padding given virtual steps after the teacher's last.
+
+    E = 1 + max reveal step. Padding in the EOS block is revealed at E; each block
+    made only of padding is one more step, E + 1, E + 2, ..., as if decoding went on
+    one step per trailing block. So the global state at any of these steps still
+    shows every earlier block clean and every later one masked.
+    """
+    reveal = reveal_step.long()
+    padding = reveal < 0
+    end = reveal.max(dim=-1, keepdim=True).values + 1  # (N, 1)
+    block = torch.arange(reveal.shape[-1], device=reveal.device) // block_size  # (L,)
+    last_real = torch.where(padding, -1, block).max(dim=-1, keepdim=True).values  # (N, 1)
+    return torch.where(padding, end + block - last_real.clamp(min=0), reveal)
+
+
+def block_step_range(reveal: Tensor, padding: Tensor) -> tuple[Tensor, Tensor]:
+    """The steps the teacher spent on each block: (lo, hi), each (N, nb).
+
+    reveal: (N, nb, B) effective reveal steps; padding: (N, nb, B) bool. lo is the
+    first reveal step in the block, hi the last one over real tokens; a block of
+    padding only has lo = hi = its virtual step.
+    """
+    lo = reveal.min(dim=-1).values  # (N, nb)
+    hi = torch.where(padding, -1, reveal).max(dim=-1).values  # (N, nb)
+    return lo, torch.where(hi < 0, lo, hi)
+
+
+def path_mask(reveal_step: Tensor, state_step: Tensor, k_steps: int) -> Tensor:
+    """Positions the teacher reveals in [s, s + K): K teacher steps fused into one.
+
+    reveal_step: (N, L) effective reveal steps (`effective_reveal_step`, so padding
+    joins the window that reaches the end step); state_step: (N, L) or broadcastable.
+    Returns (N, L) bool.
+    """
+    return (reveal_step >= state_step) & (reveal_step < state_step + k_steps)
+
+
+def _generator_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    return generator.device if generator is not None else fallback
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """U[0, 1) drawn on the generator's device, returned on `device`."""
+    return torch.rand(shape, generator=generator, device=_generator_device(generator, device)).to(device)
+
+
+def _randint(low: int, high: int, shape: tuple[int, ...], generator, device: torch.device) -> Tensor:
+    out = torch.randint(low, high, shape, generator=generator, device=_generator_device(generator, device))
+    return out.to(device)
+
+
+def _trajectory_order(reveal: Tensor, padding: Tensor, generator) -> tuple[Tensor, Tensor]:
+    """A uniform step in [lo, hi] per block; masked where reveal >= step. -> (N, nb, B), (N, nb)."""
+    lo, hi = block_step_range(reveal, padding)  # (N, nb)
+    span = hi - lo + 1  # (N, nb)
+    offset = (_uniform(tuple(lo.shape), generator, lo.device) * span).long()
+    step = lo + torch.minimum(offset, span - 1)  # (N, nb)
+    return reveal >= step.unsqueeze(-1), step
+
+
+_REFERENCE_RATIOS = (1.0, 0.75, 0.5, 0.25)
+
+
+def _reference_order(reveal: Tensor, padding: Tensor, generator) -> tuple[Tensor, Tensor]:
+    """The reference code's states: ratio r ~ r**8, mask the ceil(r·B) first-revealed."""
+    n, nb, size = reveal.shape
+    ratios = torch.tensor(_REFERENCE_RATIOS, device=_generator_device(generator, reveal.device))
+    picks = torch.multinomial(ratios**8, n * nb, replacement=True, generator=generator)
+    n_masked = torch.ceil(ratios[picks] * size).long().to(reveal.device).view(n, nb, 1)
+    order = torch.argsort(reveal, dim=-1, stable=True)  # (N, nb, B) first revealed first
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(size, device=reveal.device).expand_as(order))
+    lo, _ = block_step_range(reveal, padding)
+    return rank < n_masked, lo
+
+
+_ORDERS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "trajectory": _trajectory_order,
+    "reference": _reference_order,
+}
+
+
+class _View(NamedTuple):
+    masked: Tensor  # (N, L) bool
+    supervised: Tensor  # (N, L) bool
+    state_step: Tensor  # (N, nb)
+    current_block: Tensor | None  # (N,)
+
+
+def _block_view(masked: Tensor, step: Tensor, generator) -> _View:
+    """Every block at its own state, all supervised."""
+    flat = masked.flatten(1)  # (N, L)
+    return _View(flat, flat, step, None)
+
+
+def _semi_ar_view(masked: Tensor, step: Tensor, generator) -> _View:
+    """One state: a uniform current block c; earlier blocks clean, later ones masked."""
+    n, nb, size = masked.shape
+    current = _randint(0, nb, (n,), generator, masked.device)  # (N,)
+    blocks = torch.arange(nb, device=masked.device)[None, :]  # (1, nb)
+    is_current = (blocks == current[:, None]).unsqueeze(-1)  # (N, nb, 1)
+    later = (blocks > current[:, None]).unsqueeze(-1).expand(n, nb, size)  # (N, nb, B)
+    supervised = masked & is_current  # (N, nb, B)
+    step = step.gather(1, current[:, None]).expand(n, nb)  # (N, nb)
+    return _View((supervised | later).flatten(1), supervised.flatten(1), step, current)
+
+
+def _randomise(noisy: Tensor, supervised: Tensor, cfg: StateConfig, generator) -> tuple[Tensor, Tensor]:
+    """Replace a random_ratio share of supervised positions by random tokens. -> noisy, flags (N, L)."""
+    if cfg.random_ratio == 0.0:
+        return noisy, torch.zeros_like(supervised)
+    flags = supervised & (_uniform(tuple(noisy.shape), generator, noisy.device) < cfg.random_ratio)
+    low, high = cfg.random_vocab
+    tokens = _randint(low, high, tuple(noisy.shape), generator, noisy.device)  # (N, L)
+    return torch.where(flags, tokens, noisy), flags
+
+
+def block_causal_pattern(prompt_len: int, response_len: int, block_size: int, device=None) -> Tensor:
+    """(T, T) bool, query row / key column, for [prompt | clean | noisy], T = P + 2L.
+
+    Prompt queries see the prompt. A clean block j sees the prompt and clean blocks
+    <= j (block-causal, as at inference). A noisy block j sees the prompt, clean
+    blocks < j and itself, never another noisy block, never its own clean copy.
+    """
+    blk = torch.arange(response_len, device=device) // block_size  # (L,)
+    none = torch.full((prompt_len,), -1, device=device)
+    block = torch.cat([none, blk, blk])  # (T,)
+    part = torch.cat([torch.zeros_like(none), torch.ones_like(blk), torch.full_like(blk, 2)])  # 0 / 1 / 2
+    qp, kp, qb, kb = part[:, None], part[None, :], block[:, None], block[None, :]
+    clean_key = (kp == 1) & (((qp == 1) & (kb <= qb)) | ((qp == 2) & (kb < qb)))
+    noisy_key = (kp == 2) & (qp == 2) & (kb == qb)
+    return (kp == 0) | clean_key | noisy_key
+
+
+class ModelInputs(NamedTuple):
+    """What the model is called with; fields as in `TrainingStates`."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    attention_bias: Tensor
+    position_ids: Tensor
+    response_start: int
+
+
+def block_causal_inputs(
+    prompt_ids: Tensor, prompt_mask: Tensor, clean: Tensor, noisy: Tensor, block_size: int, dtype: torch.dtype
+) -> ModelInputs:
+    """[prompt | clean | noisy] (N, P + 2L) with its block-causal additive mask.
+
+    prompt_ids, prompt_mask: (N, P), left padded; clean, noisy: (N, L). Both response
+    copies get positions n_prompt + j, so noisy block j sits where clean block j does.
+    """
+    n, p = prompt_ids.shape
+    length = clean.shape[1]
+    input_ids = torch.cat([prompt_ids.long(), clean, noisy], dim=1)  # (N, T)
+    keys = torch.cat([prompt_mask.bool(), prompt_mask.new_ones((n, 2 * length), dtype=torch.bool)], dim=1)
+    pattern = block_causal_pattern(p, length, block_size, prompt_ids.device)  # (T, T)
+    allowed = pattern[None] & keys[:, None, :] & keys[:, :, None]  # (N, T, T)
+    response_pos = prompt_mask.sum(-1, keepdim=True) + torch.arange(length, device=prompt_ids.device)  # (N, L)
+    positions = torch.cat([masks.position_ids(prompt_mask.bool()), response_pos, response_pos], dim=1)
+    return ModelInputs(input_ids, keys, masks.additive(allowed, dtype), positions, p + length)
+
+
+def semi_ar_inputs(
+    prompt_ids: Tensor, prompt_mask: Tensor, clean: Tensor, noisy: Tensor, block_size: int, dtype: torch.dtype
+) -> ModelInputs:
+    """[prompt | noisy] (N, P + L) with a bidirectional additive mask (clean is unused)."""
+    n, p = prompt_ids.shape
+    input_ids = torch.cat([prompt_ids.long(), noisy], dim=1)  # (N, T)
+    keys = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(noisy.shape, dtype=torch.bool)], dim=1)
+    bias = masks.bidirectional_mask(keys, dtype)  # (N, 1, T, T)
+    return ModelInputs(input_ids, keys, bias, masks.position_ids(keys), p)
+
+
+class _Layout(NamedTuple):
+    view: Callable[..., _View]
+    inputs: Callable[..., ModelInputs]
+
+
+_LAYOUTS: dict[str, _Layout] = {
+    "block_causal": _Layout(_block_view, block_causal_inputs),
+    "semi_ar": _Layout(_semi_ar_view, semi_ar_inputs),
+}
+
+
+def build_states(
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    x0: Tensor,
+    reveal_step: Tensor,
+    cfg: StateConfig,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> TrainingStates:
+    """Training states for a batch of trajectories, ready for one forward pass.
+
+    prompt_ids, prompt_mask: (N, P) int / bool, left padded; x0: (N, L) response ids
+    (pad after EOS); reveal_step: (N, L) int (-1 on padding); L a multiple of
+    cfg.block_size. `dtype`: of the attention bias (the model's dtype). Draws, in
+    order: block states, current block (semi_ar), random flags, random tokens.
+    """
+    n, length = x0.shape
+    if length % cfg.block_size:
+        raise ValueError(f"response length {length} is not a multiple of block_size {cfg.block_size}")
+    shape = (n, length // cfg.block_size, cfg.block_size)
+    padding = reveal_step < 0  # (N, L)
+    targets = response_targets(x0, reveal_step, cfg.eos_id)  # (N, L)
+    reveal = effective_reveal_step(reveal_step, cfg.block_size)  # (N, L)
+    layout = _LAYOUTS[cfg.layout]
+    masked, step = _ORDERS[cfg.state_order](reveal.reshape(shape), padding.reshape(shape), generator)
+    view = layout.view(masked, step, generator)
+    noisy = torch.where(view.masked, cfg.mask_id, targets)  # (N, L)
+    noisy, randomized = _randomise(noisy, view.supervised, cfg, generator)
+    position_step = view.state_step.repeat_interleave(cfg.block_size, dim=1)  # (N, L)
+    path = path_mask(reveal, position_step, cfg.path_k_steps) & view.supervised
+    inputs = layout.inputs(prompt_ids, prompt_mask, targets, noisy, cfg.block_size, dtype)
+    return TrainingStates(
+        **inputs._asdict(), targets=targets, noisy=noisy, supervised=view.supervised,
+        randomized=randomized, path=path, padding=padding, state_step=view.state_step,
+        current_block=view.current_block,
+    )  # fmt: skip
