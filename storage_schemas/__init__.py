@@ -1,1 +1,55 @@
-"""The trajectory data contract between `t3d-collect` and `t3d-distill`."""
+"""The trajectory data contract between `t3d-collect` (writer) and `t3d-distill` (reader).
+
+A dataset directory holds `manifest.json` and shards `shard-NNNNN.parquet` +
+`shard-NNNNN.zarr/`; see `schema` for the columns and arrays.
+"""
+
+from t3d.storage_schemas.errors import DatasetError
+from t3d.storage_schemas.manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo
+from t3d.storage_schemas.reader import Dataset
+from t3d.storage_schemas.schema import (
+    ARRAYS,
+    COLUMNS,
+    OPTIONAL_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    VERSION_KEY,
+    ArraySpec,
+    build_table,
+    pad_states,
+    parquet_path,
+    shard_index,
+    shard_name,
+    validate_arrays,
+    validate_table,
+    zarr_path,
+)
+from t3d.storage_schemas.writer import Reconciled, check_shard_files, reconcile, write_shard
+
+__all__ = [
+    "ARRAYS",
+    "COLUMNS",
+    "FORMAT",
+    "MANIFEST_NAME",
+    "OPTIONAL_COLUMNS",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "VERSION_KEY",
+    "ArraySpec",
+    "Dataset",
+    "DatasetError",
+    "Manifest",
+    "Reconciled",
+    "ShardInfo",
+    "build_table",
+    "check_shard_files",
+    "pad_states",
+    "parquet_path",
+    "reconcile",
+    "shard_index",
+    "shard_name",
+    "validate_arrays",
+    "validate_table",
+    "write_shard",
+    "zarr_path",
+]

@@ -1,0 +1,325 @@
+"""What one `t3d-collect` run does, as nested frozen dataclasses.
+
+The command line and a `--config` TOML/YAML file fill the same dataclasses: every leaf
+field is one option (`--max-new-tokens` = `max_new_tokens`), its help is the one-line
+docstring under the field, and values come from defaults < file < flags. The sampler's
+own `SamplerConfig` is embedded as is, so its defaults and help are not copied here.
+
+`dataset_key()` is the part of the config that decides what the rows contain; a re-run
+into the same output directory must agree on it, while the cluster settings (workers,
+GPUs, address) may change between runs without changing a single value.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Optional
+
+from t3d.dllm.cli import load_config_file, run_cli
+from t3d.dllm.errors import UserError
+from t3d.dllm.sampling import SamplerConfig
+
+RECORD_STATES = ("none", "dense")
+ON_LONG_PROMPT = ("skip", "error")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SAMPLER_FIELDS_NOT_OPTIONS = {"record_states"}  # set from RolloutConfig.record_states
+PATH_OPTIONS = {"out", "prompts", "model"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptConfig:
+    """Where the prompts come from and how they become token ids."""
+
+    prompts: str | None = None
+    """Prompt file: JSONL, JSON list or Parquet with a `prompt` or `question` field (optional `answer`); default: the built-in task's train split."""
+    limit: int | None = None
+    """Use only the first N prompts of the source."""
+    chat_template: bool = True
+    """Wrap each prompt in the tokenizer's chat template when it has one."""
+    on_long_prompt: str = "skip"
+    """What to do with a prompt too long for the model with its response: `skip` (counted in the manifest) or `error`."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be at least 1, got {self.limit}")
+        if self.on_long_prompt not in ON_LONG_PROMPT:
+            raise UserError(f"on_long_prompt must be one of {', '.join(ON_LONG_PROMPT)}, got {self.on_long_prompt!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherConfig:
+    """The model whose trajectories are recorded."""
+
+    model: str = "builtin"
+    """Checkpoint directory of the teacher, or `builtin` for the shipped tiny teacher."""
+    family: str | None = None
+    """Model family (bidirectional, shifted, block_causal); default: read from the checkpoint."""
+    trust_remote_code: bool = False
+    """Run modelling code shipped with the checkpoint (only for checkpoints you trust)."""
+    dtype: str = "auto"
+    """Weights dtype on the workers: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutConfig:
+    """How many responses per prompt, what is stored beside them, and the sampler."""
+
+    rollouts_per_prompt: int = 4
+    """Responses sampled per prompt (R); each has its own seed."""
+    record_states: str = "none"
+    """Store the masked state at every step: `none` (rebuilt from reveal steps) or `dense`."""
+    batch_size: int = 64
+    """Rows (prompt x rollout) per sampler call on a worker."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Decoding settings of the teacher."""
+
+    def __post_init__(self) -> None:
+        if self.rollouts_per_prompt < 1:
+            raise UserError(f"rollouts_per_prompt must be at least 1, got {self.rollouts_per_prompt}")
+        if self.record_states not in RECORD_STATES:
+            raise UserError(f"record_states must be one of {', '.join(RECORD_STATES)}, got {self.record_states!r}")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def sampler_config(self) -> SamplerConfig:
+        """The sampler settings with `record_states` applied."""
+        return dataclasses.replace(self.sampler, record_states=self.record_states == "dense")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """Where the work runs; none of it changes a stored value."""
+
+    num_workers: int = 1
+    """Ray actors, each loading the teacher once (one per GPU on a GPU cluster)."""
+    gpus_per_worker: float | None = None
+    """GPUs per actor; default 1 when the Ray cluster has GPUs, else 0."""
+    cpus_per_worker: float = 1.0
+    """CPUs per actor; on CPU it is also the actor's torch thread count."""
+    address: str | None = None
+    """Join this Ray cluster (e.g. 10.0.0.1:6379); default: start a private local Ray."""
+    max_retries: int = 2
+    """Times a unit is retried on another actor after its actor was lost or it failed."""
+    worker_timeout: float = 900.0
+    """Seconds to wait for a worker to (re)start when none is running; then the run fails."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise UserError(f"num_workers must be at least 1, got {self.num_workers}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise UserError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0:
+            raise UserError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.max_retries < 0:
+            raise UserError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.worker_timeout <= 0:
+            raise UserError(f"worker_timeout must be > 0, got {self.worker_timeout}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectConfig:
+    """One `t3d-collect` run."""
+
+    out: str = "./runs/trajectories"
+    """Dataset directory (created; a re-run with the same settings resumes it)."""
+    shard_size: int = 64
+    """Prompts per shard; one shard is one work unit."""
+    seed: int = 0
+    """Global seed; each row's seed derives from (seed, prompt index, rollout)."""
+    overwrite: bool = False
+    """Delete a dataset already in --out that was collected with other settings, teacher or schema version."""
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    """Prompt source."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """Teacher model."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Rollouts and sampler."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Ray settings."""
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise UserError(f"shard_size must be at least 1, got {self.shard_size}")
+        if self.seed < 0:
+            raise UserError(f"seed must be >= 0, got {self.seed}")
+
+    def dataset_key(self) -> dict[str, Any]:
+        """The settings that decide the rows: a resumed run must match them exactly."""
+        key = to_dict(self)
+        for name in ("out", "overwrite", "cluster"):
+            key.pop(name)
+        # Where the files are does not matter: the prompts' digest (added by collect) and
+        # the teacher's fingerprint (checked by `output.open_output`) stand for them.
+        del key["prompts"]["prompts"], key["teacher"]["model"], key["teacher"]["trust_remote_code"]
+        return key
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict of a config (JSON-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+# --- one option per leaf field -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """A leaf field seen as a command-line option / config-file key."""
+
+    name: str  # field name, also the config-file key
+    path: tuple[str, ...]  # sections from CollectConfig down to the field's dataclass
+    kind: type  # int | float | str | bool
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (the one source of help)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _scalar_type(annotation: Any) -> type:
+    """int | None -> int; the scalar a CLI option parses into (or the nested dataclass)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def options(cls: type = CollectConfig, path: tuple[str, ...] = ()) -> list[Option]:
+    """Every leaf field of the config tree, depth first."""
+    found: list[Option] = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _scalar_type(hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            found += options(kind, path + (f.name,))
+        elif not (cls is SamplerConfig and f.name in SAMPLER_FIELDS_NOT_OPTIONS):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            found.append(Option(f.name, path, kind, default, docs.get(f.name, "")))
+    return found
+
+
+def build_config(file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "config file") -> CollectConfig:
+    """A CollectConfig from config-file values overridden by the flags that were given (not None)."""
+    by_name = {opt.name: opt for opt in options()}
+    values: dict[str, Any] = {}
+    for name, value in _flatten(file_values).items():
+        if name not in by_name:
+            raise UserError(f"unknown option {name!r} in {source}")
+        if value is not None:  # `key: null` in a file means "not set", like an absent flag
+            values[name] = _coerce(by_name[name], value, source)
+    values.update({k: v for k, v in flag_values.items() if v is not None})
+    return _assemble(CollectConfig, values)
+
+
+def _flatten(values: dict[str, Any]) -> dict[str, Any]:
+    """Accept `[rollout]`-style sections in a file as well as flat keys."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        key = str(key).replace("-", "_")
+        if isinstance(value, dict):
+            flat.update(_flatten(value))
+        else:
+            flat[key] = value
+    return flat
+
+
+def _coerce(opt: Option, value: Any, source: str) -> Any:
+    if opt.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, opt.kind) or isinstance(value, bool) != (opt.kind is bool):
+        raise UserError(f"option {opt.name!r} in {source} must be {opt.kind.__name__}, got {value!r}")
+    return value
+
+
+def _assemble(cls: type, values: dict[str, Any]) -> Any:
+    """Build `cls` and its nested dataclasses from flat values (absent ones keep their defaults)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        kind = _scalar_type(hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            kwargs[f.name] = _assemble(kind, values)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def cli_command(body: Callable[[CollectConfig], Any]) -> Callable[..., Any]:
+    """A typer command with one option per config field (help = the field's docstring).
+
+    Every option defaults to None, meaning "not given", so a config file's value or the
+    dataclass default applies; `body(config)` runs under `run_cli` (one-line errors).
+    """
+    import typer
+
+    params = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                None, "--config", metavar="PATH", help="TOML or YAML file with the same keys as the options; flags override it."
+            ),
+            annotation=Optional[str],
+        )
+    ]
+    for opt in options():
+        decls = [f"{opt.flag}/--no-{opt.flag[2:]}"] if opt.kind is bool else [opt.flag]
+        default = "none" if opt.default is None else opt.default
+        params.append(
+            inspect.Parameter(
+                opt.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(
+                    None, *decls, help=opt.help, show_default=str(default), metavar=_metavar(opt),
+                    rich_help_panel=(opt.path[0] if opt.path else "output").capitalize(),
+                ),
+                annotation=Optional[opt.kind],
+            )
+        )
+
+    def command(**values: Any) -> Any:
+        path = values.pop("config")
+        return run_cli(lambda: body(build_config(load_config_file(path), values, source=str(path))))
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+def _metavar(opt: Option) -> str | None:
+    if opt.kind is bool:
+        return None
+    if opt.name in PATH_OPTIONS:
+        return "PATH"
+    return {int: "N", float: "F"}.get(opt.kind, "TEXT")

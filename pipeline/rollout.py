@@ -1,0 +1,166 @@
+"""Run one work unit in this process: sample its rows, build the shard, commit it.
+
+This is everything an actor does, without Ray, so it can be called and tested directly.
+Rows are (prompt, rollout) pairs in shard order; each row's sampler noise comes from its
+own seed (see `units.row_seed`), and the sampler decodes a row the same whatever else is
+in its batch (up to the last float bit of the probabilities, which follow the batch's
+padding and shapes). A unit always forms the same batches, so its shard has the same
+bytes whichever actor writes it and however often it is retried.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from t3d.dllm.sampling import SampleOutput, sample
+from t3d.pipeline.config import RolloutConfig, TeacherConfig
+from t3d.pipeline.prompts import EncodedPrompt
+from t3d.pipeline.units import WorkUnit, unit_rows
+from t3d.storage_schemas import ShardInfo, pad_states, write_shard
+
+
+@dataclass(frozen=True)
+class RolloutJob:
+    """What every actor of a run needs: the same for all units."""
+
+    out_dir: str
+    teacher: TeacherConfig
+    teacher_identity: dict[str, Any]  # name + fingerprint, as the driver saw them
+    rollout: RolloutConfig
+    seed: int
+    torch_threads: int | None = None  # None: leave torch's default
+    score: Any = None  # optional callable (prompt_ids, response_ids) -> bool, fills `correct`
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """One committed unit, as the driver records it."""
+
+    shard: ShardInfo
+    prompts: int
+    rows: int
+    response_tokens: int
+    sample_seconds: float  # time inside `sample`
+    total_seconds: float  # the whole unit: sampling, building and committing the shard
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class UnitRunner:
+    """Loads the teacher once, then runs units (what a Ray actor wraps)."""
+
+    def __init__(self, job: RolloutJob, device: str | None = None) -> None:
+        import torch
+
+        from t3d.pipeline.teacher import load_teacher
+
+        if job.torch_threads:
+            torch.set_num_threads(job.torch_threads)
+        self.job = job
+        self.model = load_teacher(job.teacher, job.teacher_identity["fingerprint"], device)
+        self.device = str(self.model.device)
+
+    def run(self, unit: WorkUnit) -> UnitResult:
+        return run_unit(self.model, unit, self.job)
+
+
+def run_unit(model: Any, unit: WorkUnit, job: RolloutJob) -> UnitResult:
+    """Sample every row of `unit` with `model` and commit it as shard `unit.index` of `job.out_dir`."""
+    start = time.perf_counter()
+    rows = unit_rows(unit, job.rollout.rollouts_per_prompt, job.seed)
+    out, sample_seconds = sample_rows(model, [p.ids for p, _, _ in rows], [s for _, _, s in rows], job.rollout)
+    columns = shard_columns(model, rows, out, job)
+    arrays = {"topk_logprobs": out.topk_logprobs, "topk_ids": out.topk_ids, "states": out.states}
+    info = write_shard(job.out_dir, unit.index, columns, arrays)
+    reasons: dict[str, int] = {}
+    for reason in out.finish_reason:
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return UnitResult(
+        shard=info,
+        prompts=len(unit.prompts),
+        rows=len(rows),
+        response_tokens=info.response_tokens,
+        sample_seconds=sample_seconds,
+        total_seconds=time.perf_counter() - start,
+        finish_reasons=reasons,
+    )
+
+
+def sample_rows(
+    model: Any, prompts: list[tuple[int, ...]], seeds: list[int], cfg: RolloutConfig
+) -> tuple[SampleOutput, float]:
+    """`sample` in batches of `cfg.batch_size` rows, merged into one output; also the seconds spent."""
+    sampler = cfg.sampler_config()
+    parts, seconds = [], 0.0
+    for start in range(0, len(prompts), cfg.batch_size):
+        stop = start + cfg.batch_size
+        tic = time.perf_counter()
+        parts.append(sample(model, [list(p) for p in prompts[start:stop]], sampler, seeds[start:stop]))
+        seconds += time.perf_counter() - tic
+    return merge_outputs(parts), seconds
+
+
+def merge_outputs(parts: list[SampleOutput]) -> SampleOutput:
+    """Concatenate batch outputs row-wise (states padded to the longest batch)."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str) -> np.ndarray | None:
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else np.concatenate(values, axis=0)
+
+    return SampleOutput(
+        tokens=cat("tokens"),
+        reveal_step=cat("reveal_step"),
+        confidence=cat("confidence"),
+        topk_logprobs=cat("topk_logprobs"),
+        topk_ids=cat("topk_ids"),
+        states=None if parts[0].states is None else pad_states([p.states for p in parts]),
+        num_steps=cat("num_steps"),
+        finish_reason=[reason for p in parts for reason in p.finish_reason],
+        nfe=sum(p.nfe for p in parts),
+    )
+
+
+def shard_columns(
+    model: Any, rows: list[tuple[EncodedPrompt, int, int]], out: SampleOutput, job: RolloutJob
+) -> dict[str, Any]:
+    """The Parquet columns of a unit's rows (names and types: `t3d.storage_schemas.SCHEMA`)."""
+    n = len(rows)
+    sampler = job.rollout.sampler
+    lengths = out.response_length  # (N,)
+    responses = [out.tokens[i, : lengths[i]].tolist() for i in range(n)]
+    columns: dict[str, Any] = {
+        "sample_id": [f"p{p.index:06d}-r{r}" for p, r, _ in rows],
+        "prompt_index": [p.index for p, _, _ in rows],
+        "rollout": [r for _, r, _ in rows],
+        "prompt": [p.text if p.text is not None else _decode(model, p.ids, special=True) for p, _, _ in rows],
+        "prompt_ids": [list(p.ids) for p, _, _ in rows],
+        "response_ids": out.tokens,
+        "response_text": [_decode(model, ids, special=False) for ids in responses],
+        "response_length": lengths,
+        "reveal_step": out.reveal_step,
+        "confidence": out.confidence,
+        "num_steps": out.num_steps,
+        "finish_reason": out.finish_reason,
+        "seed": [s for _, _, s in rows],
+        "teacher_name": [job.teacher_identity["name"]] * n,
+        "teacher_fingerprint": [job.teacher_identity["fingerprint"]] * n,
+        "answer": [p.answer for p, _, _ in rows],
+        "correct": [job.score(p.ids, resp) if job.score else None for (p, _, _), resp in zip(rows, responses)],
+        "zarr_index": np.arange(n),
+    }
+    for name in ("block_size", "steps_per_block", "strategy", "threshold", "temperature", "top_p", "top_k"):
+        columns[name] = [getattr(sampler, name)] * n
+    return columns
+
+
+def _decode(model: Any, ids: Any, special: bool) -> str:
+    """Text of token ids (special tokens kept in prompts, dropped in responses); ids as text without a tokenizer."""
+    ids = [int(t) for t in ids]
+    if model.tokenizer is None:
+        return " ".join(map(str, ids))
+    return model.tokenizer.decode(ids, skip_special_tokens=not special)

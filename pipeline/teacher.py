@@ -1,0 +1,91 @@
+"""The teacher as the driver sees it (metadata, no weights) and as a worker loads it.
+
+The driver never loads the weights: on a cluster its node may have no GPU and little
+memory. It reads the config, the tokenizer and the weights' fingerprint, which is all
+it needs to encode prompts, check lengths and name the teacher in the manifest. Each
+worker then loads the full model and checks that its fingerprint is the driver's, so a
+node that sees different files under the same path fails loudly instead of mixing
+two teachers in one dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from t3d.dllm import loading
+from t3d.dllm.errors import UserError
+from t3d.dllm.families import get_family
+from t3d.pipeline.config import TeacherConfig
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What the driver knows about the teacher."""
+
+    identity: dict[str, Any]  # as `DiffusionLM.identity()` gives it
+    max_length: int  # prompt + response tokens the model accepts
+    tokenizer: Any  # None when the checkpoint has none
+    task_seed: int = 0  # seed of the built-in task the checkpoint was trained on (`t3d_task_seed`)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity["fingerprint"]
+
+
+def describe_teacher(cfg: TeacherConfig) -> TeacherInfo:
+    """Config, tokenizer and fingerprint of the teacher checkpoint, without its weights."""
+    path = loading.resolve_model_path(cfg.model)
+    loading.check_checkpoint_dir(path)
+    config = loading.load_config(path, cfg.trust_remote_code)
+    family = get_family(loading.family_name(config, cfg.family, path))
+    tokenizer = loading.load_tokenizer(path, cfg.trust_remote_code)
+    mask_id, pad_id, eos_id = loading.special_ids(config, tokenizer, path)
+    max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+    identity = {
+        "name": "builtin" if cfg.model == "builtin" else path.name,
+        "fingerprint": loading.weights_fingerprint(path),
+        "family": family.name,
+        "vocab_size": int(config.vocab_size),
+        "mask_id": mask_id,
+        "pad_id": pad_id,
+        "eos_id": eos_id,
+        "path": str(path.resolve()),
+    }
+    return TeacherInfo(
+        identity=identity,
+        max_length=int(max_length or 1 << 30),
+        tokenizer=tokenizer,
+        task_seed=int(getattr(config, "t3d_task_seed", 0) or 0),
+    )
+
+
+def resolve_dtype(name: str, device: str):
+    """`auto` is bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def load_teacher(cfg: TeacherConfig, expected_fingerprint: str | None = None, device: str | None = None):
+    """Load the teacher on `device` (default: CUDA when this process sees a GPU, else CPU)."""
+    import torch
+
+    from t3d.dllm import load_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(
+        cfg.model,
+        family=cfg.family,
+        trust_remote_code=cfg.trust_remote_code,
+        device=device,
+        dtype=resolve_dtype(cfg.dtype, device),
+    )
+    if expected_fingerprint is not None and model.fingerprint != expected_fingerprint:
+        raise UserError(
+            f"the teacher at {model.path} on this node has fingerprint {model.fingerprint}, "
+            f"the driver saw {expected_fingerprint}: every node must see the same checkpoint"
+        )
+    return model

@@ -1,0 +1,73 @@
+"""CollectConfig: one option per field, file < flags, checked ranges, what a resume must match."""
+
+import pytest
+
+from t3d.dllm.errors import UserError
+from t3d.pipeline.config import CollectConfig, build_config, options
+
+
+def test_every_field_is_one_documented_option():
+    opts = options()
+    names = [o.name for o in opts]
+    assert len(names) == len(set(names)), "a flat option name must identify one field"
+    assert all(o.help for o in opts), [o.name for o in opts if not o.help]
+    for flag in ("--prompts", "--model", "--out", "--num-workers", "--gpus-per-worker", "--rollouts-per-prompt",
+                 "--max-new-tokens", "--block-size", "--steps-per-block", "--strategy", "--threshold",
+                 "--temperature", "--logits-top-k", "--record-states", "--shard-size", "--limit", "--seed",
+                 "--address", "--overwrite", "--trust-remote-code", "--chat-template"):
+        assert flag in {o.flag for o in opts}, flag
+    assert "record_states" not in {o.name for o in opts if o.path[-1:] == ("sampler",)}
+
+
+def test_defaults_file_and_flags_layer_in_that_order():
+    default = build_config({}, {})
+    assert default == CollectConfig()
+    file_values = {"temperature": 0, "rollout": {"batch_size": 8}, "num-workers": 3, "shard_size": 5}
+    cfg = build_config(file_values, {"num_workers": 2, "limit": None})
+    assert cfg.rollout.sampler.temperature == 0.0 and isinstance(cfg.rollout.sampler.temperature, float)
+    assert cfg.rollout.batch_size == 8 and cfg.shard_size == 5
+    assert cfg.cluster.num_workers == 2, "a flag overrides the file"
+    assert cfg.prompts.limit is None, "a flag that was not given (None) leaves the value alone"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tempreature": 1.0}, "unknown option 'tempreature'"),
+        ({"num_workers": "two"}, "option 'num_workers' in cfg.toml must be int"),
+        ({"overwrite": 1}, "option 'overwrite' in cfg.toml must be bool"),
+        ({"num_workers": True}, "must be int"),
+    ],
+)
+def test_bad_file_values_name_the_option(values, message):
+    with pytest.raises(UserError, match=message):
+        build_config(values, {}, source="cfg.toml")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"shard_size": 0}, "shard_size"),
+        ({"num_workers": 0}, "num_workers"),
+        ({"rollouts_per_prompt": 0}, "rollouts_per_prompt"),
+        ({"record_states": "sparse"}, "record_states must be one of none, dense"),
+        ({"on_long_prompt": "truncate"}, "on_long_prompt"),
+        ({"gpus_per_worker": -1.0}, "gpus_per_worker"),
+        ({"max_new_tokens": 10}, "multiple of block_size"),
+        ({"strategy": "random"}, "unknown strategy"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_ranges_are_checked(flags, message):
+    with pytest.raises(UserError, match=message):
+        build_config({}, flags)
+
+
+def test_dataset_key_ignores_where_and_how_it_runs():
+    a = build_config({}, {"num_workers": 1, "out": "a", "prompts": "x.jsonl", "model": "/m1"})
+    b = build_config({}, {"num_workers": 4, "gpus_per_worker": 1.0, "out": "b", "address": "h:1", "prompts": "y.jsonl", "model": "/m2"})
+    assert a.dataset_key() == b.dataset_key()
+    assert build_config({}, {"temperature": 0.5}).dataset_key() != a.dataset_key()
+    assert build_config({}, {"seed": 1}).dataset_key() != a.dataset_key()
+    assert build_config({}, {"record_states": "dense"}).rollout.sampler_config().record_states

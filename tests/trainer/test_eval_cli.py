@@ -1,0 +1,221 @@
+"""`t3d-eval` end to end: JSON with every field, the plot, the samples file, bad input.
+
+Tiny random checkpoints with the built-in tokenizer stand in for trained models where a
+test checks plumbing; the shipped teacher (`builtin`) is used where it exists.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from t3d.dllm import load_model
+from t3d.dllm.loading import BUILTIN_DIR
+from t3d.dllm.task import BuiltinTask
+from t3d.dllm.tiny import build_checkpoint
+from t3d.trainer import evaluate as ev
+from t3d.trainer.eval_cli import app
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RECORD_FIELDS = {f.name for f in dataclasses.fields(ev.EvalRecord)}
+has_builtin = pytest.mark.skipif(not (BUILTIN_DIR / "config.json").is_file(), reason="shipped teacher not in dllm/builtin/ yet")
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """Two random checkpoints speaking the built-in task's vocabulary (teacher, student)."""
+    task = BuiltinTask()
+    root = tmp_path_factory.mktemp("eval_models")
+    common = dict(vocab_size=len(task.vocabulary), mask_id=task.mask_id, pad_id=task.pad_id, eos_id=task.eos_id, tokenizer=task.tokenizer())
+    return {name: str(build_checkpoint(root / name, seed=seed, **common)) for name, seed in (("teacher", 0), ("student", 1))}
+
+
+def run_eval(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stderr + str(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dirs, tmp_path_factory):
+    """One CLI run on tiny models at two settings (plus the anchor) with every output file."""
+    out = tmp_path_factory.mktemp("eval_out")
+    result = run_eval(
+        "--model", f"teacher={tiny_dirs['teacher']}", "--model", f"t3d={tiny_dirs['student']}",
+        "--steps-per-block", "2,1", "--limit", "3", "--samples-per-prompt", "2",
+        "--json", out / "eval.json", "--plot", out / "eval.png", "--samples", out / "samples.jsonl",
+    )  # fmt: skip
+    return result, out
+
+
+def check_report(data: dict, models: list[str], settings: list[str]) -> None:
+    """Every record has every field; the anchor and the comparisons are filled in."""
+    assert data["schema_version"] == ev.JSON_SCHEMA_VERSION and data["teacher"] == "teacher"
+    assert data["prompts"] == {"source": "builtin:test", "quality_metric": "validity"}
+    assert set(data["models"]) == set(models) and data["machine"]["torch"]
+    assert [s["label"] for s in data["settings"]] == settings
+    anchor = "static B=4 spb=4"
+    expected = [("teacher", anchor)] * (anchor not in settings) + [(m, s) for m in models for s in settings]
+    assert [(r["model"], r["setting"]) for r in data["records"]] == expected
+    for r in data["records"]:
+        assert set(r) == RECORD_FIELDS
+        for name in ("quality", "agreement", "distinct", "distinct_valid", "entropy", "true_distinct", "distinct_ratio",
+                     "nfe_per_response", "tokens_per_second", "speedup", "nfe_reduction", "speedup_to_nfe_reduction"):  # fmt: skip
+            assert r[name] is not None, name
+        assert 0 <= r["quality"] <= 1 and 0 <= r["agreement"] <= 1
+        assert set(r["truth_extra"]) == {"marker_first_rate", "positional_tv"}
+        assert r["speed_baseline"] == f"teacher {anchor}"
+        assert r["responses"] == r["prompts"] * r["samples_per_prompt"]
+        assert ("gap_closure" in r) and (r["model"] != "teacher" or r["gap_closure"] is None)
+    full = data["records"][0]
+    assert full["is_full_steps"] and full["agreement"] == 1.0 and full["speedup"] == 1.0
+    one_step = [r for r in data["records"] if r["steps_per_block"] == 1]
+    assert all(r["tokens_per_step"] == 4.0 and r["nfe_per_response"] <= 4 for r in one_step)
+
+
+def test_json_has_every_field(tiny_run):
+    result, out = tiny_run
+    check_report(json.loads((out / "eval.json").read_text()), ["teacher", "t3d"], ["static B=4 spb=2", "static B=4 spb=1"])
+    header = result.stdout.splitlines()[0].split()
+    assert header == ["model", "setting", "tok/step", "validity", "agree", "distinct", "NFE", "tok/s", "speedup", "gap"]
+    assert len(result.stdout.splitlines()) == 2 + 5  # header, rule, anchor + 2 models x 2 settings
+
+
+@pytest.mark.parametrize("teacher", [pytest.param("builtin", marks=has_builtin), "tiny"])
+def test_json_has_every_field_on_the_shipped_teacher(tmp_path, tiny_dirs, teacher):
+    """The issue's test: the shipped teacher at two settings, a copy of it as the student
+    (the tiny variant runs the same checks until the shipped teacher lands)."""
+    path = "builtin" if teacher == "builtin" else tiny_dirs["teacher"]
+    run_eval(
+        "--model", f"teacher={path}", "--model", f"copy={path}", "--steps-per-block", "4,1",
+        "--limit", "4", "--samples-per-prompt", "2", "--json", tmp_path / "eval.json",
+    )  # fmt: skip
+    data = json.loads((tmp_path / "eval.json").read_text())
+    check_report(data, ["teacher", "copy"], ["static B=4 spb=4", "static B=4 spb=1"])
+    teacher, copy = data["records"][:2], data["records"][2:]
+    for t, c in zip(teacher, copy):  # same weights, same seeds: same responses
+        assert (c["quality"], c["agreement"], c["distinct"]) == (t["quality"], t["agreement"], t["distinct"])
+        assert c["gap_closure"] in (None, 0.0)
+
+
+def test_plot_is_a_png_with_content(tiny_run):
+    import matplotlib.image
+
+    _, out = tiny_run
+    png = (out / "eval.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+    pixels = matplotlib.image.imread(out / "eval.png")  # (H, W, 4) floats
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 500
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20, "not a blank canvas"
+
+
+def test_samples_file_has_every_response(tiny_run):
+    _, out = tiny_run
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 * 3 * 2  # (anchor + 2 models x 2 settings) x 3 prompts x 2 samples
+    row = rows[0]
+    assert {"model", "setting", "prompt", "response", "tokens", "seed", "validity"} <= set(row)
+    assert row["model"] == "teacher" and row["prompt"] == BuiltinTask().decode(BuiltinTask().prompts("test")[0])
+    assert all(isinstance(t, int) for t in row["tokens"]) and isinstance(row["response"], str)
+    seeds = {(r["prompt_index"], r["sample_index"]): r["seed"] for r in rows if r["model"] == "teacher"}
+    assert all(seeds[r["prompt_index"], r["sample_index"]] == r["seed"] for r in rows), "same seeds for every model"
+
+
+class FirstTokenEven:
+    """A made-up task metric with a real spread of values on a random model."""
+
+    metric = "even"
+
+    def judge(self, prompt, response, text):
+        return response[0] % 2 == 0
+
+    def log_likelihood(self, prompt, response):
+        return None
+
+    def against_truth(self, prompt, responses):
+        return None
+
+
+def test_same_weights_close_no_gap_and_agree_like_the_teacher(tiny_dirs):
+    model = load_model(tiny_dirs["teacher"])
+    prompts = ev.builtin_prompts("test", limit=4)
+    prompts = dataclasses.replace(prompts, scorer=FirstTokenEven())
+    settings = ev.sampler_settings(block_size=4, max_new_tokens=16, steps_per_block=[1], strategies=["static", "threshold"], threshold=0.001)
+    report = ev.evaluate({"teacher": model, "student": model}, prompts, settings, ev.EvalConfig(samples_per_prompt=3, warmup=False))
+    full, *teacher = [r for r in report.records if r.model == "teacher"]
+    student = [r for r in report.records if r.model == "student"]
+    assert full.is_full_steps and full.agreement == 1.0
+    for t, s in zip(teacher, student):
+        assert (s.quality, s.agreement, s.distinct, s.nfe_per_response) == (t.quality, t.agreement, t.distinct, t.nfe_per_response)
+        gap = ev.metrics.gap_closure(t.quality, t.quality, full.quality)
+        assert s.gap_closure == gap and (gap is None or gap == 0.0)
+        assert s.nfe_reduction > 1.0
+    threshold = student[1]
+    assert threshold.strategy == "threshold" and threshold.tokens_per_step == threshold.measured_tokens_per_step
+    assert report.quality_metric == "even" and "even" in ev.render_table(report).splitlines()[0]
+
+
+def test_prompt_file_with_answers_reports_accuracy(tiny_dirs, tmp_path):
+    prompts = tmp_path / "qa.jsonl"
+    prompts.write_text('{"question": "c1 c2", "answer": "#### 4"}\n\n{"prompt": "c3 c3 c0", "answer": 7}\n{"prompt": "c5 c6"}\n')
+    run_eval("--model", f"teacher={tiny_dirs['teacher']}", "--prompts", prompts, "--steps-per-block", "1",
+             "--samples-per-prompt", "1", "--json", tmp_path / "eval.json")  # fmt: skip
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["prompts"]["quality_metric"] == "accuracy"
+    assert all(r["prompts"] == 3 and r["quality"] is not None and r["true_distinct"] is None for r in data["records"])
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_prompt_files_in_json_and_parquet(tmp_path, suffix):
+    rows = [{"prompt": "c1 c2", "answer": "3"}, {"question": "c4 c5 c6", "answer": None}]
+    path = tmp_path / f"p{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(rows + ["c7 c0", {"prompt": [5, 6]}]))  # a bare string; token ids
+    else:
+        import polars as pl
+
+        pl.DataFrame(rows).write_parquet(path)
+    loaded = ev.load_prompt_file(path)
+    assert [(p.text, p.answer) for p in loaded.prompts][:2] == [("c1 c2", "3"), ("c4 c5 c6", None)]
+    assert loaded.scorer.metric == "accuracy"
+    assert len(ev.load_prompt_file(path, limit=1).prompts) == 1
+    if suffix == ".json":
+        assert [(p.text, p.ids) for p in loaded.prompts[2:]] == [("c7 c0", None), ("5 6", (5, 6))]  # ids used as they are
+
+
+def bad_input(tmp_path, tiny_dirs):
+    malformed = tmp_path / "bad.jsonl"
+    malformed.write_text('{"prompt": "c1 c2"}\n{"prompt": "c1 \n')
+    keyless = tmp_path / "keyless.jsonl"
+    keyless.write_text('{"prompt": "c1 c2"}\n{"text": "c1"}\n')
+    model = f"teacher={tiny_dirs['teacher']}"
+    return {
+        "missing prompts": (["--prompts", tmp_path / "nope.jsonl"], "prompts file not found"),
+        "malformed line": (["--prompts", malformed], "bad.jsonl line 2: malformed JSON"),
+        "no prompt field": (["--prompts", keyless], "keyless.jsonl line 2: needs a 'prompt' or 'question'"),
+        "unknown model": (["--model", f"t3d={tmp_path / 'no_such_model'}", "--limit", "1"], "model directory not found"),
+        "bad steps list": (["--model", model, "--steps-per-block", "4,x"], "--steps-per-block must be a comma-separated list"),
+        "zero steps": (["--model", model, "--steps-per-block", "2,0"], "--steps-per-block must be a comma-separated list"),
+        "steps above block": (["--model", model, "--steps-per-block", "8", "--limit", "1"], "steps_per_block must be between 1"),
+        "unknown strategy": (["--model", model, "--strategy", "greedy"], "--strategy must name"),
+        "unknown teacher": (["--model", model, "--teacher", "t9", "--limit", "1"], "--teacher 't9' is not one of"),
+        "duplicate label": (["--model", model, "--model", model], "given twice"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing prompts", "malformed line", "no prompt field", "unknown model", "bad steps list", "zero steps",
+     "steps above block", "unknown strategy", "unknown teacher", "duplicate label"],
+)  # fmt: skip
+def test_bad_input_is_one_line_exit_2(tmp_path, tiny_dirs, case):
+    args, message = bad_input(tmp_path, tiny_dirs)[case]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output

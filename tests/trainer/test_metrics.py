@@ -1,0 +1,148 @@
+"""Metric functions of t3d-eval on cases worked out by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from t3d.dllm.task import BuiltinTask
+from t3d.trainer import metrics
+from t3d.trainer.evaluate import EvalPrompt, TaskScorer, truth_summary
+
+# --- task metric: validity rate and answers -------------------------------------------------
+
+
+def test_rate_counts_true_and_is_undefined_when_empty():
+    assert metrics.rate([True, False, True, True]) == 0.75
+    assert metrics.rate([False, False]) == 0.0
+    assert metrics.rate([]) is None
+
+
+def test_validity_rate_of_the_builtin_task():
+    task = BuiltinTask()
+    prompt = task.prompts("test")[0]
+    valid = task.sample(prompt, np.random.default_rng(0))
+    broken = list(valid)
+    broken[0] = broken[1] = int(task.marker_ids[task.categories(prompt)[0]])  # the marker twice: the one-shot failure
+    assert task.is_valid(prompt, valid) and not task.is_valid(prompt, broken)
+    flags = [task.is_valid(prompt, r) for r in (valid, broken, valid, valid)]
+    assert metrics.rate(flags) == 0.75
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("She has 3 + 4 = 7 apples.\n#### 7", "7"),
+        ("#### 12\nThen a distractor 99", "12"),  # the marker wins over a later number
+        ("first #### 5 then #### 1,234", "1,234"),  # the last marker wins
+        ("The answer is $\\boxed{42}$.", "42"),
+        ("\\boxed{1} no, \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),  # last box, nested braces kept
+        ("so x = \\boxed{x^{2} + 1}", "x^{2} + 1"),
+        ("I get 5, then 7.", "7"),  # lenient fallback: the last number
+        ("-3.5 degrees", "-3.5"),
+        ("no number here", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert metrics.extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "response, reference, correct",
+    [
+        ("... so 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 18", True),
+        ("#### 17", "#### 18", False),
+        ("The total is \\boxed{18}.", "18", True),
+        ("#### 1,000", "1000", True),  # thousands separator
+        ("#### $1000.", "1000", True),  # currency sign and final period
+        ("#### 18.0", "18", True),  # numeric, not string, match
+        ("\\boxed{\\frac{3}{4}}", "0.75", True),
+        ("#### 3/4", "\\boxed{0.75}", True),  # boxed reference
+        ("#### Paris.", "paris", True),  # text answers: exact after normalising
+        ("#### Lyon", "paris", False),
+        ("nothing to see", "18", False),
+    ],
+)
+def test_answers_match_numerically_or_exactly(response, reference, correct):
+    assert metrics.is_correct(response, reference) is correct
+
+
+def test_parse_number_refuses_non_numbers():
+    assert metrics.parse_number("1/0") is None
+    assert metrics.parse_number("x + 1") is None
+    assert metrics.parse_number("-2,500") == -2500.0
+
+
+# --- gap closure ------------------------------------------------------------------------------
+
+
+def test_gap_closure_hand_worked():
+    # teacher: 0.9 at full steps, 0.5 at K steps; student 0.8 at K closes 0.3 of the 0.4 gap.
+    assert metrics.gap_closure(0.8, 0.5, 0.9) == pytest.approx(0.75)
+    assert metrics.gap_closure(0.5, 0.5, 0.9) == 0.0  # no better than the teacher at K
+    assert metrics.gap_closure(0.9, 0.5, 0.9) == pytest.approx(1.0)  # as good as full steps
+    assert metrics.gap_closure(0.95, 0.5, 0.9) == pytest.approx(1.125)  # better than full steps
+    assert metrics.gap_closure(0.4, 0.5, 0.9) == pytest.approx(-0.25)  # worse than the teacher at K
+
+
+def test_gap_closure_undefined_without_a_gap_or_an_input():
+    assert metrics.gap_closure(0.8, 0.6, 0.6) is None  # the teacher loses nothing at K steps
+    assert metrics.gap_closure(0.8, 0.6, 0.6 + 1e-12) is None
+    assert metrics.gap_closure(None, 0.5, 0.9) is None
+    assert metrics.gap_closure(0.8, None, 0.9) is None
+
+
+# --- agreement and diversity --------------------------------------------------------------------
+
+
+def test_agreement_is_share_of_identical_responses():
+    anchors = [(5, 6, 3), (7, 3), (8, 9, 3)]
+    assert metrics.agreement([(5, 6, 3), (7, 4), (8, 9, 3)], anchors) == pytest.approx(2 / 3)
+    assert metrics.agreement(anchors, anchors) == 1.0
+    with pytest.raises(ValueError):
+        metrics.agreement([(1,)], anchors)
+
+
+def test_distinct_and_entropy_per_prompt():
+    a, b, c = (1, 2), (1, 3), (4,)
+    groups = [[a, a, b, b], [c, c, c, c]]
+    assert metrics.distinct_per_prompt(groups) == 1.5  # (2 + 1) / 2
+    assert metrics.empirical_entropy([a, a, b, b]) == pytest.approx(math.log(2))
+    assert metrics.empirical_entropy([c, c, c, c]) == 0.0
+    assert metrics.empirical_entropy([a, b, c, (9,)]) == pytest.approx(math.log(4))  # at most log(n)
+    assert metrics.entropy_per_prompt(groups) == pytest.approx(math.log(2) / 2)
+    # 3 of 4 valid in the first prompt, two distinct among them; none valid in the second.
+    valid = [[True, True, True, False], [False] * 4]
+    groups = [[a, a, b, c], [c, c, c, c]]
+    assert metrics.distinct_valid_per_prompt(groups, valid) == 1.0  # (2 + 0) / 2
+    assert metrics.distinct_per_prompt([]) is None
+
+
+def test_diversity_against_the_true_distribution():
+    """True samples look diverse next to the truth; one valid answer repeated is collapse."""
+    task = BuiltinTask()
+    scorer = TaskScorer(task)
+    rng = np.random.default_rng(1)
+    prompts = [EvalPrompt(text=task.decode(p), ids=tuple(p)) for p in task.prompts("test")[:3]]
+    true = [[tuple(task.sample(list(q.ids), rng)) for _ in range(8)] for q in prompts]
+    collapsed = [[g[0]] * 8 for g in true]
+    fair, mode = truth_summary(scorer, prompts, true), truth_summary(scorer, prompts, collapsed)
+    assert fair["true_distinct"] == mode["true_distinct"] == pytest.approx(8, abs=0.05)  # a huge support
+    assert fair["distinct_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert mode["distinct_ratio"] == pytest.approx(1 / 8, abs=0.01)
+    assert set(fair["truth_extra"]) == {"marker_first_rate", "positional_tv"}
+
+
+# --- speed ---------------------------------------------------------------------------------------
+
+
+def test_speed_helpers():
+    assert metrics.per_response(48, 12) == 4.0
+    assert metrics.per_response(0, 0) is None
+    assert metrics.tokens_per_second(500, 2.0) == 250.0
+    assert metrics.tokens_per_second(500, 0.0) is None
+    assert metrics.ratio(3.0, 4.0) == 0.75
+    assert metrics.ratio(None, 4.0) is None and metrics.ratio(3.0, 0.0) is None
+    assert metrics.mean_finite([-1.0, -math.inf, -3.0]) == -2.0
+    assert metrics.mean_finite([-math.inf]) is None

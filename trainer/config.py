@@ -1,0 +1,341 @@
+"""`DistillConfig`: every setting of a `t3d-distill` run, in one nested frozen dataclass.
+
+The dataclasses are the single source of truth: defaults, ranges (checked in
+`__post_init__`) and help (the one-line docstring under each field, which the CLI
+shows). A config file (TOML or YAML) and the command-line flags fill the same
+dataclass, in that order, so a flag overrides the file and the file overrides the
+default. Keys are the command-line option names (`max-steps` or `max_steps`), either
+flat or grouped in section tables (`[optim] lr = 1e-5`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from t3d.dllm.cli import load_config_file
+from t3d.dllm.errors import UserError
+from t3d.trainer.losses import ObjectiveConfig
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which trajectories to read and how."""
+
+    path: str = "./runs/trajectories"
+    """Trajectory dataset directory written by t3d-collect."""
+    filter: str | None = None
+    """SQL condition on the row columns that keeps a row (polars sql_expr), e.g. `correct == true`, `num_steps <= 8`."""
+    max_prompt_len: int = 0
+    """Drop rows whose prompt has more tokens than this; 0 keeps all."""
+    max_response_len: int = 0
+    """Drop rows whose response (up to and including EOS) is longer than this; 0 keeps all."""
+    skip_bad_shards: bool = False
+    """Skip shards that fail their checksum (and say which) instead of stopping."""
+    verify: bool = True
+    """Check every shard's checksum before training (reads the whole dataset once)."""
+    shuffle_shards: int = 8
+    """Shards shuffled together at a time: memory holds this many shards, rows mix across them."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "--data must name a directory")
+        lengths_ok = self.max_prompt_len >= 0 and self.max_response_len >= 0
+        _check(lengths_ok, "--max-prompt-len and --max-response-len must be >= 0")
+        _check(self.shuffle_shards >= 1, f"--shuffle-shards must be >= 1, got {self.shuffle_shards}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The starting student (also the first reference)."""
+
+    path: str = "builtin"
+    """Checkpoint directory of the starting student and reference, or `builtin`."""
+    family: str | None = None
+    """Model family (bidirectional | shifted | block_causal); default: from the checkpoint."""
+    trust_remote_code: bool = False
+    """Run the checkpoint's own modelling code (LLaDA, Dream, SDAR need it)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    block_size: int = 0
+    """Response block size of the states; 0: the dataset's sampler block size, else the model's."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "--model must name a checkpoint directory or `builtin`")
+        _check(self.block_size >= 0, f"--block-size must be >= 0, got {self.block_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatesConfig:
+    """How training states are cut from the teacher's trajectories (DESIGN.md section 5)."""
+
+    state_order: str = "trajectory"
+    """`trajectory`: true teacher states; `reference`: the T3D reference code's ratio sampling and order."""
+    random_ratio: float = 0.1
+    """Share of supervised positions shown as a random token instead of the mask."""
+    path_k_steps: int = 1
+    """Teacher steps fused into one student step by the path loss."""
+
+    def __post_init__(self) -> None:
+        order_ok = self.state_order in ("trajectory", "reference")
+        _check(order_ok, f"--state-order must be trajectory or reference, got {self.state_order!r}")
+        _check(0.0 <= self.random_ratio <= 1.0, f"--random-ratio must be in [0, 1], got {self.random_ratio}")
+        _check(self.path_k_steps >= 1, f"--path-k-steps must be >= 1, got {self.path_k_steps}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with a cosine schedule and linear warm-up."""
+
+    lr: float = 1e-4
+    """Peak learning rate (1e-4 suits the built-in tiny model; 8B models want ~1e-6)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay, applied to matrices only (not to norms and biases)."""
+    beta1: float = 0.9
+    """AdamW first-moment decay."""
+    beta2: float = 0.999
+    """AdamW second-moment decay."""
+    warmup_steps: int = 20
+    """Optimizer steps of linear warm-up before the cosine decay to 0."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0 and self.grad_clip >= 0, "--weight-decay and --grad-clip must be >= 0")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
+        _check(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Steps, batches, checkpoints."""
+
+    out: str = "./runs/student"
+    """Output directory: checkpoints/, student/ (the final model), metrics.jsonl."""
+    max_steps: int = 1000
+    """Optimizer steps to train for (a resumed run counts from the start)."""
+    batch_size: int = 8
+    """Rows per micro-batch on each worker."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    seed: int = 0
+    """Seed of the data order, the training states and the initial RNG."""
+    save_every: int = 200
+    """Save a checkpoint every N optimizer steps (and always at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep on disk."""
+    resume: bool = False
+    """Continue from the latest checkpoint in --out (exactly: same data, RNG, optimizer)."""
+    device: str = "auto"
+    """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (never on CPU, where it is slow)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.out), "--out must name a directory")
+        _check(self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
+        _check(self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1")
+        _check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
+        _check(self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        device_ok = self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda")
+        _check(device_ok, f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferenceConfig:
+    """The frozen reference of DDO."""
+
+    round_every: int = 0
+    """Copy the student into the reference every N optimizer steps (self-play rounds); 0: never."""
+
+    def __post_init__(self) -> None:
+        _check(self.round_every >= 0, f"--round-every must be >= 0, got {self.round_every}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistConfig:
+    """Data-parallel workers."""
+
+    num_workers: int = 1
+    """Training processes; more than 1 runs Ray Train (DDP; gloo on CPU, NCCL on GPU)."""
+    address: str | None = None
+    """Ray cluster to join (e.g. `auto` or `10.0.0.1:6379`); default: start a local Ray."""
+    cpus_per_worker: int = 1
+    """CPUs Ray reserves per worker (also its torch thread count on CPU)."""
+    gpus_per_worker: int = -1
+    """GPUs per worker: -1 uses one each when the cluster has GPUs, 0 forces CPU."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
+        _check(self.cpus_per_worker >= 1, f"--cpus-per-worker must be >= 1, got {self.cpus_per_worker}")
+        _check(self.gpus_per_worker in (-1, 0, 1), "--gpus-per-worker must be -1, 0 or 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Everything a `t3d-distill` run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """The trajectory dataset."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The starting student."""
+    states: StatesConfig = field(default_factory=StatesConfig)
+    """Training states."""
+    loss: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """The objective: `kind` t3d | ddo | ce | fkl and its weights."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Steps, batches, checkpoints."""
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    """Reference model refresh."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Workers."""
+
+    @property
+    def rows_per_step(self) -> int:
+        """Global batch: rows per optimizer step over all workers."""
+        return self.train.batch_size * self.train.grad_accum * self.dist.num_workers
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(DistillConfig)}  # type: ignore[misc]
+
+# command-line option (and config-file key) -> (section, field)
+OPTIONS: dict[str, tuple[str, str]] = {
+    "data": ("data", "path"), "filter": ("data", "filter"), "max_prompt_len": ("data", "max_prompt_len"),
+    "max_response_len": ("data", "max_response_len"), "skip_bad_shards": ("data", "skip_bad_shards"),
+    "verify": ("data", "verify"), "shuffle_shards": ("data", "shuffle_shards"),
+    "model": ("model", "path"), "family": ("model", "family"), "trust_remote_code": ("model", "trust_remote_code"),
+    "gradient_checkpointing": ("model", "gradient_checkpointing"), "block_size": ("model", "block_size"),
+    "state_order": ("states", "state_order"), "random_ratio": ("states", "random_ratio"),
+    "path_k_steps": ("states", "path_k_steps"),
+    "loss": ("loss", "kind"), "alpha": ("loss", "alpha"), "beta": ("loss", "beta"),
+    "lambda_path": ("loss", "lambda_path"), "fake_temperature": ("loss", "fake_temperature"),
+    "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"), "beta1": ("optim", "beta1"),
+    "beta2": ("optim", "beta2"), "warmup_steps": ("optim", "warmup_steps"), "grad_clip": ("optim", "grad_clip"),
+    "out": ("train", "out"), "max_steps": ("train", "max_steps"), "batch_size": ("train", "batch_size"),
+    "grad_accum": ("train", "grad_accum"), "seed": ("train", "seed"), "save_every": ("train", "save_every"),
+    "keep_checkpoints": ("train", "keep_checkpoints"), "resume": ("train", "resume"), "device": ("train", "device"),
+    "bf16": ("train", "bf16"), "progress": ("train", "progress"),
+    "round_every": ("reference", "round_every"),
+    "num_workers": ("dist", "num_workers"), "address": ("dist", "address"),
+    "cpus_per_worker": ("dist", "cpus_per_worker"), "gpus_per_worker": ("dist", "gpus_per_worker"),
+}  # fmt: skip
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls` (the help text of its option)."""
+    tree = ast.parse(inspect.getsource(cls))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[attr-defined]
+    return docs
+
+
+def option_help(option: str) -> str:
+    """Help line of a command-line option, with its default."""
+    section, name = OPTIONS[option]
+    default = getattr(SECTIONS[section](), name)
+    return f"{field_docs(SECTIONS[section]).get(name, '')} [default: {default}]"
+
+
+def _coerce(value: Any, hint: str, key: str) -> Any:
+    """A config-file value as the field's type (TOML/YAML give ints for floats, etc.)."""
+    if value is None and "None" in hint:
+        return None
+    base = hint.replace(" | None", "").strip()
+    try:
+        if base == "bool":
+            if isinstance(value, str):
+                return {"true": True, "false": False, "1": True, "0": False}[value.lower()]
+            return bool(value)
+        return {"int": int, "float": float, "str": str}[base](value)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"option {key!r} expects {base}, got {value!r}") from None
+
+
+def _section_fields(section: str) -> dict[str, str]:
+    cls = SECTIONS[section]
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+def _flatten(values: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """Flat option names and `[section]` tables -> {(section, field): value}."""
+    out: dict[tuple[str, str], Any] = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key in SECTIONS and isinstance(value, dict):
+            known = _section_fields(key)
+            for sub, sub_value in value.items():
+                sub = sub.replace("-", "_")
+                if sub not in known:
+                    raise UserError(f"unknown option {key}.{sub} (known: {', '.join(sorted(known))})")
+                out[(key, sub)] = sub_value
+        elif key in OPTIONS:
+            out[OPTIONS[key]] = value
+        else:
+            raise UserError(f"unknown option {key!r} (known: {', '.join(sorted(OPTIONS))})")
+    return out
+
+
+def build_config(*layers: dict[str, Any]) -> DistillConfig:
+    """Defaults, then each layer of option values in order (later wins): file, then flags."""
+    merged: dict[tuple[str, str], Any] = {}
+    for layer in layers:
+        merged.update(_flatten(layer))
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = _section_fields(section)
+        kwargs = {name: _coerce(v, hints[name], name) for (sec, name), v in merged.items() if sec == section}
+        try:
+            sections[section] = cls(**kwargs)
+        except ValueError as err:  # ObjectiveConfig checks with ValueError
+            raise UserError(str(err)) from None
+    return DistillConfig(**sections)
+
+
+def load_config(config_file: str | Path | None, flags: dict[str, Any]) -> DistillConfig:
+    """The run's config: defaults < config file < flags that were given (None = not given)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    return build_config(load_config_file(config_file), given)
+
+
+def to_dict(cfg: DistillConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict[str, Any]) -> DistillConfig:
+    """Inverse of `to_dict` (checkpoints, Ray workers); unknown keys are an error."""
+    return build_config(values)
+
+
+def save_config(cfg: DistillConfig, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def describe_changes(old: DistillConfig, new: DistillConfig) -> list[str]:
+    """`section.field: old -> new` for every setting that differs (said on resume)."""
+    changes = []
+    a, b = to_dict(old), to_dict(new)
+    for section in a:
+        for name, value in a[section].items():
+            if b[section][name] != value:
+                changes.append(f"{section}.{name}: {value!r} -> {b[section][name]!r}")
+    return changes
+

@@ -1,0 +1,142 @@
+"""`t3d-eval`: quality and speed of labelled models at few steps against the teacher at full steps.
+
+A thin entry point: it parses options, loads the models and prompts, and hands the work
+to `t3d.trainer.evaluate`; everything it prints or writes comes from there.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from t3d.dllm import DiffusionLM, UserError, load_model
+from t3d.dllm.cli import run_cli
+from t3d.dllm.reveal import STRATEGIES
+from t3d.trainer import evaluate as ev
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """`label=PATH|builtin` -> (label, path); a bare path is labelled by its directory name."""
+    label, sep, path = spec.partition("=")
+    if not sep:
+        label, path = Path(spec).name or spec, spec
+    if not label.strip() or not path.strip():
+        raise UserError(f"--model must look like label=PATH or label=builtin, got {spec!r}")
+    return label.strip(), path.strip()
+
+
+def load_models(specs: list[str], device: str, trust_remote_code: bool) -> dict[str, DiffusionLM]:
+    """Load each `label=PATH` once, in the order given; labels must be unique."""
+    models: dict[str, DiffusionLM] = {}
+    for spec in specs:
+        label, path = parse_model_spec(spec)
+        if label in models:
+            raise UserError(f"model label {label!r} is given twice")
+        models[label] = load_model(path, trust_remote_code=trust_remote_code, device=device)
+    return models
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    """`4,2,1` -> [4, 2, 1]; anything but positive integers is a one-line error naming the option."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{option} must be a comma-separated list of positive integers such as 4,2,1, got {text!r}")
+    return values
+
+
+def parse_strategies(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if not names or unknown:
+        raise UserError(f"--strategy must name one or more of {', '.join(sorted(STRATEGIES))}, got {text!r}")
+    return names
+
+
+def halving(block_size: int) -> list[int]:
+    """Default steps per block: B, B/2, ..., 1 (1, 2, 4, ... tokens per step)."""
+    steps = [block_size]
+    while steps[-1] > 1:
+        steps.append(steps[-1] // 2)
+    return steps
+
+
+def run(
+    *, model: list[str], teacher: Optional[str], prompts: Optional[Path], limit: Optional[int], block_size: Optional[int],
+    max_new_tokens: Optional[int], steps_per_block: Optional[str], strategy: str, threshold: float, temperature: float,
+    samples_per_prompt: int, seed: int, batch_size: int, timing_repeats: int, device: str, trust_remote_code: bool,
+    json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path],
+) -> None:  # fmt: skip
+    """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    steps = parse_int_list(steps_per_block, "--steps-per-block") if steps_per_block else None
+    strategies = parse_strategies(strategy)
+    prompt_set = ev.load_prompt_file(prompts, limit) if prompts else ev.builtin_prompts("test", limit)
+    models = load_models(model or ["teacher=builtin"], device, trust_remote_code)
+    first = next(iter(models.values()))
+    block = block_size or first.block_size or 4
+    settings = ev.sampler_settings(
+        block_size=block,
+        max_new_tokens=max_new_tokens or first.max_new_tokens or 4 * block,
+        steps_per_block=steps or halving(block),
+        strategies=strategies,
+        threshold=threshold,
+        temperature=temperature,
+    )
+    config = ev.EvalConfig(
+        samples_per_prompt=samples_per_prompt, seed=seed, batch_size=batch_size, timing_repeats=timing_repeats,
+        teacher=teacher, keep_samples=samples is not None,
+    )  # fmt: skip
+    n = len(prompt_set.prompts)
+    print(
+        f"t3d-eval: {len(models)} model(s) x {len(settings)} setting(s) on {n} prompts x {samples_per_prompt} samples "
+        f"= {n * samples_per_prompt} responses each ({prompt_set.source}); teacher: {ev.pick_teacher(models, teacher) or 'none'}",
+        file=sys.stderr,
+    )
+    report = ev.evaluate(models, prompt_set, settings, config, on_record=lambda r: print(f"  done {r.model} {r.setting}", file=sys.stderr))
+    print(ev.render_table(report))
+    for path, write in ((json_path, ev.write_json), (plot, ev.save_plot), (samples, ev.write_samples)):
+        if path is not None:
+            print(f"wrote {write(report, path)}", file=sys.stderr)
+
+
+@app.command(help="Measure quality, agreement with the teacher, diversity and speed of models at few steps.")
+def eval_command(
+    model: list[str] = typer.Option(None, "--model", help="label=PATH|builtin, repeatable; the model labelled `teacher` is the anchor. Default: teacher=builtin."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Label of the anchor model (default: the one labelled `teacher`, if any)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL, JSON or Parquet with `prompt` or `question` and optional `answer`. Default: the built-in task's held-out test split."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per block B (default: the first model's, else 4)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Response length, a multiple of B (default: the first model's, else 4 B)."),
+    steps_per_block: Optional[str] = typer.Option(None, "--steps-per-block", help="Comma list for the static strategy, e.g. 4,2,1 (default: B, B/2, ..., 1)."),
+    strategy: str = typer.Option("static", "--strategy", help="static, threshold, or both as static,threshold (threshold adds one setting)."),
+    threshold: float = typer.Option(0.9, "--threshold", help="Confidence threshold of the threshold strategy."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Proposal temperature; 0 is greedy."),
+    samples_per_prompt: int = typer.Option(4, "--samples-per-prompt", help="Responses per prompt, one seed each (diversity needs > 1)."),
+    seed: int = typer.Option(0, "--seed", help="Base seed; every model and setting uses the same per-response seeds."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows per sampler call."),
+    timing_repeats: int = typer.Option(1, "--timing-repeats", help="Time each sampler call this many times, keep the fastest."),
+    device: str = typer.Option("cpu", "--device", help="torch device for the models."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints' own modelling code."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of quality vs tokens per step, one line per model."),
+    samples: Optional[Path] = typer.Option(None, "--samples", help="Write every response as JSONL."),
+) -> None:  # fmt: skip
+    options = dict(locals())
+    run_cli(lambda: run(**options))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,639 @@
+"""The distillation loop: build the parts, then optimizer steps until `max_steps`.
+
+One optimizer step (`train_step`) takes `grad_accum` micro-batches. Their training
+states are built first, so the supervised counts of the whole step (all micro-batches,
+all workers) are known before any forward pass; every micro-batch loss is divided by
+those totals (`losses.normalizer_counts`), which makes the accumulated gradient equal
+to the gradient of the full batch. Under DDP the gradients are averaged over workers,
+so each worker's loss is scaled by the world size to keep that identity.
+
+A step whose loss or gradient norm is not finite stops the run before the optimizer
+touches the weights; nothing is saved, so the newest checkpoint is the last good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from t3d.dllm import load_model
+from t3d.dllm.errors import UserError
+from t3d.dllm.model import DiffusionLM
+from t3d.trainer import checkpoint as ckpt
+from t3d.trainer.config import DistillConfig, describe_changes
+from t3d.trainer.data import Batch, TrajectoryDataset, row_seeds
+from t3d.trainer.losses import LossBatch, combine, fake_tokens, gather_logprobs, normalizer_counts
+from t3d.trainer.reference import Reference
+from t3d.trainer.states import StateConfig, TrainingStates, build_states
+
+# Attention layout of the training states per model family; every other family is "semi_ar".
+STATE_LAYOUTS = {"block_causal": "block_causal"}
+# Objectives that read the reference (the others never run it).
+REFERENCE_OBJECTIVES = frozenset({"t3d", "ddo"})
+# Metrics whose micro-batch values add up to the step's value (divided by step-wide counts).
+SUMMED_METRICS = frozenset({"loss", "ddo", "path", "ce", "fkl", "rows"})
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLoss(UserError):
+    """The loss or the gradient norm became NaN or infinite; the run stopped."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place among the data-parallel workers (1 of 1 without Ray)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over workers (in place; a no-op for one worker), on the backend's device."""
+        if self.world > 1:
+            nccl = torch.distributed.get_backend() == "nccl"
+            moved = tensor.to(torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
+            torch.distributed.all_reduce(moved)
+            tensor.copy_(moved)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+@dataclass
+class Trainer:
+    """Everything the loop holds between steps."""
+
+    cfg: DistillConfig
+    student: DiffusionLM
+    net: torch.nn.Module  # the student's network, DDP-wrapped with more than one worker
+    reference: Reference | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: TrajectoryDataset
+    states: StateConfig
+    device: torch.device
+    dist: Dist = field(default_factory=Dist)
+    step: int = 0
+    saved_step: int = -1  # step of the newest checkpoint (every worker knows it)
+    last_checkpoint: Path | None = None  # its path (rank 0)
+    rows_read: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run leaves: the exported student, the step reached, the rows this worker read."""
+
+    student: Path | None
+    step: int
+    rows: np.ndarray  # (R, 2) int64 (shard number, zarr_index) of every row read, in order
+    metrics: dict[str, float]  # of the last step
+    model: DiffusionLM | None  # the final student in memory (None where it ran elsewhere)
+
+
+# ---- building ---------------------------------------------------------------------------------
+
+
+def resolve_device(name: str, dist: Dist) -> torch.device:
+    """`auto` -> this worker's CUDA device when there is one, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.world > 1:
+        name = f"cuda:{torch.cuda.current_device()}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def build_model(cfg: DistillConfig, device: torch.device, path: str | Path | None = None) -> DiffusionLM:
+    """The student, trainable, from `path` (a checkpoint when resuming) or `--model`."""
+    model = load_model(
+        path or cfg.model.path, family=cfg.model.family, trust_remote_code=cfg.model.trust_remote_code, device=device
+    )
+    model.net.train()
+    model.net.requires_grad_(True)
+    if cfg.model.gradient_checkpointing:
+        _enable_checkpointing(model.net)
+    return model
+
+
+def _enable_checkpointing(net: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing (works under DDP and with frozen inputs)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(net, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        net.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    net.config.use_cache = False
+
+
+def build_loader(cfg: DistillConfig, model: DiffusionLM, dist: Dist, log: Callable = print) -> TrajectoryDataset:
+    """The worker's stream of micro-batches, checked against the student."""
+    loader = TrajectoryDataset(
+        cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed, pad_id=model.pad_id,
+        rank=dist.rank, world=dist.world, with_topk=cfg.loss.kind == "fkl", log=log,
+    )  # fmt: skip
+    check_compatible(loader.manifest.teacher, model.identity(), cfg.data.path)
+    return loader
+
+
+def check_compatible(teacher: dict[str, Any], student: dict[str, Any], data_path: str) -> None:
+    """The student must speak the teacher's vocabulary: the dataset holds ids, not text.
+
+    teacher: the manifest's teacher identity; student: `DiffusionLM.identity()` (or the
+    same keys read from a config.json).
+    """
+    vocab = teacher.get("vocab_size")
+    if vocab is not None and int(vocab) != student["vocab_size"]:
+        raise UserError(
+            f"student vocabulary ({student['vocab_size']} ids, {student['name']}) does not match the teacher of "
+            f"{data_path} ({vocab} ids, {teacher.get('name', '?')})"
+        )
+    mask = teacher.get("mask_id")
+    if mask is not None and int(mask) != student["mask_id"]:
+        raise UserError(f"student mask id {student['mask_id']} differs from the teacher's ({mask}) in {data_path}")
+
+
+def _block_size(cfg: DistillConfig, model: DiffusionLM, loader: TrajectoryDataset) -> int:
+    """--block-size, else the block size the teacher decoded with, else the model's."""
+    if cfg.model.block_size:
+        return cfg.model.block_size
+    sizes = loader.block_sizes
+    if len(sizes) > 1:
+        raise UserError(f"{cfg.data.path} mixes sampler block sizes {sizes}: pass --block-size or --filter one")
+    block = sizes[0] if sizes else model.block_size
+    if not block:
+        raise UserError("cannot tell the response block size: pass --block-size")
+    return int(block)
+
+
+def random_token_range(model: DiffusionLM) -> tuple[int, int]:
+    """The widest [low, high) id range holding no special token: where `random_ratio` draws from.
+
+    Specials sit at the top (LLaDA, SDAR: mask, EOS) or the bottom (the built-in task) of
+    a vocabulary, so the widest gap between them is the ordinary tokens.
+    """
+    specials = {model.mask_id, model.pad_id, model.eos_id}
+    if model.tokenizer is not None:
+        specials |= {int(i) for i in getattr(model.tokenizer, "all_special_ids", []) if i is not None}
+    edges = sorted(i for i in specials if 0 <= i < model.vocab_size)
+    gaps = zip([-1, *edges], [*edges, model.vocab_size])  # (special, next special)
+    low, high = max(((a + 1, b) for a, b in gaps), key=lambda r: r[1] - r[0])
+    if high - low < 1:
+        raise UserError(f"{model.name} has no ordinary tokens to use as random tokens (set --random-ratio 0)")
+    return low, high
+
+
+def build_state_config(cfg: DistillConfig, model: DiffusionLM, loader: TrajectoryDataset) -> StateConfig:
+    """How states are cut: the teacher's blocks, the family's layout, never the mask as a random token."""
+    block = _block_size(cfg, model, loader)
+    low, high = random_token_range(model)
+    return StateConfig(
+        block_size=block, mask_id=model.mask_id, eos_id=model.eos_id,
+        layout=STATE_LAYOUTS.get(model.family.name, "semi_ar"), state_order=cfg.states.state_order,
+        random_ratio=cfg.states.random_ratio, random_vocab=(low, high), path_k_steps=cfg.states.path_k_steps,
+    )  # fmt: skip
+
+
+def build_optimizer(net: torch.nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (norm gains and biases are not shrunk)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    fused = next(net.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused or None)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DistillConfig) -> Any:
+    """Linear warm-up then cosine decay to 0 at max_steps (transformers' implementation)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
+
+
+def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> Trainer:
+    """Model, reference, data, optimizer; restored from the latest checkpoint with --resume."""
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device, dist)
+    out = Path(cfg.train.out)
+    resume_from = ckpt.resume_point(out) if cfg.train.resume else None
+    student = build_model(cfg, device, resume_from)
+    loader = build_loader(cfg, student, dist, log if dist.is_main else _quiet)
+    reference = _build_reference(cfg, student, device, resume_from)
+    optimizer = build_optimizer(student.net, cfg)
+    trainer = Trainer(
+        cfg=cfg, student=student, net=student.net, reference=reference, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg), loader=loader,
+        states=build_state_config(cfg, student, loader), device=device, dist=dist,
+    )  # fmt: skip
+    if resume_from is not None:
+        restore(trainer, resume_from, log if dist.is_main else _quiet)
+    if dist.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        trainer.net = torch.nn.parallel.DistributedDataParallel(student.net, device_ids=ids)
+    return trainer
+
+
+def _build_reference(cfg: DistillConfig, student: DiffusionLM, device, resume_from: Path | None) -> Reference | None:
+    """A copy of the starting student; when resuming, the starting model from --model (its
+    refreshed weights, if any, come from the checkpoint in `restore`)."""
+    if cfg.loss.kind not in REFERENCE_OBJECTIVES:
+        return None
+    if resume_from is None:
+        return Reference.copy_of(student)
+    model = cfg.model
+    return Reference(load_model(model.path, family=model.family, trust_remote_code=model.trust_remote_code, device=device))
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    return None
+
+
+def restore(trainer: Trainer, path: Path, log: Callable = print) -> None:
+    """Continue exactly where checkpoint `path` stopped (the student weights are already loaded)."""
+    state = ckpt.load_trainer_state(path)
+    changes = describe_changes(ckpt.load_checkpoint_config(path), trainer.cfg)
+    changes = [c for c in changes if not c.startswith("train.resume")]
+    if changes:
+        log(f"resuming {path} with changed settings: {'; '.join(changes)}")
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.loader.load_state_dict(state["data"])
+    if trainer.reference is not None:
+        trainer.reference.load(path, int(state.get("reference_refreshed_at", 0)))
+    trainer.step = trainer.saved_step = int(state["step"])
+    trainer.last_checkpoint = path
+    ckpt.set_rng_state(state["rng"])
+    log(f"resumed from {path} at step {trainer.step}")
+
+
+# ---- one optimizer step -------------------------------------------------------------------------
+
+
+def make_states(batch: Batch, cfg: StateConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> TrainingStates:
+    """Training states of a micro-batch; row i's randomness comes only from its own seed.
+
+    One generator per row (seeded by `Batch.row_seed`) makes a row's state the same in
+    any batch, which is what lets 4 x 1 and 1 x 4 accumulation be compared exactly.
+    Built on one CPU thread: the tensors are tiny, and waking torch's thread pool for
+    each small reduction cost ~17x the work itself on a busy 2-core machine.
+    """
+    with _one_thread():
+        parts = [_row_states(batch, i, cfg, dtype) for i in range(len(batch))]
+    return _to_device(_cat_states(parts), device)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _row_states(batch: Batch, i: int, cfg: StateConfig, dtype: torch.dtype) -> TrainingStates:
+    generator = torch.Generator().manual_seed(int(batch.row_seed[i]))
+    rows = slice(i, i + 1)
+    return build_states(
+        batch.prompt_ids[rows], batch.prompt_mask[rows], batch.x0[rows], batch.reveal_step[rows],
+        cfg, generator=generator, dtype=dtype,
+    )  # fmt: skip
+
+
+def _cat_states(parts: list[TrainingStates]) -> TrainingStates:
+    values = {}
+    for f in dataclasses.fields(TrainingStates):
+        items = [getattr(p, f.name) for p in parts]
+        values[f.name] = torch.cat(items) if isinstance(items[0], torch.Tensor) else items[0]
+    return TrainingStates(**values)
+
+
+def _to_device(states: TrainingStates, device: torch.device) -> TrainingStates:
+    moved = {
+        f.name: v.to(device, non_blocking=True) if isinstance(v := getattr(states, f.name), torch.Tensor) else v
+        for f in dataclasses.fields(TrainingStates)
+    }
+    return TrainingStates(**moved)
+
+
+def _accepts_logits_to_keep(net: torch.nn.Module) -> bool:
+    module = getattr(net, "module", net)  # through DDP
+    return _forward_takes_logits_to_keep(type(module))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def forward_response(model: DiffusionLM, net: torch.nn.Module, states: TrainingStates) -> torch.Tensor:
+    """Logits (B, L, V) of the supervised response copy, aligned so row j predicts token j.
+
+    The response copy is the last L columns in both layouts, so only L + 1 columns go
+    through the LM head (one more for families whose logits are shifted).
+    """
+    length = states.targets.shape[1]
+    total = states.input_ids.shape[1]
+    assert states.response_start == total - length, "the supervised response must be the last L columns"
+    kwargs = {"logits_to_keep": length + 1} if _accepts_logits_to_keep(net) else {}
+    out = net(input_ids=states.input_ids, attention_mask=states.attention_bias, position_ids=states.position_ids, **kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]  # (B, L + 1 or T, V)
+    return model.family.align(logits[:, -(length + 1) :])[:, 1:]  # (B, L, V)
+
+
+def step_normalizers(states: list[TrainingStates], dist: Dist) -> dict[str, torch.Tensor]:
+    """Counts of the whole step (every micro-batch of every worker) that the losses divide by."""
+    counts = [normalizer_counts(s.supervised, s.path, s.padding) for s in states]
+    keys = sorted(counts[0])
+    total = torch.stack([sum(c[k] for c in counts) for k in keys]).float()  # (K,)
+    dist.all_reduce(total)
+    return dict(zip(keys, total))
+
+
+def _autocast(trainer: Trainer):
+    if trainer.device.type == "cuda" and trainer.cfg.train.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _logp_metrics(ref_logits: torch.Tensor, states: TrainingStates, fake: torch.Tensor, metrics: dict) -> dict:
+    """ℓ (mean log-prob over M per sequence, averaged over sequences) of real and fake answers.
+
+    Only the reference needs a pass here: the objective already reports the per-sequence
+    log-ratios ℓ_θ - ℓ_ref averaged over the same sequences, so ℓ_θ = ℓ_ref + ratio exactly.
+    """
+    supervised = states.supervised  # (B, L)
+    ids = torch.stack([states.targets.long(), fake], dim=-1)  # (B, L, 2): real, fake
+    ref = gather_logprobs(ref_logits, ids)  # (B, L, 2)
+    count = supervised.sum(dim=-1)  # (B,)
+    per_row = (ref * supervised[..., None]).sum(dim=1) / count.clamp(min=1)[:, None]  # (B, 2)
+    valid = (count > 0).to(per_row.dtype)  # (B,)
+    mean = (per_row * valid[:, None]).sum(dim=0) / valid.sum().clamp(min=1)  # (2,)
+    return {
+        "logp_real_ref": mean[0], "logp_fake_ref": mean[1],
+        "logp_real_student": mean[0] + metrics["real_log_ratio"], "logp_fake_student": mean[1] + metrics["fake_log_ratio"],
+    }  # fmt: skip
+
+
+def _fake_generator(trainer: Trainer, micro: int) -> torch.Generator | None:
+    """For a sampled fake: seeded by (seed, step, worker, micro-batch), so resume replays it."""
+    if trainer.cfg.loss.fake_temperature == 0.0:
+        return None
+    key = (trainer.cfg.train.seed * 1_000_003 + trainer.step) * 4096 + trainer.dist.rank * 64 + micro
+    seed = int(row_seeds(0, 0, np.array([key]))[0])
+    return torch.Generator(device=trainer.device).manual_seed(seed)
+
+
+def _forward_loss(trainer: Trainer, states: TrainingStates, batch: Batch, norms: dict, micro: int):
+    """Student (and reference) forward and the objective of one micro-batch -> (loss, metrics)."""
+    with _autocast(trainer):
+        logits = forward_response(trainer.student, trainer.net, states)  # (B, L, V)
+        ref_logits = None
+        if trainer.reference is not None:
+            with torch.no_grad():
+                ref_logits = forward_response(trainer.reference.model, trainer.reference.net, states)  # (B, L, V)
+    loss_batch = LossBatch(
+        logits=logits, targets=states.targets, supervised=states.supervised, path=states.path,
+        ref_logits=ref_logits, padding=states.padding,
+        topk_logprobs=_maybe_to(batch.topk_logprobs, trainer.device), topk_ids=_maybe_to(batch.topk_ids, trainer.device),
+    )  # fmt: skip
+    generator = _fake_generator(trainer, micro)
+    replay = _clone_generator(generator)  # the same fake again, for the log-p metrics
+    loss, metrics = combine(loss_batch, trainer.cfg.loss, norms, generator)
+    if ref_logits is not None:
+        fake = fake_tokens(ref_logits, states.targets, states.supervised, trainer.cfg.loss.fake_temperature, replay)
+        metrics |= _logp_metrics(ref_logits, states, fake, metrics)
+    return loss, metrics
+
+
+def micro_step(trainer: Trainer, states: TrainingStates, batch: Batch, norms: dict, micro: int, sync: bool) -> dict:
+    """Forward, loss and backward of one micro-batch; gradients add up in `.grad`.
+
+    DDP all-reduces gradients only on the last micro-batch of the step (`sync`).
+    """
+    sync_ctx = contextlib.nullcontext() if sync or trainer.dist.world == 1 else trainer.net.no_sync()
+    with sync_ctx:
+        loss, metrics = _forward_loss(trainer, states, batch, norms, micro)
+        (loss * trainer.dist.world).backward()
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(trainer: Trainer, batches: list[Batch]) -> dict[str, float]:
+    """The objective and its metrics on fixed batches, without touching the weights or the step."""
+    states = [make_states(b, trainer.states, trainer.device, _state_dtype(trainer)) for b in batches]
+    norms = step_normalizers(states, trainer.dist)
+    parts = [_forward_loss(trainer, s, b, norms, i)[1] for i, (s, b) in enumerate(zip(states, batches))]
+    return reduce_metrics(parts, trainer.dist)
+
+
+def _state_dtype(trainer: Trainer) -> torch.dtype:
+    """Attention-bias dtype: the student's (float32 under autocast, whose weights stay float32)."""
+    dtype = trainer.student.dtype
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+def _maybe_to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device, non_blocking=True)
+
+
+def _clone_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    if generator is None:
+        return None
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return copy
+
+
+def reduce_metrics(parts: list[dict], dist: Dist) -> dict[str, float]:
+    """Step metrics: loss parts and counts add up over micro-batches and workers, the rest average.
+
+    The values stay on their device until one stacked copy to the host (one sync per step).
+    """
+    keys = sorted(set().union(*parts))
+    summed = [k in SUMMED_METRICS or k.endswith("_tokens") for k in keys]
+    device = next((v.device for p in parts for v in p.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    values = []
+    for key, add in zip(keys, summed):
+        vals = [torch.as_tensor(p[key]).detach().to(device, torch.float64) for p in parts if key in p]
+        values.append(sum(vals) if add else sum(vals) / len(vals))
+    stacked = torch.stack(values).cpu() if values else torch.zeros(0, dtype=torch.float64)
+    dist.all_reduce(stacked)
+    return {k: float(v) if add else float(v) / dist.world for k, v, add in zip(keys, stacked.tolist(), summed)}
+
+
+def _clip(trainer: Trainer) -> float:
+    params = [p for p in trainer.student.net.parameters() if p.grad is not None]
+    max_norm = trainer.cfg.optim.grad_clip or float("inf")
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def train_step(trainer: Trainer, batches: list[Batch]) -> dict[str, float]:
+    """One optimizer step over `batches` (the micro-batches of this worker); returns its metrics."""
+    states = [make_states(b, trainer.states, trainer.device, _state_dtype(trainer)) for b in batches]
+    norms = step_normalizers(states, trainer.dist)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    last = len(batches) - 1
+    parts = [micro_step(trainer, s, b, norms, i, i == last) for i, (s, b) in enumerate(zip(states, batches))]
+    sizes = {"input_tokens": sum(int(s.attention_mask.sum()) for s in states), "rows": sum(map(len, batches))}
+    metrics = reduce_metrics([*parts, sizes], trainer.dist)
+    if not math.isfinite(metrics["loss"]):
+        raise NonFiniteLoss(f"loss is {metrics['loss']} at step {trainer.step + 1}")
+    grad_norm = _clip(trainer)
+    if not math.isfinite(grad_norm):
+        raise NonFiniteLoss(f"gradient norm is {grad_norm} at step {trainer.step + 1}")
+    lr = trainer.scheduler.get_last_lr()[0]
+    trainer.optimizer.step()
+    trainer.scheduler.step()
+    trainer.step += 1
+    return metrics | {"grad_norm": grad_norm, "lr": lr}
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """metrics.jsonl, one line per step; a resumed run first drops lines after its start step."""
+
+    def __init__(self, path: Path, start_step: int, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if path.is_file() and start_step > 0:
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        self._fh = path.open("a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            self._fh.write(json.dumps(record, sort_keys=True) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._fh.close()
+
+
+def describe(trainer: Trainer, log: Callable = print) -> None:
+    """Print the derived sizes once, so the run explains itself."""
+    cfg, loader, model = trainer.cfg, trainer.loader, trainer.student
+    params = sum(p.numel() for p in model.net.parameters())
+    length = loader.response_length
+    copies = 2 if trainer.states.layout == "block_causal" else 1
+    tokens = cfg.rows_per_step * (loader.mean_prompt_len + copies * length)
+    rows_per_epoch = loader.batches_per_epoch * cfg.train.batch_size * cfg.dist.num_workers
+    ref = "frozen copy of the start"
+    if trainer.reference is None:
+        ref = "none (the objective does not use one)"
+    elif cfg.reference.round_every:
+        ref = f"frozen copy, refreshed every {cfg.reference.round_every} steps"
+    log(f"student {model.name} ({model.family.name}, {params / 1e6:.2f}M params) on {trainer.device}; reference: {ref}")
+    log(f"data {cfg.data.path}: {loader.num_rows:,} rows in {loader.num_shards} shards; response length {length}, "
+        f"mean prompt {loader.mean_prompt_len:.1f} tokens")  # fmt: skip
+    log(f"global batch {cfg.rows_per_step} rows = {cfg.train.batch_size} per micro-batch x {cfg.train.grad_accum} "
+        f"accumulated x {cfg.dist.num_workers} workers; ~{tokens:,.0f} tokens per step "
+        f"({trainer.states.layout} layout)")  # fmt: skip
+    loss, states = cfg.loss, trainer.states
+    log(f"{cfg.train.max_steps} steps = {cfg.train.max_steps * cfg.rows_per_step / rows_per_epoch:.2f} epochs; "
+        f"objective {loss.kind} (alpha {loss.alpha}, beta {loss.beta}, lambda_path {loss.lambda_path}); "
+        f"states {states.state_order}, block {states.block_size}, path_k {states.path_k_steps}")  # fmt: skip
+
+
+def save(trainer: Trainer) -> Path | None:
+    """Checkpoint the current step (rank 0 writes; every worker waits for it)."""
+    path = None
+    if trainer.dist.is_main:
+        state = {
+            "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+            "data": trainer.loader.state_dict(), "rng": ckpt.rng_state(),
+            "reference_refreshed_at": trainer.reference.refreshed_at if trainer.reference else 0,
+        }  # fmt: skip
+        out = Path(trainer.cfg.train.out)
+        path = ckpt.save_checkpoint(out, trainer.step, trainer.student, state, trainer.cfg, trainer.reference)
+    trainer.dist.barrier()
+    trainer.saved_step = trainer.step
+    trainer.last_checkpoint = path or trainer.last_checkpoint
+    return path
+
+
+def run_steps(trainer: Trainer, on_step: Callable[[dict], None]) -> None:
+    """Optimizer steps until max_steps: data, step, reference rounds, checkpoints."""
+    cfg = trainer.cfg
+    while trainer.step < cfg.train.max_steps:
+        start = time.perf_counter()
+        batches = [trainer.loader.next_batch() for _ in range(cfg.train.grad_accum)]
+        trainer.rows_read.extend(b.row_id.numpy() for b in batches)
+        metrics = train_step(trainer, batches)
+        if trainer.reference is not None:
+            trainer.reference.maybe_refresh(trainer.student.net, trainer.step, cfg.reference.round_every)
+        elapsed = time.perf_counter() - start
+        metrics |= {"step": trainer.step, "epoch": trainer.loader.epochs_seen, "step_time_s": elapsed,
+                    "tokens_per_s": metrics["input_tokens"] / elapsed, "rows_per_s": metrics["rows"] / elapsed}  # fmt: skip
+        on_step(metrics)
+        due = cfg.train.save_every and trainer.step % cfg.train.save_every == 0
+        if due and trainer.step < cfg.train.max_steps:  # the last step is saved by _finish
+            save(trainer)
+
+
+def train(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> RunResult:
+    """A whole run on this worker: build, describe, train, checkpoint, export the student."""
+    say = log if dist.is_main else _quiet
+    trainer = build_trainer(cfg, dist, say)
+    describe(trainer, say)
+    out = Path(cfg.train.out)
+    metrics_log = MetricsLog(out / METRICS_FILE, trainer.step, dist.is_main)
+    bar = tqdm(total=cfg.train.max_steps, initial=trainer.step, desc="distill", unit="step",
+               disable=not (dist.is_main and cfg.train.progress), dynamic_ncols=True)  # fmt: skip
+    last: dict[str, float] = {}
+
+    def on_step(metrics: dict) -> None:
+        last.update(metrics)
+        metrics_log.write(metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
+
+    try:
+        run_steps(trainer, on_step)
+    except NonFiniteLoss as err:
+        where = trainer.last_checkpoint or "none was saved"
+        raise NonFiniteLoss(f"{err}: stopped; last good checkpoint: {where}") from None
+    finally:
+        bar.close()
+        metrics_log.close()
+    return _finish(trainer, out, last, say)
+
+
+def _finish(trainer: Trainer, out: Path, last: dict, log: Callable) -> RunResult:
+    """Save the final checkpoint (unless this step already has one) and export the student."""
+    if trainer.saved_step != trainer.step:
+        save(trainer)
+    student = None
+    if trainer.dist.is_main:
+        student = ckpt.export_student(trainer.last_checkpoint, out)
+        log(f"student saved to {student} (step {trainer.step}; checkpoint {trainer.last_checkpoint})")
+    rows = np.concatenate(trainer.rows_read) if trainer.rows_read else np.zeros((0, 2), np.int64)
+    return RunResult(student=student, step=trainer.step, rows=rows, metrics=last, model=trainer.student)
