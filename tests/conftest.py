@@ -17,6 +17,11 @@ error: an explicit address never turns token auth on by itself.
 from __future__ import annotations
 
 import os
+
+# Spinning OpenMP threads starve each other on a small shared machine; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import os
 import secrets
 import shutil
 import tempfile
