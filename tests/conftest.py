@@ -21,7 +21,6 @@ import os
 # Spinning OpenMP threads starve each other on a small shared machine; set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import os
 import secrets
 import shutil
 import tempfile
