@@ -241,26 +241,29 @@ def _reveal(rows, active, cols, chosen, proposal, confidence, logprobs, cfg) -> 
 
 
 def _advance(model: DiffusionLM, rows: _Rows, active: torch.Tensor, cfg: SamplerConfig) -> None:
-    """Count the step; move rows whose block is complete on, and stop rows that are finished."""
+    """Count the step; move rows whose block is complete on, and stop rows that are finished.
+
+    Vectorised over the active rows: one device-to-host copy per step, not one per row.
+    """
     rows.step[active] += 1
     rows.step_in_block[active] += 1
-    for i in active.tolist():
-        if cfg.stop_at_eos and _eos_complete(model, rows, i):
-            rows.done[i] = True
-            continue
-        start = int(rows.block[i]) * cfg.block_size
-        if bool((rows.reveal_step[i, start : start + cfg.block_size] >= 0).all()):
-            rows.block[i] += 1
-            rows.step_in_block[i] = 0
-            rows.done[i] = bool(rows.block[i] >= cfg.num_blocks)
+    response = rows.ids[active, rows.prompt_len :].cpu()  # (R, L)
+    revealed = rows.reveal_step[active] >= 0  # (R, L)
+    finished = _eos_complete(response, revealed, model.eos_id) & cfg.stop_at_eos  # (R,)
+    cols = rows.block[active, None] * cfg.block_size + torch.arange(cfg.block_size)[None, :]  # (R, B)
+    moved = active[revealed.gather(1, cols).all(dim=1) & ~finished]
+    rows.done[active[finished]] = True
+    rows.block[moved] += 1
+    rows.step_in_block[moved] = 0
+    rows.done[moved] = rows.block[moved] >= cfg.num_blocks
 
 
-def _eos_complete(model: DiffusionLM, rows: _Rows, i: int) -> bool:
-    """True once some EOS is revealed and every position before it is revealed too."""
-    response = rows.ids[i, rows.prompt_len :].cpu()
-    revealed = rows.reveal_step[i] >= 0
-    eos = ((response == model.eos_id) & revealed).nonzero()
-    return bool(len(eos)) and bool(revealed[: int(eos[0])].all())
+def _eos_complete(response: torch.Tensor, revealed: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(R,) True once some EOS is revealed and every position before it is revealed too."""
+    eos = (response == eos_id) & revealed  # (R, L)
+    first = eos.float().argmax(dim=1)  # (R,) first revealed EOS (0 when there is none)
+    before = torch.arange(response.shape[1])[None, :] < first[:, None]  # (R, L)
+    return eos.any(dim=1) & (revealed | ~before).all(dim=1)
 
 
 def _finish(model: DiffusionLM, rows: _Rows, cfg: SamplerConfig, nfe: int) -> SampleOutput:
