@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from t3d.dllm import DiffusionLM, SampleOutput, SamplerConfig, UserError, sample
+from t3d.dllm.prompt_files import PromptRecord, read_prompt_file
 from t3d.dllm.task import BuiltinTask, diversity_report
 from t3d.trainer import metrics
 
@@ -139,70 +140,18 @@ def builtin_prompts(split: str = "test", limit: int | None = None, task_seed: in
 def load_prompt_file(path: str | Path, limit: int | None = None) -> PromptSet:
     """JSONL, JSON (a list) or Parquet rows with `prompt` or `question` and an optional `answer`.
 
-    The same formats as t3d-collect's `--prompts` (pipeline/prompts.py, which the trainer
-    may not import): a prompt is text or a list of token ids; a bare string is a prompt.
+    Read by `t3d.dllm.prompt_files`, the same reader as t3d-collect's `--prompts`: a
+    prompt is text or a list of token ids; a bare string is a prompt.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"prompts file not found: {path}")
-    readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".pq": _read_parquet}
-    if path.suffix.lower() not in readers:
-        raise UserError(f"prompts file must be .jsonl, .json or .parquet: {path}")
-    prompts = tuple(readers[path.suffix.lower()](path))[:limit]
-    if not prompts:
-        raise UserError(f"no prompts in {path}")
+    prompts = tuple(_eval_prompt(r) for r in read_prompt_file(path))[:limit]
     has_answers = any(p.answer is not None for p in prompts)
     return PromptSet(prompts=prompts, scorer=AnswerScorer(has_answers), source=str(path))
 
 
-def _row_to_prompt(row: Any, where: str) -> EvalPrompt:
-    """A prompt from one row; `where` ("FILE line N") names the row in errors."""
-    if isinstance(row, str):
-        return EvalPrompt(text=row)
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected an object with a 'prompt' or 'question' field")
-    text = row.get("prompt") if row.get("prompt") is not None else row.get("question")
-    answer = None if row.get("answer") is None else str(row["answer"])
-    if isinstance(text, list) and text and all(isinstance(t, int) and not isinstance(t, bool) for t in text):
-        return EvalPrompt(text=" ".join(map(str, text)), ids=tuple(text), answer=answer)
-    if not isinstance(text, str) or not text.strip():
-        raise UserError(f"{where}: needs a 'prompt' or 'question' that is non-empty text or a list of token ids")
-    return EvalPrompt(text=text, answer=answer)
-
-
-def _read_jsonl(path: Path) -> list[EvalPrompt]:
-    prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path} line {number}: malformed JSON ({err.msg} at column {err.colno})") from None
-        prompts.append(_row_to_prompt(row, f"{path} line {number}"))
-    return prompts
-
-
-def _read_json(path: Path) -> list[EvalPrompt]:
-    try:
-        rows = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} line {err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(rows, list):
-        raise UserError(f"{path}: expected a JSON list of prompts")
-    return [_row_to_prompt(row, f"{path} item {i}") for i, row in enumerate(rows, start=1)]
-
-
-def _read_parquet(path: Path) -> list[EvalPrompt]:
-    import polars as pl
-
-    try:
-        frame = pl.read_parquet(path)
-    except Exception as err:  # polars raises several kinds for a damaged file
-        raise UserError(f"cannot read Parquet file {path}: {str(err).splitlines()[0]}") from None
-    if "prompt" not in frame.columns and "question" not in frame.columns:
-        raise UserError(f"{path}: needs a 'prompt' or 'question' column")
-    return [_row_to_prompt(row, f"{path} row {i}") for i, row in enumerate(frame.iter_rows(named=True), start=1)]
+def _eval_prompt(record: PromptRecord) -> EvalPrompt:
+    if isinstance(record.prompt, str):
+        return EvalPrompt(text=record.prompt, answer=record.answer)
+    return EvalPrompt(text=" ".join(map(str, record.prompt)), ids=record.prompt, answer=record.answer)
 
 
 def encode_prompt(model: DiffusionLM, prompt: EvalPrompt) -> list[int]:

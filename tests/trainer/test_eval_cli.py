@@ -197,7 +197,7 @@ def bad_input(tmp_path, tiny_dirs):
     return {
         "missing prompts": (["--prompts", tmp_path / "nope.jsonl"], "prompts file not found"),
         "malformed line": (["--prompts", malformed], "bad.jsonl line 2: malformed JSON"),
-        "no prompt field": (["--prompts", keyless], "keyless.jsonl line 2: needs a 'prompt' or 'question'"),
+        "no prompt field": (["--prompts", keyless], "keyless.jsonl line 2: record has no 'prompt' or 'question' field"),
         "unknown model": (["--model", f"t3d={tmp_path / 'no_such_model'}", "--limit", "1"], "model directory not found"),
         "bad steps list": (["--model", model, "--steps-per-block", "4,x"], "--steps-per-block must be a comma-separated list"),
         "zero steps": (["--model", model, "--steps-per-block", "2,0"], "--steps-per-block must be a comma-separated list"),
