@@ -84,7 +84,7 @@ class StatesConfig:
     random_ratio: float = 0.1
     """Share of supervised positions shown as a random token instead of the mask."""
     path_k_steps: int = 1
-    """Teacher steps fused into one student step by the path loss."""
+    """Teacher steps fused into one student step by the path loss; the block size B for a one-step-per-block student."""
 
     def __post_init__(self) -> None:
         order_ok = self.state_order in ("trajectory", "reference")
