@@ -558,9 +558,10 @@ def describe(trainer: Trainer, log: Callable = print) -> None:
         f"accumulated x {cfg.dist.num_workers} workers; ~{tokens:,.0f} tokens per step "
         f"({trainer.states.layout} layout)")  # fmt: skip
     loss, states = cfg.loss, trainer.states
+    weights = {"t3d": f"alpha {loss.alpha}, beta {loss.beta}, lambda_path {loss.lambda_path}, path_k {states.path_k_steps}",
+               "ddo": f"alpha {loss.alpha}, beta {loss.beta}"}.get(loss.kind)  # fmt: skip
     log(f"{cfg.train.max_steps} steps = {cfg.train.max_steps * cfg.rows_per_step / rows_per_epoch:.2f} epochs; "
-        f"objective {loss.kind} (alpha {loss.alpha}, beta {loss.beta}, lambda_path {loss.lambda_path}); "
-        f"states {states.state_order}, block {states.block_size}, path_k {states.path_k_steps}")  # fmt: skip
+        f"objective {loss.kind}{f' ({weights})' if weights else ''}; states {states.state_order}, block {states.block_size}")  # fmt: skip
 
 
 def save(trainer: Trainer) -> Path | None:
