@@ -1,6 +1,6 @@
 """What t3d-collect costs beyond the sampler, and how it scales from 1 to 2 workers.
 
-    python benchmarks/collect_overhead.py [--prompts 384] [--json-only]
+    python benchmarks/collect_overhead.py [--prompts 384]
 
 Builds a random teacher from a config (no download), then times
 1. the bare sampler: the same batches of the same prompts, in this process, one torch
