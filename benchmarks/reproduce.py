@@ -1,6 +1,6 @@
 """Reproduce the headline result on the built-in task, from the shipped teacher, in one command.
 
-    python benchmarks/reproduce.py            # ~15-25 min on a 2-core CPU; writes docs/RESULTS.md
+    python benchmarks/reproduce.py            # ~12 min on a 2-core CPU; writes docs/RESULTS.md
 
 1. `t3d-collect`: the shipped teacher decodes the task's *train* prompts at one token per
    step (`--rollouts-per-prompt` samples each).
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Shared by every student, so the budgets match; only `--loss` and its own weights differ.
 # path-k-steps 4 = B: the path loss fuses a whole block of teacher steps into the one
 # student step that decodes it at one step per block.
-BUDGET = {"max-steps": 1500, "batch-size": 8, "lr": 3e-4, "seed": 0}
+BUDGET = {"max-steps": 1500, "batch-size": 8, "lr": 3e-4}  # --seed: one run per --train-seeds value
 TUNED = {
     "t3d": {"beta": 1.0, "alpha": 0.5, "lambda-path": 1.0, "path-k-steps": 4},
     "ce": {},
@@ -93,12 +92,11 @@ def _relative(arg: str) -> str:
 
 
 def machine_line() -> str:
-    import torch
+    from t3d.trainer.evaluate import machine  # what t3d-eval records in its JSON
 
-    cpu = platform.processor() or platform.machine()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.platform()}, {os.cpu_count()} CPU cores ({cpu}), {gpu}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")  # fmt: skip
+    m = machine()
+    return (f"{m['platform']}, {os.cpu_count()} CPU cores ({m['processor']}), {m['cuda'] or 'no GPU'}, "
+            f"Python {m['python']}, torch {m['torch']}")  # fmt: skip
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -221,15 +219,19 @@ def sweep_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def true_marker_first_rate() -> float:
+    from t3d.dllm.task import BuiltinTask
+
+    return 1 - BuiltinTask().config.marker_second_prob
+
+
 def observations(records: list[dict[str, Any]], teacher: str, block: int) -> str:
     """What the table says beyond the targets, with its numbers (computed, not written by hand)."""
     def rate(label: str, spb: int) -> str:
         r = find(records, label, spb=spb)
         return _f(((r or {}).get("truth_extra") or {}).get("marker_first_rate"), ".2f")
 
-    from t3d.dllm.task import BuiltinTask
-
-    truth_first = 1 - BuiltinTask().config.marker_second_prob
+    truth_first = true_marker_first_rate()
     threshold = [r for r in records if r["strategy"] == "threshold" and r["model"] == teacher]
     t3d = find(records, "t3d", spb=1)
     parts = [
@@ -292,7 +294,7 @@ on `val` (sweep below), and everything in the table is on `test`
 
 Gap closure = (student@K - teacher@K) / (teacher@full - teacher@K) on validity.
 Marker-first rate: share of words with the marker first, among words with exactly one marker in
-their first two positions (0.80 in the true distribution); a one-step-per-block sampler is valid
+their first two positions ({true_marker_first_rate():.2f} in the true distribution); a one-step-per-block sampler is valid
 only when the two first positions agree, so a student can trade this rate for validity. Distinct valid / prompt is out of {records[0]['samples_per_prompt']} samples.
 
 {results_table(records, teacher)}
