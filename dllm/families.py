@@ -20,6 +20,11 @@ class Family:
 
     name: str = "bidirectional"
     description: str = "bidirectional attention, logits[i] predicts token i (LLaDA-style)"
+    block_causal: bool = False
+    """A block sees itself and earlier blocks only: later blocks never change its logits (an exact KV cache)."""
+    absolute_blocks: bool = False
+    """Blocks sit at absolute positions from the first prompt token (SDAR): the prompt's tail shares the
+    first decoded block. False: the first block starts at the response's first token."""
 
     def attention_bias(
         self, attention_mask: torch.Tensor, prompt_len: int, block_size: int | None, dtype: torch.dtype
@@ -50,13 +55,14 @@ class BlockCausalFamily(Family):
 
     name: str = "block_causal"
     description: str = "block-causal attention: a block sees itself and earlier blocks (SDAR-style)"
+    block_causal: bool = True
 
     def attention_bias(
         self, attention_mask: torch.Tensor, prompt_len: int, block_size: int | None, dtype: torch.dtype
     ) -> torch.Tensor:
         if block_size is None:
             raise UserError("a block_causal model needs a block size (set t3d_block_size in config.json or pass --block-size)")
-        return masks.block_causal_mask(attention_mask, prompt_len, block_size, dtype)
+        return masks.block_causal_mask(attention_mask, prompt_len, block_size, dtype, absolute=self.absolute_blocks)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (Family(), ShiftedFamily(), BlockCausalFamily())}

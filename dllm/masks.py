@@ -38,17 +38,29 @@ def block_ids(prompt_len: int, total_len: int, block_size: int, device=None) -> 
 
 
 def block_causal_mask(
-    attention_mask: torch.Tensor, prompt_len: int, block_size: int, dtype: torch.dtype = torch.float32
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    block_size: int,
+    dtype: torch.dtype = torch.float32,
+    absolute: bool = False,
 ) -> torch.Tensor:
     """A query in block b sees the keys of blocks <= b (bidirectional inside a block).
 
     attention_mask: (B, T) bool, False on (left) padding; the prompt occupies the first
     `prompt_len` columns (padding included), the response the rest.
+    absolute: blocks at absolute positions (position // block_size, positions counted from
+    each row's first real token, as SDAR was trained), so a prompt's tail shares a block
+    with the first response tokens; otherwise the prompt is block 0 and the response's
+    blocks start at its first token.
     """
-    total = attention_mask.shape[1]
-    blocks = block_ids(prompt_len, total, block_size, attention_mask.device)  # (T,)
-    causal = blocks[None, :] <= blocks[:, None]  # (T, T) query row, key column
-    allowed = causal[None] & attention_mask[:, None, :] & attention_mask[:, :, None]  # (B, T, T)
+    if absolute:
+        blocks = position_ids(attention_mask) // block_size  # (B, T)
+        causal = blocks[:, None, :] <= blocks[:, :, None]  # (B, T, T) query row, key column
+    else:
+        total = attention_mask.shape[1]
+        causal = block_ids(prompt_len, total, block_size, attention_mask.device)  # (T,)
+        causal = (causal[None, :] <= causal[:, None])[None]  # (1, T, T)
+    allowed = causal & attention_mask[:, None, :] & attention_mask[:, :, None]  # (B, T, T)
     return additive(allowed, dtype)
 
 

@@ -32,7 +32,14 @@ class DiffusionLM:
     tokenizer: Any = None
     block_size: int | None = None
     max_new_tokens: int | None = None
+    stop_ids: tuple[int, ...] = ()
+    """Every token id that ends a response (generation_config's eos list); empty: just `eos_id`."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The ids that stop a response; `eos_id` (the padding target) comes first."""
+        return (self.eos_id,) + tuple(i for i in self.stop_ids if i != self.eos_id)
 
     @property
     def device(self) -> torch.device:
