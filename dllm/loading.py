@@ -1,23 +1,34 @@
 """Load a diffusion LM from a local Hugging Face-format directory (or the shipped `builtin`).
 
-Nothing is downloaded: every call passes `local_files_only=True`. Weights load from
-safetensors only, and custom modelling code runs only when the user asks for it.
+Nothing is downloaded: every file is read from the directory. Known families (SDAR,
+LLaDA, Dream and the built-in models) load natively into transformers' own classes: the
+checkpoint's config is mapped by its family, its safetensors weights renamed and loaded
+strictly (`t3d.dllm.weights`), and its own .py files are never executed. Checkpoints of
+model types t3d does not know run their own modelling code only with
+`--trust-remote-code`, through the same family interface (`--family`).
+
+`describe_checkpoint` reads everything but the weights (what a Ray driver needs);
+`load_model` adds the network.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from t3d.dllm import weights
 from t3d.dllm.errors import UserError
-from t3d.dllm.families import KNOWN_MASK_IDS, KNOWN_MODEL_TYPES, get_family
+from t3d.dllm.families import IDENTITY, Family, family_for_model_type, get_family, known_model_types
 from t3d.dllm.model import DiffusionLM
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -35,14 +46,13 @@ def check_checkpoint_dir(path: Path) -> None:
         raise UserError(f"model path is not a directory: {path}")
     if not (path / "config.json").is_file():
         raise UserError(f"no config.json in model directory {path}")
-    if not list(path.glob("*.safetensors")):
-        raise UserError(f"no safetensors weights in model directory {path} (t3d loads safetensors only)")
+    weights.weight_files(path)
 
 
 def weights_fingerprint(path: Path) -> str:
     """sha256 over each safetensors file's name, size, first and last MiB (cheap on 16 GB)."""
     digest = hashlib.sha256()
-    for file in sorted(path.glob("*.safetensors")):
+    for file in weights.weight_files(path):
         size = file.stat().st_size
         digest.update(f"{file.name}:{size}".encode())
         with file.open("rb") as fh:
@@ -53,90 +63,202 @@ def weights_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_config(path: Path, trust_remote_code: bool) -> Any:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint file, or a one-line error naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Everything about a checkpoint except its weights."""
+
+    path: Path
+    raw_config: dict[str, Any]  # config.json as written
+    config: Any  # the transformers config the network is built from
+    family: Family
+    native: bool  # False: the checkpoint's own modelling code (--trust-remote-code)
+    tokenizer: Any  # None when the directory has none
+    mask_id: int
+    pad_id: int
+    eos_id: int
+    stop_ids: tuple[int, ...]  # every id that ends a response, eos_id first
+    vocab_size: int
+    max_length: int
+    block_size: int | None
+
+    def identity(self, name: str | None = None) -> dict[str, Any]:
+        """What names this checkpoint in a dataset manifest (the same as `DiffusionLM.identity()`)."""
+        return {
+            "name": name or self.path.name,
+            "fingerprint": weights_fingerprint(self.path),
+            "family": self.family.name,
+            "vocab_size": self.vocab_size,
+            "mask_id": self.mask_id,
+            "pad_id": self.pad_id,
+            "eos_id": self.eos_id,
+            "stop_ids": list(self.stop_ids),
+            "path": str(self.path.resolve()),
+        }
+
+
+def resolve_family(raw: dict[str, Any], requested: str | None, path: Path) -> Family:
+    """--family, else `t3d_family` in config.json, else the family that owns `model_type`."""
+    name = requested or raw.get("t3d_family")
+    model_type = str(raw.get("model_type", ""))
+    family = get_family(name) if name else family_for_model_type(model_type)
+    if family is None:
+        raise UserError(
+            f"cannot tell the model family of {path} (model_type {model_type!r}; t3d loads "
+            f"{', '.join(known_model_types())} natively): for another DLLM pass --family "
+            "bidirectional|shifted|block_causal, with --trust-remote-code if it needs its own modelling code"
+        )
+    if family.unsupported:
+        raise UserError(f"{path}: {family.unsupported}")
+    return family
+
+
+def build_config(raw: dict[str, Any], family: Family, path: Path, trust_remote_code: bool) -> tuple[Any, bool]:
+    """(transformers config, native?) of a checkpoint."""
     from transformers import AutoConfig
 
+    if family.architecture is not None and family.architecture is not IDENTITY:
+        return family.architecture.build_config(copy.deepcopy(raw), path), True
+    native = family.architecture is IDENTITY and not (trust_remote_code and "auto_map" in raw)
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-    except ValueError as err:
-        if "trust_remote_code" in str(err) and not trust_remote_code:
-            raise UserError(f"checkpoint {path} needs its own modelling code: pass --trust-remote-code if you trust it") from None
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code and not native)
+    except (ValueError, KeyError) as err:
+        if not trust_remote_code:
+            raise UserError(
+                f"checkpoint {path} (model_type {raw.get('model_type')!r}) is not a model type t3d or transformers "
+                "knows: pass --trust-remote-code to run its own modelling code if you trust it"
+            ) from None
         raise UserError(f"cannot read config.json in {path}: {str(err).splitlines()[0]}") from None
+    return config, native
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
+def load_tokenizer(path: Path, trust_remote_code: bool, config: Any = None) -> Any:
     """The checkpoint's tokenizer, or None when the directory has none (ids-only use)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     has_tokenizer = any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
     if not has_tokenizer:
         return None
-    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    try:
+        extra = {"config": config} if config is not None else {}  # else it re-reads config.json by model_type
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code, **extra)
+    except (ValueError, OSError) as err:
+        if (path / "tokenizer.json").is_file():  # a tokenizer class in remote code: the fast tokenizer file suffices
+            return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        raise UserError(f"cannot load the tokenizer in {path}: {str(err).splitlines()[0]}") from None
 
 
-def _first_id(value: Any) -> int | None:
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
     if isinstance(value, (list, tuple)):
-        return int(value[0]) if value else None
-    return None if value is None else int(value)
+        return [int(v) for v in value]
+    return [int(value)]
 
 
-def special_ids(config: Any, tokenizer: Any, path: Path) -> tuple[int, int, int]:
-    """(mask, pad, eos) from the config, then the tokenizer, then known checkpoints."""
-    model_type = getattr(config, "model_type", "")
-    mask_id = _first_id(getattr(config, "mask_token_id", None))
-    if mask_id is None and tokenizer is not None:
-        mask_id = _first_id(getattr(tokenizer, "mask_token_id", None))
-    if mask_id is None:
-        mask_id = KNOWN_MASK_IDS.get(model_type)
+def special_ids(raw: dict[str, Any], family: Family, tokenizer: Any, vocab_size: int, path: Path) -> dict[str, Any]:
+    """mask, pad, eos and stop ids from config.json, generation_config.json, the tokenizer and the family."""
+    mask = _ids(raw.get("mask_token_id"))[:1] or _ids(getattr(tokenizer, "mask_token_id", None))[:1]
+    mask_id = mask[0] if mask else family.mask_id
     if mask_id is None:
         raise UserError(f"checkpoint {path} has no mask token: set mask_token_id in its config.json")
-    eos_id = _first_id(getattr(config, "eos_token_id", None))
-    if eos_id is None and tokenizer is not None:
-        eos_id = _first_id(tokenizer.eos_token_id)
-    if eos_id is None:
+    if not 0 <= mask_id < vocab_size:
+        raise UserError(f"{path}/config.json: mask token id {mask_id} is outside the vocabulary ({vocab_size})")
+    if tokenizer is not None and tokenizer.convert_ids_to_tokens(mask_id) is None:
+        raise UserError(f"the tokenizer in {path} has no token with the mask id {mask_id} of this {family.name} checkpoint")
+    generation = path / "generation_config.json"
+    gen_eos = _ids(read_json(generation).get("eos_token_id")) if generation.is_file() else []
+    eos = _ids(raw.get("eos_token_id")) or gen_eos or _ids(getattr(tokenizer, "eos_token_id", None))
+    if not eos:
         raise UserError(f"checkpoint {path} has no EOS token: set eos_token_id in its config.json")
-    pad_id = _first_id(getattr(config, "pad_token_id", None))
-    if pad_id is None and tokenizer is not None:
-        pad_id = _first_id(tokenizer.pad_token_id)
-    return mask_id, eos_id if pad_id is None else pad_id, eos_id
+    for token in eos + gen_eos:
+        if not 0 <= token < vocab_size:
+            where = generation if token in gen_eos else path / "config.json"
+            raise UserError(f"{where}: eos token id {token} is outside the vocabulary ({vocab_size})")
+    stop_ids = tuple(dict.fromkeys([eos[0]] + eos + gen_eos))
+    pad = _ids(raw.get("pad_token_id"))[:1] or _ids(getattr(tokenizer, "pad_token_id", None))[:1]
+    return {"mask_id": mask_id, "pad_id": pad[0] if pad else eos[0], "eos_id": eos[0], "stop_ids": stop_ids}
 
 
-def family_name(config: Any, requested: str | None, path: Path) -> str:
-    if requested:
-        return requested
-    configured = getattr(config, "t3d_family", None)
-    if configured:
-        return configured
-    model_type = getattr(config, "model_type", "")
-    if model_type in KNOWN_MODEL_TYPES:
-        return KNOWN_MODEL_TYPES[model_type]
-    raise UserError(
-        f"cannot tell the model family of {path} (model_type {model_type!r}): pass --family "
-        "bidirectional|shifted|block_causal or set t3d_family in config.json"
+def describe_checkpoint(path: str | Path, family: str | None = None, trust_remote_code: bool = False) -> CheckpointInfo:
+    """Config, family, tokenizer and special ids of a checkpoint, without loading its weights."""
+    resolved = resolve_model_path(path)
+    check_checkpoint_dir(resolved)
+    raw = read_json(resolved / "config.json")
+    fam = resolve_family(raw, family, resolved)
+    config, native = build_config(raw, fam, resolved, trust_remote_code)
+    if not native and not trust_remote_code:
+        raise UserError(f"checkpoint {resolved} needs its own modelling code: pass --trust-remote-code if you trust it")
+    tokenizer = load_tokenizer(resolved, trust_remote_code, config)
+    vocab_size = int(config.vocab_size)
+    ids = special_ids(raw, fam, tokenizer, vocab_size, resolved)
+    max_length = getattr(config, "max_position_embeddings", None) or raw.get("max_sequence_length")
+    block_size = raw.get("t3d_block_size") or raw.get("block_size")
+    return CheckpointInfo(
+        path=resolved, raw_config=raw, config=config, family=fam, native=native, tokenizer=tokenizer,
+        vocab_size=vocab_size, max_length=int(max_length or 1 << 30),
+        block_size=int(block_size) if block_size else None, **ids,
     )
 
 
-def load_network(path: Path, config: Any, trust_remote_code: bool, dtype: torch.dtype | None) -> torch.nn.Module:
-    """AutoModelForCausalLM, else AutoModel (LLaDA ships only the latter); eval mode."""
+def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device, path: Path) -> torch.dtype:
+    """`auto` (or None): the checkpoint's own dtype on CUDA, float32 elsewhere (bfloat16 is slow on CPU)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto"):
+        return weights.checkpoint_dtype(path) if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def build_native_network(info: CheckpointInfo, dtype: torch.dtype, device: str | torch.device) -> torch.nn.Module:
+    """The family's transformers class built on the meta device, then filled strictly from the weights."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(info.config)  # building a model mutates its config
+    config._attn_implementation = "sdpa"  # honours a 4D additive mask as given
+    architecture = info.family.architecture
+    if architecture is IDENTITY:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+    else:
+        cls = getattr(transformers, architecture.model_class)
+    with torch.device("meta"):
+        net = cls(config)
+    weights.load_into(net, info.path, architecture.native_name, dtype, device)
+    return net.eval()
+
+
+def build_remote_network(info: CheckpointInfo, dtype: torch.dtype, device: str | torch.device) -> torch.nn.Module:
+    """The checkpoint's own modelling code (trusted by the user); every tensor checked afterwards."""
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own bars say what is happening
-
-    kwargs = dict(
-        config=copy.deepcopy(config),  # from_pretrained mutates the config it is given
-        local_files_only=True,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        dtype=dtype or torch.float32,
-    )
-    if not trust_remote_code:
-        kwargs["attn_implementation"] = "sdpa"
+    hf_logging.disable_progress_bar()
+    kwargs = dict(config=copy.deepcopy(info.config), local_files_only=True, trust_remote_code=True,
+                  use_safetensors=True, dtype=dtype)
     try:
-        net = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        net = AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
     except ValueError:
-        net = AutoModel.from_pretrained(path, **kwargs)
-    return net.eval()
+        net = AutoModel.from_pretrained(info.path, **kwargs)
+    net = net.to(device).eval()
+    for name, tensor in list(net.named_parameters()) + list(net.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{info.path}: {name} holds NaN or inf after loading with its own code (an uninitialised buffer?)"
+            )
+    return net
 
 
 def load_model(
@@ -144,29 +266,30 @@ def load_model(
     family: str | None = None,
     trust_remote_code: bool = False,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> DiffusionLM:
-    """Load a checkpoint directory (or `builtin`) as a `DiffusionLM` on `device`."""
-    resolved = resolve_model_path(path)
-    check_checkpoint_dir(resolved)
-    config = load_config(resolved, trust_remote_code)
-    fam = get_family(family_name(config, family, resolved))
-    tokenizer = load_tokenizer(resolved, trust_remote_code)
-    mask_id, pad_id, eos_id = special_ids(config, tokenizer, resolved)
-    net = load_network(resolved, config, trust_remote_code, dtype).to(device)
-    max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+    """Load a checkpoint directory (or `builtin`) as a `DiffusionLM` on `device`.
+
+    dtype: `auto`/None (the checkpoint's dtype on CUDA, float32 on CPU), a name or a torch dtype.
+    """
+    info = describe_checkpoint(path, family, trust_remote_code)
+    load_dtype = resolve_dtype(dtype, device, info.path)
+    build = build_native_network if info.native else build_remote_network
+    net = build(info, load_dtype, device)
     return DiffusionLM(
         net=net,
-        family=fam,
-        mask_id=mask_id,
-        pad_id=pad_id,
-        eos_id=eos_id,
-        vocab_size=int(config.vocab_size),
-        max_length=int(max_length or 1 << 30),
-        name="builtin" if str(path) == "builtin" else resolved.name,
-        fingerprint=weights_fingerprint(resolved),
-        path=str(resolved),
-        tokenizer=tokenizer,
-        block_size=getattr(config, "t3d_block_size", None) or getattr(config, "block_size", None),
-        max_new_tokens=getattr(config, "t3d_max_new_tokens", None),
+        family=info.family,
+        mask_id=info.mask_id,
+        pad_id=info.pad_id,
+        eos_id=info.eos_id,
+        stop_ids=info.stop_ids,
+        vocab_size=info.vocab_size,
+        max_length=info.max_length,
+        name="builtin" if str(path) == "builtin" else info.path.name,
+        fingerprint=weights_fingerprint(info.path),
+        path=str(info.path),
+        tokenizer=info.tokenizer,
+        block_size=info.block_size,
+        max_new_tokens=info.raw_config.get("t3d_max_new_tokens"),
+        native=info.native,
     )

@@ -34,6 +34,8 @@ class DiffusionLM:
     max_new_tokens: int | None = None
     stop_ids: tuple[int, ...] = ()
     """Every token id that ends a response (generation_config's eos list); empty: just `eos_id`."""
+    native: bool = True
+    """Loaded into a transformers class (False: the checkpoint's own code, `--trust-remote-code`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,6 +94,7 @@ class DiffusionLM:
             "mask_id": self.mask_id,
             "pad_id": self.pad_id,
             "eos_id": self.eos_id,
+            "stop_ids": list(self.eos_ids),
             "path": self.path,
         }
 

@@ -61,11 +61,11 @@ class TeacherConfig:
     model: str = "builtin"
     """Checkpoint directory of the teacher, or `builtin` for the shipped tiny teacher."""
     family: str | None = None
-    """Model family (bidirectional, shifted, block_causal); default: read from the checkpoint."""
+    """Model family (sdar, llada, dream, or bidirectional, shifted, block_causal); default: from the checkpoint's model_type."""
     trust_remote_code: bool = False
     """Run modelling code shipped with the checkpoint (only for checkpoints you trust)."""
     dtype: str = "auto"
-    """Weights dtype on the workers: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    """Weights dtype on the workers: auto (the checkpoint's own dtype on CUDA, float32 on CPU), float32, bfloat16, float16."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -15,7 +15,6 @@ from typing import Any
 
 from t3d.dllm import loading
 from t3d.dllm.errors import UserError
-from t3d.dllm.families import get_family
 from t3d.pipeline.config import TeacherConfig
 
 
@@ -35,38 +34,13 @@ class TeacherInfo:
 
 def describe_teacher(cfg: TeacherConfig) -> TeacherInfo:
     """Config, tokenizer and fingerprint of the teacher checkpoint, without its weights."""
-    path = loading.resolve_model_path(cfg.model)
-    loading.check_checkpoint_dir(path)
-    config = loading.load_config(path, cfg.trust_remote_code)
-    family = get_family(loading.family_name(config, cfg.family, path))
-    tokenizer = loading.load_tokenizer(path, cfg.trust_remote_code)
-    mask_id, pad_id, eos_id = loading.special_ids(config, tokenizer, path)
-    max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
-    identity = {
-        "name": "builtin" if cfg.model == "builtin" else path.name,
-        "fingerprint": loading.weights_fingerprint(path),
-        "family": family.name,
-        "vocab_size": int(config.vocab_size),
-        "mask_id": mask_id,
-        "pad_id": pad_id,
-        "eos_id": eos_id,
-        "path": str(path.resolve()),
-    }
+    info = loading.describe_checkpoint(cfg.model, cfg.family, cfg.trust_remote_code)
     return TeacherInfo(
-        identity=identity,
-        max_length=int(max_length or 1 << 30),
-        tokenizer=tokenizer,
-        task_seed=int(getattr(config, "t3d_task_seed", 0) or 0),
+        identity=info.identity("builtin" if cfg.model == "builtin" else None),
+        max_length=info.max_length,
+        tokenizer=info.tokenizer,
+        task_seed=int(info.raw_config.get("t3d_task_seed", 0) or 0),
     )
-
-
-def resolve_dtype(name: str, device: str):
-    """`auto` is bfloat16 on CUDA and float32 elsewhere."""
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, name)
 
 
 def load_teacher(cfg: TeacherConfig, expected_fingerprint: str | None = None, device: str | None = None):
@@ -81,7 +55,7 @@ def load_teacher(cfg: TeacherConfig, expected_fingerprint: str | None = None, de
         family=cfg.family,
         trust_remote_code=cfg.trust_remote_code,
         device=device,
-        dtype=resolve_dtype(cfg.dtype, device),
+        dtype=cfg.dtype,
     )
     if expected_fingerprint is not None and model.fingerprint != expected_fingerprint:
         raise UserError(

@@ -39,8 +39,6 @@ from t3d.trainer.losses import LossBatch, combine, fake_tokens, gather_logprobs,
 from t3d.trainer.reference import Reference
 from t3d.trainer.states import StateConfig, TrainingStates, build_states
 
-# Attention layout of the training states per model family; every other family is "semi_ar".
-STATE_LAYOUTS = {"block_causal": "block_causal"}
 # Objectives that read the reference (the others never run it).
 REFERENCE_OBJECTIVES = frozenset({"t3d", "ddo"})
 # Metrics whose micro-batch values add up to the step's value (divided by step-wide counts).
@@ -207,7 +205,7 @@ def build_state_config(cfg: DistillConfig, model: DiffusionLM, loader: Trajector
     low, high = random_token_range(model)
     return StateConfig(
         block_size=block, mask_id=model.mask_id, eos_id=model.eos_id,
-        layout=STATE_LAYOUTS.get(model.family.name, "semi_ar"), state_order=cfg.states.state_order,
+        layout="block_causal" if model.family.block_causal else "semi_ar", state_order=cfg.states.state_order,
         random_ratio=cfg.states.random_ratio, random_vocab=(low, high), path_k_steps=cfg.states.path_k_steps,
     )  # fmt: skip
 

@@ -100,12 +100,8 @@ def preflight(cfg: DistillConfig) -> None:
     from t3d.trainer.loop import check_compatible
 
     dataset, _ = open_dataset(dataclasses.replace(cfg.data, verify=False), log=lambda *a: None)
-    path = loading.resolve_model_path(cfg.model.path)
-    loading.check_checkpoint_dir(path)
-    config = loading.load_config(path, cfg.model.trust_remote_code)
-    tokenizer = loading.load_tokenizer(path, cfg.model.trust_remote_code)
-    mask_id, _, _ = loading.special_ids(config, tokenizer, path)
-    student = {"name": path.name, "vocab_size": int(config.vocab_size), "mask_id": mask_id}
+    info = loading.describe_checkpoint(cfg.model.path, cfg.model.family, cfg.model.trust_remote_code)
+    student = {"name": info.path.name, "vocab_size": info.vocab_size, "mask_id": info.mask_id}
     check_compatible(dataset.manifest.teacher, student, cfg.data.path)
 
 

@@ -1,0 +1,215 @@
+"""Safetensors weights in and out, strictly: a loader that cannot silently corrupt a model.
+
+Reading: every `*.safetensors` file of a checkpoint (or the files a
+`model.safetensors.index.json` names), each tensor renamed by the family's architecture,
+checked finite, cast to the load dtype and assigned into a network built on the meta
+device. Missing, unexpected and mis-shaped tensors are one-line errors naming them;
+buffers the checkpoint does not hold (RoPE's `inv_freq`) are computed from the config,
+and a network with any tensor left on the meta device is refused.
+
+Writing (`save_like`): a network's weights under the checkpoint's own names, dtype and
+shard layout, so a trained student drops into the tools that load its teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from t3d.dllm.errors import UserError
+
+INDEX = "model.safetensors.index.json"
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: those its index names, else `model.safetensors`, else every *.safetensors.
+
+    (A trainer checkpoint also holds `reference.safetensors`, which is not part of the model.)
+    """
+    index = path / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{index}: not a safetensors index (no weight_map)") from None
+        files = sorted({path / name for name in weight_map.values()})
+        for file in files:
+            if not file.is_file():
+                raise UserError(f"{index} names {file.name}, which is not in {path}")
+        return files
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"no safetensors weights in model directory {path} (t3d loads safetensors only)")
+    return files
+
+
+def checkpoint_dtype(path: Path) -> torch.dtype:
+    """The dtype the weights are stored in (of the first floating-point tensor)."""
+    from safetensors import safe_open
+
+    for file in weight_files(path):
+        with safe_open(str(file), framework="pt") as fh:
+            for name in fh.keys():
+                dtype = fh.get_slice(name).get_dtype()
+                if dtype in _SAFETENSORS_FLOATS:
+                    return _SAFETENSORS_FLOATS[dtype]
+    return torch.float32
+
+
+_SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def iter_tensors(path: Path, device: str | torch.device = "cpu") -> Iterator[tuple[str, Path, torch.Tensor]]:
+    """(name, file, tensor) for every tensor of the checkpoint, one at a time."""
+    from safetensors import safe_open
+
+    for file in weight_files(path):
+        try:
+            with safe_open(str(file), framework="pt", device=str(device)) as fh:
+                for name in fh.keys():
+                    yield name, file, fh.get_tensor(name)
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, UserError):
+                raise
+            raise UserError(f"cannot read {file}: {str(err).splitlines()[0]}") from None
+
+
+def load_into(
+    net: torch.nn.Module,
+    path: Path,
+    rename: Callable[[str], str],
+    dtype: torch.dtype,
+    device: str | torch.device,
+) -> None:
+    """Fill a meta-device `net` from the checkpoint at `path`, strictly.
+
+    rename: checkpoint name -> parameter name. Tied parameters (an LM head sharing the
+    embedding) may be absent from the checkpoint; everything else must match exactly.
+    """
+    expected = {name: t for name, t in net.state_dict(keep_vars=True).items()}
+    tied = _tied_names(net)
+    loaded: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for name, file, tensor in iter_tensors(path, device):
+        target = rename(name)
+        if target in loaded:
+            raise UserError(f"{path}: tensor {name} is stored twice ({file.name} and another file)")
+        if target not in expected:
+            unexpected.append(name)
+            continue
+        want = expected[target]
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise UserError(
+                f"{file.name}: tensor {name} has shape {tuple(tensor.shape)}, the config implies {tuple(want.shape)}"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{file.name}: tensor {name} holds NaN or inf values")
+        loaded[target] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    if unexpected:
+        raise UserError(f"{path}: unexpected tensors not in the model: {_names(unexpected)}")
+    persistent = set(dict(net.named_parameters())) | _persistent_buffers(net)
+    missing = sorted(n for n in persistent if n not in loaded and n not in tied)
+    if missing:
+        raise UserError(f"{path}: tensors missing from the checkpoint: {_names(missing)}")
+    net.load_state_dict(loaded, strict=False, assign=True)
+    if tied:
+        net.tie_weights()
+    _materialise_buffers(net, device)
+    _check_no_meta(net, path)
+
+
+def _names(names: list[str], most: int = 4) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" (+{len(names) - most} more)" if len(names) > most else "")
+
+
+def _tied_names(net: torch.nn.Module) -> set[str]:
+    """Parameters that share another's storage when the config ties them (the LM head)."""
+    config = getattr(net, "config", None)
+    if not getattr(config, "tie_word_embeddings", False):
+        return set()
+    keys = getattr(net, "_tied_weights_keys", None) or {}
+    return set(keys if isinstance(keys, dict) else keys)
+
+
+def _persistent_buffers(net: torch.nn.Module) -> set[str]:
+    names = set()
+    for module_name, module in net.named_modules():
+        for buffer_name in module._buffers:
+            if buffer_name not in module._non_persistent_buffers_set:
+                names.add(f"{module_name}.{buffer_name}" if module_name else buffer_name)
+    return names
+
+
+def _materialise_buffers(net: torch.nn.Module, device: str | torch.device) -> None:
+    """Recompute non-persistent buffers (RoPE inv_freq) from the config on `device`.
+
+    transformers' rotary modules build `inv_freq` in `__init__` from the config; built on
+    the meta device they hold nothing, so each is built again on the real device.
+    """
+    for parent_name, parent in list(net.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if not any(b.is_meta for b in child.buffers(recurse=False)):
+                continue
+            config = getattr(child, "config", None)
+            if config is None:
+                continue  # left to _check_no_meta
+            with torch.device(device):
+                rebuilt = type(child)(config=config)
+            setattr(parent, child_name, rebuilt)
+
+
+def _check_no_meta(net: torch.nn.Module, path: Path) -> None:
+    for name, tensor in list(net.named_parameters()) + list(net.named_buffers()):
+        if tensor.is_meta:
+            raise UserError(f"{path}: {name} was never initialised (not in the checkpoint, not computable)")
+
+
+def state_dict_for_export(net: torch.nn.Module, rename: Callable[[str], str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The network's persistent tensors under checkpoint names, cast to `dtype`, tied copies dropped."""
+    tied = _tied_names(net)
+    persistent = set(dict(net.named_parameters())) | _persistent_buffers(net)
+    out = {}
+    for name, tensor in net.state_dict().items():
+        if name in tied or name not in persistent:
+            continue
+        value = tensor.detach().to("cpu")
+        out[rename(name)] = value.to(dtype).contiguous() if value.is_floating_point() else value.contiguous()
+    return out
+
+
+def save_like(tensors: dict[str, torch.Tensor], out: Path, layout_of: Path) -> None:
+    """Write `tensors` into `out` in the shard layout of the checkpoint `layout_of`.
+
+    Each tensor goes to the file that held the tensor of the same name in `layout_of`
+    (a sharded checkpoint stays sharded with the same index); an unsharded one stays a
+    single `model.safetensors`.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    index = layout_of / INDEX
+    if not index.is_file():
+        files = weight_files(layout_of)
+        save_file(tensors, str(out / files[0].name), metadata={"format": "pt"})
+        return
+    weight_map = json.loads(index.read_text())["weight_map"]
+    missing = sorted(set(tensors) - set(weight_map))
+    if missing:
+        raise UserError(f"{index} has no shard for {_names(missing)}")
+    shards: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        shards.setdefault(weight_map[name], {})[name] = tensor
+    for file, part in sorted(shards.items()):
+        save_file(part, str(out / file), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    new_index = {"metadata": {"total_size": total}, "weight_map": {n: weight_map[n] for n in sorted(tensors)}}
+    tmp = out / f".{INDEX}.tmp"
+    tmp.write_text(json.dumps(new_index, indent=2) + "\n")
+    os.replace(tmp, out / INDEX)
