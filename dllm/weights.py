@@ -213,3 +213,20 @@ def save_like(tensors: dict[str, torch.Tensor], out: Path, layout_of: Path) -> N
     tmp = out / f".{INDEX}.tmp"
     tmp.write_text(json.dumps(new_index, indent=2) + "\n")
     os.replace(tmp, out / INDEX)
+
+
+def write_shards(tensors: dict[str, torch.Tensor], out: Path, shards: int) -> None:
+    """Write `tensors` as `shards` files `model-0000i-of-0000n.safetensors` plus the index (1: `model.safetensors`)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(tensors)
+    if shards <= 1:
+        save_file({n: tensors[n] for n in names}, str(out / "model.safetensors"), metadata={"format": "pt"})
+        return
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    weight_map = {name: files[i * shards // len(names)] for i, name in enumerate(names)}
+    for file in files:
+        save_file({n: tensors[n] for n in names if weight_map[n] == file}, str(out / file), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")

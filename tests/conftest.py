@@ -72,3 +72,24 @@ def ray_session():
             else:
                 os.environ[name] = value
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+REALCKPT = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "realckpt"
+
+
+@pytest.fixture(scope="session")
+def real_fixtures(tmp_path_factory):
+    """Tiny random-weight SDAR / LLaDA / Dream checkpoints laid out like a hub download (small vocab).
+
+    Built once per session by ../shared/realckpt/build_fixtures.py (~5 s): `<name>/` holds the
+    upstream files as published, `<name>-compat/` the same code with import shims that run here.
+    """
+    import subprocess
+    import sys
+
+    builder = REALCKPT / "build_fixtures.py"
+    if not builder.is_file():
+        pytest.skip(f"real-checkpoint fixtures need {builder} (the shared/ folder beside the repo)")
+    out = tmp_path_factory.mktemp("realckpt")
+    subprocess.run([sys.executable, str(builder), "--out", str(out), "--small-vocab"], check=True, capture_output=True)
+    return out
