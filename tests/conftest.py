@@ -78,7 +78,15 @@ REALCKPT = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "s
 
 
 @pytest.fixture(scope="session")
-def real_fixtures(tmp_path_factory):
+def realckpt():
+    """../shared/realckpt (the families' published files and the fixture builder), or a skip."""
+    if not (REALCKPT / "build_fixtures.py").is_file():
+        pytest.skip(f"real-checkpoint fixtures need {REALCKPT} (the shared/ folder beside the repo)")
+    return REALCKPT
+
+
+@pytest.fixture(scope="session")
+def real_fixtures(realckpt, tmp_path_factory):
     """Tiny random-weight SDAR / LLaDA / Dream checkpoints laid out like a hub download (small vocab).
 
     Built once per session by ../shared/realckpt/build_fixtures.py (~5 s): `<name>/` holds the
@@ -87,9 +95,7 @@ def real_fixtures(tmp_path_factory):
     import subprocess
     import sys
 
-    builder = REALCKPT / "build_fixtures.py"
-    if not builder.is_file():
-        pytest.skip(f"real-checkpoint fixtures need {builder} (the shared/ folder beside the repo)")
+    builder = realckpt / "build_fixtures.py"
     out = tmp_path_factory.mktemp("realckpt")
     subprocess.run([sys.executable, str(builder), "--out", str(out), "--small-vocab"], check=True, capture_output=True)
     return out

@@ -19,29 +19,6 @@ PROMPT_LENGTHS = (7, 4, 9, 12)  # mixed, multiples of the block and not
 BLOCK = 4
 
 
-def _rope_fix(net: torch.nn.Module, theta: float, head_dim: int) -> None:
-    """transformers 5 leaves the remote code's inv_freq uninitialised: give the reference its true value."""
-    for module in net.modules():
-        if hasattr(module, "inv_freq"):
-            true = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-            module.inv_freq = true
-            if hasattr(module, "original_inv_freq"):
-                module.original_inv_freq = true
-
-
-def upstream(real_fixtures, name: str) -> torch.nn.Module:
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    path = real_fixtures / f"{name}-compat"
-    config = json.loads((path / "config.json").read_text())
-    cls = AutoModelForCausalLM if "AutoModelForCausalLM" in config.get("auto_map", {}) else AutoModel
-    net = cls.from_pretrained(path, trust_remote_code=True, dtype=torch.float32, local_files_only=True).eval()
-    heads = config.get("num_attention_heads") or config.get("n_heads")
-    head_dim = config.get("head_dim") or (config.get("hidden_size") or config["d_model"]) // heads
-    _rope_fix(net, float(config["rope_theta"]), head_dim)
-    return net
-
-
 def _keep_mask(length: int) -> torch.Tensor:
     """SDAR's own convention: True where a query may attend; blocks at absolute positions."""
     blocks = torch.arange(length) // BLOCK
@@ -74,9 +51,9 @@ def _batch(lengths, vocab=300, pad=0, seed=0):
 
 
 @pytest.mark.parametrize("name", ["sdar", "llada", "llada_v2", "dream"])
-def test_logits_equal_the_familys_own_code_on_a_left_padded_batch(real_fixtures, name):
+def test_logits_equal_the_familys_own_code_on_a_left_padded_batch(real_fixtures, upstream_net, name):
     model = load_model(real_fixtures / name)  # pristine directory: its .py files are never run
-    reference = upstream(real_fixtures, name)
+    reference = upstream_net(name)
     rows, ids, attention = _batch(PROMPT_LENGTHS, pad=model.pad_id)
     with torch.no_grad():
         ours = model.logits(ids, attention, prompt_len=ids.shape[1], block_size=BLOCK)  # (B, T, V)
