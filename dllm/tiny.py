@@ -97,7 +97,9 @@ def real_layout_config(family: str, *, vocab_size: int = 96, hidden_size: int = 
     raise ValueError(f"no published layout for family {family!r}")
 
 
-def build_real_layout(out_dir: str | Path, family: str, *, shards: int = 1, seed: int = 0, **sizes) -> Path:
+def build_real_layout(
+    out_dir: str | Path, family: str, *, shards: int = 1, seed: int = 0, device: str = "cpu", **sizes
+) -> Path:
     """Write a random-weight checkpoint laid out like a published SDAR / LLaDA / Dream snapshot.
 
     config.json in the family's own format, weights under its own names and dtype
@@ -116,7 +118,7 @@ def build_real_layout(out_dir: str | Path, family: str, *, shards: int = 1, seed
     torch.manual_seed(seed)
     import transformers
 
-    with torch.device("cpu"):
+    with torch.device(device):  # a GPU builds a 4B-parameter network in seconds
         net = getattr(transformers, arch.model_class)(arch.build_config(dict(raw), out))
     dtype = getattr(torch, raw["torch_dtype"])
     write_shards(state_dict_for_export(net, arch.checkpoint_name, dtype), out, shards)
