@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_SPEC = ROOT.parent / "shared" / "compose" / "compose-spec.json"
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,27 @@ def test_gpu_variant_reserves_nvidia_devices(services):
         devices = _devices(service)
         assert devices and all(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
         assert "whl/cpu" not in service["build"].get("args", {}).get("TORCH_INDEX_URL", "whl/cpu"), name
+
+
+def test_compose_file_is_valid_under_the_compose_specification():
+    """The schema Docker Compose v2 validates against (no Compose v2 binary installs here)."""
+    import json
+
+    import jsonschema
+
+    if not COMPOSE_SPEC.is_file():
+        pytest.skip(f"the Compose Specification schema is not at {COMPOSE_SPEC} (shared/ beside the repo)")
+    schema = json.loads(COMPOSE_SPEC.read_text())
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(document), key=lambda e: list(e.path))
+    assert not errors, "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+    bad = dict(document, services={"x": {"image": "t3d", "shm_sise": "2gb"}})  # a misspelt key
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(bad)), "the validator must reject a bad file"
+
+
+def test_every_depends_on_target_exists(services):
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        for target in depends if isinstance(depends, (list, dict)) else []:
+            assert target in services, f"{name} depends on {target}, which is not a service"
