@@ -68,3 +68,37 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from the first real token, so left padding changes nothing. (B, T)"""
     pos = attention_mask.long().cumsum(dim=-1) - 1
     return pos.clamp(min=0)
+
+
+def block_index(attention_mask: torch.Tensor, prompt_len: int, block_size: int, absolute: bool) -> torch.Tensor:
+    """Block of every column (B, T), as `block_causal_mask` numbers them (absolute or prompt-as-block-0)."""
+    if absolute:
+        return position_ids(attention_mask) // block_size
+    blocks = block_ids(prompt_len, attention_mask.shape[1], block_size, attention_mask.device)  # (T,)
+    return blocks[None, :].expand(attention_mask.shape[0], -1)
+
+
+def query_bias(
+    key_real: torch.Tensor,
+    query_cols: torch.Tensor,
+    key_block: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Additive mask (R, 1, q, W) for q queries at columns `query_cols` over the keys of columns [0, W).
+
+    The rows of the full-sequence mask that a cached forward needs, without building the
+    (T, T) square: key_real (R, W) bool (False on padding), query_cols (R, q) int64 (< W),
+    key_block (R, W) block per column for block-causal attention (None: bidirectional).
+    A query with no allowed key sees its own column, as `additive` does (no NaN).
+    """
+    r, q = query_cols.shape
+    width = key_real.shape[1]
+    allowed = key_real[:, None, :].expand(r, q, width)  # (R, q, W)
+    if key_block is not None:
+        q_block = key_block.gather(1, query_cols)  # (R, q)
+        allowed = allowed & (key_block[:, None, :] <= q_block[:, :, None])
+    own = torch.arange(width, device=query_cols.device)[None, None, :] == query_cols[:, :, None]  # (R, q, W)
+    allowed = allowed | (own & ~allowed.any(dim=-1, keepdim=True))
+    bias = torch.zeros((r, q, width), dtype=dtype, device=key_real.device)
+    bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return bias.unsqueeze(1)  # (R, 1, q, W)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,3 +107,56 @@ class DiffusionLM:
     def _mask_dtype(self) -> torch.dtype:
         dtype = self.dtype
         return dtype if dtype.is_floating_point else torch.float32
+
+    # Partial and cached calls, for the rollout engine (t3d.dllm.engine).
+
+    @property
+    def cache_argument(self) -> str | None:
+        """The name under which the network's forward takes a KV cache (`cache` or `past_key_values`), or None."""
+        return _forward_arguments(type(self.net)).get("cache")
+
+    @property
+    def accepts_logits_to_keep(self) -> bool:
+        """Whether the network can run its LM head on chosen positions only."""
+        return bool(_forward_arguments(type(self.net)).get("logits_to_keep"))
+
+    def source_columns(self, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """(width,) raw output column that predicts each position once the family's alignment is applied.
+
+        Found by aligning the column indices themselves, so a family's `align` stays the
+        one place that knows its shift.
+        """
+        probe = torch.arange(width, device=device, dtype=torch.float32)[None, :, None]  # (1, T, 1)
+        return self.family.align(probe)[0, :, 0].long()  # (T,)
+
+    def raw_logits_at(
+        self,
+        input_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        position_ids: torch.Tensor,
+        columns: torch.Tensor | None = None,
+        cache: Any = None,
+    ) -> torch.Tensor:
+        """Unaligned network logits at input `columns` only (B, K, V), or all columns (B, T, V) when None.
+
+        The LM head runs only on `columns` when the network takes `logits_to_keep`; `cache`
+        (a transformers `Cache`) is passed under the network's own argument name.
+        """
+        kwargs: dict[str, Any] = {}
+        if cache is not None:
+            kwargs = {self.cache_argument: cache, "use_cache": True}
+        if columns is not None and self.accepts_logits_to_keep:
+            kwargs["logits_to_keep"] = columns
+        out = self.net(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        if columns is not None and "logits_to_keep" not in kwargs:
+            logits = logits[:, columns]
+        return logits
+
+
+@functools.cache
+def _forward_arguments(cls: type) -> dict[str, Any]:
+    """What a network class's forward accepts that the engine can use."""
+    params = inspect.signature(cls.forward).parameters
+    cache = next((name for name in ("cache", "past_key_values") if name in params), None)
+    return {"cache": cache, "logits_to_keep": "logits_to_keep" in params}

@@ -5,6 +5,7 @@ One class per strategy in a registry picked by name; the sampler never branches 
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import torch
@@ -25,6 +26,12 @@ def static_schedule(block_size: int, steps: int) -> list[int]:
     return [base + (1 if s < extra else 0) for s in range(steps)]
 
 
+@functools.cache
+def _schedule_tensor(block_size: int, steps: int, device: torch.device) -> torch.Tensor:
+    """`static_schedule` on the device, built once (no host-to-device copy per step)."""
+    return torch.tensor(static_schedule(block_size, steps), device=device)
+
+
 def _top_confident(confidence: torch.Tensor, masked: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """The `counts[r]` most confident masked positions of each row (R, B) -> bool (R, B)."""
     scores = confidence.masked_fill(~masked, float("-inf"))  # (R, B)
@@ -38,7 +45,7 @@ class StaticStrategy:
     """Reveal the k most confident masked positions; k follows `static_schedule`."""
 
     def choose(self, confidence, masked, step_in_block, cfg):
-        schedule = torch.tensor(static_schedule(cfg.block_size, cfg.steps_per_block))
+        schedule = _schedule_tensor(cfg.block_size, cfg.steps_per_block, confidence.device)
         step = step_in_block.clamp(max=len(schedule) - 1)
         counts = schedule[step]  # (R,)
         # A block that still has masks after its last scheduled step reveals the rest.
@@ -52,7 +59,7 @@ class ThresholdStrategy:
 
     def choose(self, confidence, masked, step_in_block, cfg):
         above = (confidence > cfg.threshold) & masked  # (R, B)
-        best = _top_confident(confidence, masked, torch.ones(len(masked), dtype=torch.long))
+        best = _top_confident(confidence, masked, torch.ones(len(masked), dtype=torch.long, device=masked.device))
         return above | best
 
 

@@ -20,7 +20,7 @@ from t3d.dllm.sampling import SampleOutput, sample
 from t3d.pipeline.config import RolloutConfig, TeacherConfig
 from t3d.pipeline.prompts import EncodedPrompt
 from t3d.pipeline.units import WorkUnit, unit_rows
-from t3d.storage_schemas import ShardInfo, pad_states, write_shard
+from t3d.storage_schemas import ShardInfo, write_shard
 
 
 @dataclass(frozen=True)
@@ -92,37 +92,15 @@ def run_unit(model: Any, unit: WorkUnit, job: RolloutJob) -> UnitResult:
 def sample_rows(
     model: Any, prompts: list[tuple[int, ...]], seeds: list[int], cfg: RolloutConfig
 ) -> tuple[SampleOutput, float]:
-    """`sample` in batches of `cfg.batch_size` rows, merged into one output; also the seconds spent."""
-    sampler = cfg.sampler_config()
-    parts, seconds = [], 0.0
-    for start in range(0, len(prompts), cfg.batch_size):
-        stop = start + cfg.batch_size
-        tic = time.perf_counter()
-        parts.append(sample(model, [list(p) for p in prompts[start:stop]], sampler, seeds[start:stop]))
-        seconds += time.perf_counter() - tic
-    return merge_outputs(parts), seconds
+    """`sample` over all rows with `cfg.batch_size` slots (continuous batching); also the seconds spent.
 
-
-def merge_outputs(parts: list[SampleOutput]) -> SampleOutput:
-    """Concatenate batch outputs row-wise (states padded to the longest batch)."""
-    if len(parts) == 1:
-        return parts[0]
-
-    def cat(name: str) -> np.ndarray | None:
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else np.concatenate(values, axis=0)
-
-    return SampleOutput(
-        tokens=cat("tokens"),
-        reveal_step=cat("reveal_step"),
-        confidence=cat("confidence"),
-        topk_logprobs=cat("topk_logprobs"),
-        topk_ids=cat("topk_ids"),
-        states=None if parts[0].states is None else pad_states([p.states for p in parts]),
-        num_steps=cat("num_steps"),
-        finish_reason=[reason for p in parts for reason in p.finish_reason],
-        nfe=sum(p.nfe for p in parts),
-    )
+    A row that finishes hands its slot to the next pending row at once, so a unit's
+    mixed response lengths do not wait for its longest row. Rows keep their order, and a
+    row's tokens depend only on its own seed, never on its slot.
+    """
+    tic = time.perf_counter()
+    out = sample(model, [list(p) for p in prompts], cfg.sampler_config(), seeds, max_batch=cfg.batch_size)
+    return out, time.perf_counter() - tic
 
 
 def shard_columns(

@@ -115,3 +115,20 @@ def test_a_worker_refuses_a_teacher_other_than_the_drivers(tmp_path, teacher):
     job = dataclasses.replace(job, teacher_identity={**job.teacher_identity, "fingerprint": "0123456789abcdef"})
     with pytest.raises(UserError, match=f"fingerprint {teacher.fingerprint}, the driver saw 0123456789abcdef"):
         UnitRunner(job)
+
+
+def test_a_unit_refills_finished_slots(teacher):
+    """Continuous batching: with 2 slots, a row that stops early hands its slot to the next row."""
+    from t3d.pipeline.rollout import sample_rows
+
+    rows = unit_rows_of(UNIT, 2)
+    cfg = RolloutConfig(rollouts_per_prompt=2, batch_size=2, sampler=SamplerConfig(steps_per_block=4))
+    out, _ = sample_rows(teacher, [p.ids for p, _, _ in rows], [s for _, _, s in rows], cfg)
+    fixed = sum(max(out.num_steps[i : i + 2]) for i in range(0, len(rows), 2))  # fixed batches wait for their longest row
+    assert len(set(out.num_steps.tolist())) > 1 and out.nfe < fixed
+
+
+def unit_rows_of(unit, rollouts):
+    from t3d.pipeline.units import unit_rows
+
+    return unit_rows(unit, rollouts, 5)
