@@ -253,6 +253,7 @@ def build_remote_network(info: CheckpointInfo, dtype: torch.dtype, device: str |
     except ValueError:
         net = AutoModel.from_pretrained(info.path, **kwargs)
     net = net.to(device).eval()
+    weights.rebuild_buffers(net, device)  # remote code's RoPE buffers are left uninitialised by transformers 5
     for name, tensor in list(net.named_parameters()) + list(net.named_buffers()):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(

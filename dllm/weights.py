@@ -148,21 +148,46 @@ def _persistent_buffers(net: torch.nn.Module) -> set[str]:
 
 
 def _materialise_buffers(net: torch.nn.Module, device: str | torch.device) -> None:
-    """Recompute non-persistent buffers (RoPE inv_freq) from the config on `device`.
+    """Recompute the meta-device buffers (RoPE's inv_freq) from the config on `device`."""
+    rebuild_buffers(net, device, only_meta=True)
 
-    transformers' rotary modules build `inv_freq` in `__init__` from the config; built on
-    the meta device they hold nothing, so each is built again on the real device.
+
+def rebuild_buffers(net: torch.nn.Module, device: str | torch.device, only_meta: bool = False) -> list[str]:
+    """Rebuild every module holding non-persistent buffers from the config; the names rebuilt.
+
+    Rotary modules (transformers' and most remote code's) compute `inv_freq` in `__init__`
+    from the config. transformers 5 builds a model on the meta device and never runs
+    remote code's initialisers for such buffers, so they hold whatever memory was there
+    (1e-38, -7e30). Each module is built again on the real device from the config and its
+    non-persistent buffers are copied over; a module that cannot be rebuilt is left as it
+    is (the caller decides whether that is fatal).
     """
-    for parent_name, parent in list(net.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if not any(b.is_meta for b in child.buffers(recurse=False)):
-                continue
-            config = getattr(child, "config", None)
-            if config is None:
-                continue  # left to _check_no_meta
-            with torch.device(device):
-                rebuilt = type(child)(config=config)
-            setattr(parent, child_name, rebuilt)
+    config = getattr(net, "config", None)
+    rebuilt = []
+    for name, module in net.named_modules():
+        transient = [b for b in module._buffers if b in module._non_persistent_buffers_set]
+        if not transient or (only_meta and not any(module._buffers[b].is_meta for b in transient)):
+            continue
+        fresh = _build_like(module, getattr(module, "config", None) or config, device)
+        if fresh is None:
+            continue
+        for buffer in transient:
+            module._buffers[buffer] = fresh._buffers[buffer].to(device)
+        for attr in ("original_inv_freq",):  # transformers keeps a plain-attribute copy for dynamic RoPE
+            if hasattr(fresh, attr):
+                setattr(module, attr, getattr(fresh, attr))
+        rebuilt.append(name)
+    return rebuilt
+
+
+def _build_like(module: torch.nn.Module, config, device) -> torch.nn.Module | None:
+    if config is None:
+        return None
+    try:
+        with torch.device(device):
+            return type(module)(config=config)
+    except TypeError:
+        return None
 
 
 def _check_no_meta(net: torch.nn.Module, path: Path) -> None:

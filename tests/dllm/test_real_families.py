@@ -110,3 +110,22 @@ def test_dtype_is_kept_when_asked(real_fixtures):
     model = load_model(real_fixtures / "sdar", dtype="auto", device="cpu")
     assert model.dtype == torch.float32
     assert load_model(real_fixtures / "sdar", dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_unknown_model_type_runs_its_own_code_only_when_trusted(real_fixtures, tmp_path):
+    """--trust-remote-code --family: the checkpoint's own code, with its RoPE buffers rebuilt from the config."""
+    import shutil
+
+    from t3d.dllm import UserError
+
+    path = shutil.copytree(real_fixtures / "dream-compat", tmp_path / "renamed")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(config | {"model_type": "dream_variant"}))
+    with pytest.raises(UserError, match="--trust-remote-code"):
+        load_model(path, family="shifted")
+    remote = load_model(path, family="shifted", trust_remote_code=True)
+    assert not remote.native and type(remote.net).__name__ == "DreamModel"
+    native = load_model(real_fixtures / "dream")
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(remote.logits(ids), native.logits(ids), atol=1e-5)
