@@ -70,7 +70,7 @@ def halving(block_size: int) -> list[int]:
 
 def run(
     *, model: list[str], teacher: Optional[str], prompts: Optional[Path], limit: Optional[int], block_size: Optional[int],
-    max_new_tokens: Optional[int], steps_per_block: Optional[str], strategy: str, threshold: float, temperature: float,
+    max_new_tokens: Optional[int], steps_per_block: Optional[str], strategy: str, threshold: float, temperature: float, cache: str,
     samples_per_prompt: int, seed: int, batch_size: int, timing_repeats: int, device: str, trust_remote_code: bool,
     json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path],
 ) -> None:  # fmt: skip
@@ -90,6 +90,7 @@ def run(
         strategies=strategies,
         threshold=threshold,
         temperature=temperature,
+        cache=cache,
     )
     config = ev.EvalConfig(
         samples_per_prompt=samples_per_prompt, seed=seed, batch_size=batch_size, timing_repeats=timing_repeats,
@@ -120,6 +121,7 @@ def eval_command(
     strategy: str = typer.Option("static", "--strategy", help="static, threshold, or both as static,threshold (threshold adds one setting)."),
     threshold: float = typer.Option(0.9, "--threshold", help="Confidence threshold of the threshold strategy."),
     temperature: float = typer.Option(1.0, "--temperature", help="Proposal temperature; 0 is greedy."),
+    cache: str = typer.Option("auto", "--cache", help="KV cache: auto (exact for block-causal models), none, prefix or dual (approximate, bidirectional models); see SamplerConfig.cache."),
     samples_per_prompt: int = typer.Option(4, "--samples-per-prompt", help="Responses per prompt, one seed each (diversity needs > 1)."),
     seed: int = typer.Option(0, "--seed", help="Base seed; every model and setting uses the same per-response seeds."),
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per sampler call."),

@@ -187,6 +187,7 @@ def sampler_settings(
     strategies: Sequence[str] = ("static",),
     threshold: float = 0.9,
     temperature: float = 1.0,
+    cache: str = "auto",
 ) -> list[SamplerConfig]:
     """The settings to compare: static at each steps-per-block value, one setting per other strategy.
 
@@ -194,7 +195,8 @@ def sampler_settings(
     recording them would slow the speed measurement.
     """
     common = dict(
-        block_size=block_size, max_new_tokens=max_new_tokens, threshold=threshold, temperature=temperature, logits_top_k=0
+        block_size=block_size, max_new_tokens=max_new_tokens, threshold=threshold, temperature=temperature, logits_top_k=0,
+        cache=cache,
     )
     settings = []
     for strategy in dict.fromkeys(strategies):
