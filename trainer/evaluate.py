@@ -38,6 +38,7 @@ import torch
 
 from t3d.dllm import DiffusionLM, SampleOutput, SamplerConfig, UserError, sample
 from t3d.dllm.prompt_files import PromptRecord, read_prompt_file
+from t3d.dllm.scoring import MathScorer, Reference, Verdict
 from t3d.dllm.task import BuiltinTask, diversity_report
 from t3d.trainer import metrics
 
@@ -55,7 +56,7 @@ class EvalPrompt:
     ids: tuple[int, ...] | None = None
     """Token ids used as they are (built-in task, id-list prompt files); None: tokenise `text` per model."""
     answer: str | None = None
-    """Reference answer (GSM8K `#### 42` and `\\boxed{42}` styles understood); None when unknown."""
+    """Reference answer (GSM8K `#### 42`, `\\boxed{42}` or bare, graded by math-verify); None when unknown."""
 
 
 class Scorer(Protocol):
@@ -64,8 +65,8 @@ class Scorer(Protocol):
     metric: str | None
     """Name of the task metric (`validity`, `accuracy`), None when there is nothing to judge."""
 
-    def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> bool | None:
-        """True/False for a good/bad response, None when this prompt cannot be judged."""
+    def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> Verdict:
+        """The verdict on one response: correct True/False (None when this prompt cannot be judged) and its detail."""
 
     def log_likelihood(self, prompt: EvalPrompt, response: metrics.Response) -> float | None:
         """Exact log p(response | prompt) under the task's true distribution, when it has one."""
@@ -80,13 +81,14 @@ class Scorer(Protocol):
 
 
 class AnswerScorer:
-    """Prompts with reference answers: exact or numeric match of the final answer (accuracy)."""
+    """Prompts with reference answers: the final answer judged by math-verify (accuracy)."""
 
     def __init__(self, has_answers: bool) -> None:
         self.metric = "accuracy" if has_answers else None
+        self.answers = MathScorer()
 
-    def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> bool | None:
-        return None if prompt.answer is None else metrics.is_correct(text, prompt.answer)
+    def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> Verdict:
+        return self.answers.score(Reference(prompt=prompt.text, answer=prompt.answer), text)
 
     def log_likelihood(self, prompt: EvalPrompt, response: metrics.Response) -> float | None:
         return None
@@ -103,8 +105,8 @@ class TaskScorer:
     def __init__(self, task: BuiltinTask) -> None:
         self.task = task
 
-    def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> bool:
-        return bool(self.task.is_valid(list(prompt.ids), list(response)))
+    def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> Verdict:
+        return Verdict(bool(self.task.is_valid(list(prompt.ids), list(response))))
 
     def log_likelihood(self, prompt: EvalPrompt, response: metrics.Response) -> float:
         return float(self.task.log_likelihood(list(prompt.ids), list(response)))
@@ -383,7 +385,7 @@ class Judged:
     """The task's view of one decode: per-row texts, judgments, log-likelihoods, and the summary."""
 
     texts: list[str]
-    judged: list[bool | None]
+    verdicts: list[Verdict]
     log_likelihoods: list[float | None]
     summary: dict[str, Any]
     """EvalRecord fields: quality, distinct, distinct_valid, entropy, truth and likelihood numbers."""
@@ -394,7 +396,8 @@ def judge(prompts: PromptSet, model: DiffusionLM, decoded: Decoded, n: int) -> J
     scorer = prompts.scorer
     rows = [prompt for prompt in prompts.prompts for _ in range(n)]
     texts = [decode_response(model, r) for r in decoded.responses]
-    judged = [scorer.judge(q, r, t) for q, r, t in zip(rows, decoded.responses, texts)]
+    verdicts = [scorer.judge(q, r, t) for q, r, t in zip(rows, decoded.responses, texts)]
+    judged = [v.correct for v in verdicts]
     lls = [scorer.log_likelihood(q, r) for q, r in zip(rows, decoded.responses)]
     groups = _per_prompt(decoded.responses, n)
     has_judge = scorer.metric is not None
@@ -406,7 +409,7 @@ def judge(prompts: PromptSet, model: DiffusionLM, decoded: Decoded, n: int) -> J
         "log_likelihood": metrics.mean_finite(ll for ll in lls if ll is not None),
         **truth_summary(scorer, prompts.prompts, groups),
     }
-    return Judged(texts=texts, judged=judged, log_likelihoods=lls, summary=summary)
+    return Judged(texts=texts, verdicts=verdicts, log_likelihoods=lls, summary=summary)
 
 
 def truth_summary(scorer: Scorer, prompts: Sequence[EvalPrompt], groups: list[list[metrics.Response]]) -> dict[str, Any]:
@@ -475,7 +478,10 @@ def sample_rows(
             "finish_reason": decoded.finish_reason[i],
         }
         if record.quality_metric:
-            row[record.quality_metric] = judged.judged[i]
+            verdict = judged.verdicts[i]
+            row[record.quality_metric] = verdict.correct
+            if verdict.detail:
+                row["score_detail"] = verdict.detail
         if judged.log_likelihoods[i] is not None:
             row["log_likelihood"] = judged.log_likelihoods[i]
         rows.append(row)

@@ -12,7 +12,6 @@ not identical text after decoding.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 
@@ -22,95 +21,12 @@ Response = tuple[int, ...]
 
 
 def rate(flags: Iterable[bool]) -> float | None:
-    """Share of True among `flags` (validity, accuracy, agreement); None when there are none."""
+    """Share of True among `flags` (validity, accuracy, agreement); None when there are none.
+
+    Whether a response is correct is the scorers' job (`t3d.dllm.scoring`).
+    """
     flags = [bool(f) for f in flags]
     return sum(flags) / len(flags) if flags else None
-
-
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
-
-
-def _boxed_contents(text: str) -> list[str]:
-    """Contents of every `\\boxed{...}` (or `\\fbox{...}`), braces balanced, in order."""
-    found = []
-    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, start = 1, match.end()
-        for pos in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[pos], 0)
-            if depth == 0:
-                found.append(text[start:pos])
-                break
-    return found
-
-
-def _after_marker(text: str) -> str | None:
-    """What follows the last GSM8K `####` marker on its line, or None."""
-    if "####" not in text:
-        return None
-    answer = text.rsplit("####", 1)[1].split("\n", 1)[0].strip()
-    return answer or None
-
-
-def _last_boxed(text: str) -> str | None:
-    boxed = [b.strip() for b in _boxed_contents(text) if b.strip()]
-    return boxed[-1] if boxed else None
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer a response states, or None when it states none.
-
-    Order: the last GSM8K marker `#### 42`, else the last `\\boxed{42}`, else the last
-    number in the text (the lenient fallback GSM8K evaluations use for answers that
-    forget the marker). The answer is returned as written; `answers_match` normalises.
-    """
-    stated = _after_marker(text) or _last_boxed(text)
-    if stated is not None:
-        return stated
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
-
-
-def reference_answer(answer: str) -> str:
-    """The final answer of a reference: a GSM8K solution keeps only what follows `####`."""
-    return _after_marker(answer) or _last_boxed(answer) or answer.strip()
-
-
-def normalize_answer(answer: str) -> str:
-    """Lower case, no `$`, no `\\text{}` wrapper, no thousands commas, single spaces, no final period."""
-    text = re.sub(r"\\text\{([^}]*)\}", r"\1", answer)
-    text = text.replace("$", "").replace("\\!", "").replace("\\%", "%").strip()
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
-    text = re.sub(r"\s+", " ", text).rstrip(".").strip()
-    return text.lower()
-
-
-def parse_number(answer: str) -> float | None:
-    """A number from a normalised answer: `42`, `-3.5`, `1,000`, `50%`, `3/4`, `\\frac{3}{4}`; else None."""
-    text = normalize_answer(answer).rstrip("%").strip()
-    frac = re.fullmatch(r"\\d?frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}|(-?[\d.]+)\s*/\s*(-?[\d.]+)", text)
-    try:
-        if frac:
-            num, den = (g for g in frac.groups() if g is not None)
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def answers_match(predicted: str | None, reference: str) -> bool:
-    """Numeric match (relative tolerance 1e-6) when both sides are numbers, else exact normalised text."""
-    if predicted is None:
-        return False
-    want = reference_answer(reference)
-    got_number, want_number = parse_number(predicted), parse_number(want)
-    if got_number is not None and want_number is not None:
-        return math.isclose(got_number, want_number, rel_tol=1e-6, abs_tol=1e-9)
-    return normalize_answer(predicted) == normalize_answer(want)
-
-
-def is_correct(response_text: str, reference: str) -> bool:
-    """Does the final answer stated in `response_text` match the reference's final answer?"""
-    return answers_match(extract_answer(response_text), reference)
 
 
 # --- agreement and diversity -----------------------------------------------------------

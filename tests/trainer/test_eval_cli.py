@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from t3d.dllm import load_model
 from t3d.dllm.loading import BUILTIN_DIR
+from t3d.dllm.scoring import Verdict
 from t3d.dllm.task import BuiltinTask
 from t3d.dllm.tiny import build_checkpoint
 from t3d.trainer import evaluate as ev
@@ -132,7 +133,7 @@ class FirstTokenEven:
     metric = "even"
 
     def judge(self, prompt, response, text):
-        return response[0] % 2 == 0
+        return Verdict(response[0] % 2 == 0)
 
     def log_likelihood(self, prompt, response):
         return None
@@ -164,10 +165,16 @@ def test_prompt_file_with_answers_reports_accuracy(tiny_dirs, tmp_path):
     prompts = tmp_path / "qa.jsonl"
     prompts.write_text('{"question": "c1 c2", "answer": "#### 4"}\n\n{"prompt": "c3 c3 c0", "answer": 7}\n{"prompt": "c5 c6"}\n')
     run_eval("--model", f"teacher={tiny_dirs['teacher']}", "--prompts", prompts, "--steps-per-block", "1",
-             "--samples-per-prompt", "1", "--json", tmp_path / "eval.json")  # fmt: skip
+             "--samples-per-prompt", "1", "--json", tmp_path / "eval.json", "--samples", tmp_path / "s.jsonl")  # fmt: skip
     data = json.loads((tmp_path / "eval.json").read_text())
     assert data["prompts"]["quality_metric"] == "accuracy"
     assert all(r["prompts"] == 3 and r["quality"] is not None and r["true_distinct"] is None for r in data["records"])
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    judged = [r for r in rows if r["prompt_index"] in (0, 1)]
+    assert judged and all(isinstance(r["accuracy"], bool) for r in judged)  # the per-sample verdict
+    assert {r["score_detail"]["reference"] for r in judged} == {"4", "7"}  # the parsed answers beside it
+    assert all({"extracted", "parsed", "reference_parsed", "method"} <= set(r["score_detail"]) for r in judged)
+    assert all(r["accuracy"] is None for r in rows if r["prompt_index"] == 2)  # no answer, nothing to judge
 
 
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])

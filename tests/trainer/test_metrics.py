@@ -29,51 +29,6 @@ def test_validity_rate_of_the_builtin_task():
     assert metrics.rate(flags) == 0.75
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("She has 3 + 4 = 7 apples.\n#### 7", "7"),
-        ("#### 12\nThen a distractor 99", "12"),  # the marker wins over a later number
-        ("first #### 5 then #### 1,234", "1,234"),  # the last marker wins
-        ("The answer is $\\boxed{42}$.", "42"),
-        ("\\boxed{1} no, \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),  # last box, nested braces kept
-        ("so x = \\boxed{x^{2} + 1}", "x^{2} + 1"),
-        ("I get 5, then 7.", "7"),  # lenient fallback: the last number
-        ("-3.5 degrees", "-3.5"),
-        ("no number here", None),
-        ("", None),
-    ],
-)
-def test_extract_answer(text, expected):
-    assert metrics.extract_answer(text) == expected
-
-
-@pytest.mark.parametrize(
-    "response, reference, correct",
-    [
-        ("... so 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 18", True),
-        ("#### 17", "#### 18", False),
-        ("The total is \\boxed{18}.", "18", True),
-        ("#### 1,000", "1000", True),  # thousands separator
-        ("#### $1000.", "1000", True),  # currency sign and final period
-        ("#### 18.0", "18", True),  # numeric, not string, match
-        ("\\boxed{\\frac{3}{4}}", "0.75", True),
-        ("#### 3/4", "\\boxed{0.75}", True),  # boxed reference
-        ("#### Paris.", "paris", True),  # text answers: exact after normalising
-        ("#### Lyon", "paris", False),
-        ("nothing to see", "18", False),
-    ],
-)
-def test_answers_match_numerically_or_exactly(response, reference, correct):
-    assert metrics.is_correct(response, reference) is correct
-
-
-def test_parse_number_refuses_non_numbers():
-    assert metrics.parse_number("1/0") is None
-    assert metrics.parse_number("x + 1") is None
-    assert metrics.parse_number("-2,500") == -2500.0
-
-
 # --- gap closure ------------------------------------------------------------------------------
 
 
