@@ -177,10 +177,12 @@ class Engine:
         cols = torch.where(resp >= 0, resp, lay.length)  # (R, B) response column; prompt slots -> scratch
         rows = active[:, None].expand_as(cols)
         masked = (resp >= 0) & (self.reveal[rows, cols] < 0)  # (R, B)
-        lse = logits.logsumexp(dim=-1)  # (R, B) untempered normaliser: what the model believes
+        shifted = logits - logits.amax(dim=-1, keepdim=True)  # (R, B, V); its softmax is what the model believes
+        weights = shifted.exp()  # (R, B, V) unnormalised probabilities
+        log_total = weights.sum(dim=-1).log()  # (R, B)
         step = self.step[active]  # (R,)
-        proposal = noise.propose(logits, lse, cfg, self.seed[active], step, cols)  # (R, B)
-        confidence = (logits.gather(-1, proposal[..., None]).squeeze(-1) - lse).exp()  # (R, B)
+        proposal = noise.propose(shifted, weights, cfg, self.seed[active], step, cols)  # (R, B)
+        confidence = (shifted.gather(-1, proposal[..., None]).squeeze(-1) - log_total).exp()  # (R, B) untempered
         if self.states is not None:
             self.states[active, step] = self.ids[active, lay.prompt_len :]
         chosen = get_strategy(cfg.strategy).choose(confidence, masked, self.step_in_block[active], cfg)  # (R, B)
@@ -188,9 +190,9 @@ class Engine:
         self.reveal[rows, cols] = torch.where(chosen, step[:, None], self.reveal[rows, cols])
         self.confidence[rows, cols] = torch.where(chosen, confidence, self.confidence[rows, cols])
         if self.k:
-            top = logits.topk(self.k, dim=-1)  # (R, B, k)
+            top = shifted.topk(self.k, dim=-1)  # (R, B, k)
             keep = chosen[..., None]
-            self.topk_logprobs[rows, cols] = torch.where(keep, top.values - lse[..., None], self.topk_logprobs[rows, cols])
+            self.topk_logprobs[rows, cols] = torch.where(keep, top.values - log_total[..., None], self.topk_logprobs[rows, cols])
             self.topk_ids[rows, cols] = torch.where(keep, top.indices, self.topk_ids[rows, cols])
         return self._advance(active, masked & ~chosen)
 

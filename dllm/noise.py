@@ -52,29 +52,32 @@ def filter_scores(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return scores
 
 
-def proposal_probs(logits: torch.Tensor, lse: torch.Tensor, cfg) -> torch.Tensor:
-    """The proposal distribution (R, B, V): the tempered, filtered softmax of untempered logits."""
+def proposal_weights(shifted: torch.Tensor, weights: torch.Tensor, cfg) -> torch.Tensor:
+    """Unnormalised proposal (R, B, V): the tempered, filtered softmax of the model's logits.
+
+    shifted: logits minus their row maximum; weights: exp(shifted), reused untouched
+    when there is nothing to temper or filter.
+    """
     if cfg.temperature == 1.0 and not cfg.top_k and cfg.top_p >= 1.0:
-        return (logits - lse[..., None]).exp()  # reuse the model's own normaliser
-    scores = filter_scores(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-    return scores.softmax(dim=-1)
+        return weights
+    return filter_scores(shifted / cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
 
 
-def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw: probs (R, B, V), uniforms (R, B) -> token ids (R, B); zero-probability ids are never drawn."""
-    cdf = probs.cumsum(dim=-1)  # (R, B, V)
-    target = (uniforms * cdf[..., -1]).unsqueeze(-1)  # (R, B, 1), scaled so float error in the sum cannot overshoot
+def draw(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: weights (R, B, V) >= 0, uniforms (R, B) -> token ids (R, B); zero weights are never drawn."""
+    cdf = weights.cumsum(dim=-1)  # (R, B, V)
+    target = (uniforms * cdf[..., -1]).unsqueeze(-1)  # (R, B, 1): no normalisation needed, float error cannot overshoot
     token = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    return token.clamp(max=probs.shape[-1] - 1)
+    return token.clamp(max=weights.shape[-1] - 1)
 
 
 def propose(
-    logits: torch.Tensor, lse: torch.Tensor, cfg, seed: torch.Tensor, step: torch.Tensor, column: torch.Tensor
+    shifted: torch.Tensor, weights: torch.Tensor, cfg, seed: torch.Tensor, step: torch.Tensor, column: torch.Tensor
 ) -> torch.Tensor:
-    """Proposal tokens (R, B) for untempered logits (R, B, V) with log-normaliser lse (R, B).
+    """Proposal tokens (R, B) from max-shifted logits (R, B, V) and their exp (`weights`).
 
     Greedy (argmax) at temperature 0; otherwise one keyed uniform per (row, column).
     """
     if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
-    return draw(proposal_probs(logits, lse, cfg), keyed_uniforms(seed, step, column))
+        return shifted.argmax(dim=-1)
+    return draw(proposal_weights(shifted, weights, cfg), keyed_uniforms(seed, step, column))
