@@ -24,10 +24,23 @@ State step: the global step s whose input a block shows. Per block:
   real trajectory (ceil only matters when B is not a multiple of 4; it keeps one
   masked position). s is reported as lo_j, exact for the fully masked blocks.
 
+Absolute blocks (`absolute_blocks`, SDAR): blocks sit at absolute positions p // B from
+the first prompt token, so a prompt of P tokens ends with a tail of r = P mod B tokens
+that shares the first response block; the sampler decodes [P, P + L - r) and leaves the
+last r response columns as padding. States are then cut in *section* coordinates: the
+response copies start at the first block holding a response token, column c holding
+position P - r + c, so columns c < r are the prompt's tail (always shown, never
+supervised) and every block of the copies is a whole absolute block. `shift` (r per
+row) maps column c to response position c - shift; without absolute blocks it is 0 and
+columns are response positions.
+
 Two views, one per attention layout (`layout`):
 - "block_causal": every block is trained at once, each at its own state step; the
   input is [prompt | clean response | noisy response] with a mask where each noisy
-  block sees the prompt, the clean blocks before it and itself.
+  block sees the prompt, the clean blocks before it and itself. With absolute blocks
+  the prompt section holds the prompt's whole blocks (block-causal among themselves,
+  as SDAR prefills them) and both copies start with the prompt's tail, so a noisy
+  block is exactly the input SDAR's decoder gives that block at that step.
 - "semi_ar": one state per row for bidirectional models: a current block c, uniform
   over the blocks; blocks before c clean, c at its state step, blocks after c fully
   masked. Input [prompt | noisy response]; only block c is supervised, since that is
@@ -48,6 +61,7 @@ import torch
 from torch import Tensor
 
 from t3d.dllm import masks
+from t3d.dllm.errors import UserError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +84,8 @@ class StateConfig:
     """[low, high) ids random tokens are drawn from (exclude special tokens); needed if random_ratio > 0."""
     path_k_steps: int = 1
     """Teacher steps fused into one student step: the path window is [s, s + K)."""
+    absolute_blocks: bool = False
+    """Blocks at absolute positions from the first prompt token (SDAR; block_causal layout only)."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.path_k_steps < 1:
@@ -80,12 +96,18 @@ class StateConfig:
             raise ValueError("random_ratio > 0 needs random_vocab = (low, high) with low < high")
         if self.layout not in _LAYOUTS or self.state_order not in _ORDERS:
             raise ValueError(f"layout in {sorted(_LAYOUTS)}, state_order in {sorted(_ORDERS)}")
+        if self.absolute_blocks and self.layout != "block_causal":
+            raise ValueError("absolute_blocks needs the block_causal layout")
 
 
 @dataclass(frozen=True)
 class TrainingStates:
-    """A batch of training states. N rows, P prompt columns, L response positions,
-    nb = L / block_size blocks, T model columns (P + 2L block-causal, P + L semi-AR)."""
+    """A batch of training states. N rows, P prompt columns, L response columns,
+    nb = L / block_size blocks, T model columns (P + 2L block-causal, P + L semi-AR).
+
+    The (N, L) fields are in section coordinates: column c is response position
+    c - shift (c < shift: the prompt's tail under absolute blocks; shift is 0 otherwise).
+    """
 
     input_ids: Tensor
     """(N, T) int64 model input."""
@@ -113,6 +135,10 @@ class TrainingStates:
     """(N, nb) int64, the state step of each block (semi_ar: the current block's, for all)."""
     current_block: Tensor | None
     """(N,) int64 current block (semi_ar), None for block_causal."""
+    shift: Tensor
+    """(N,) int64 prompt-tail tokens at the start of the response copies (P mod B with absolute blocks, else 0)."""
+    tail: Tensor
+    """(N, L) bool, the prompt's tail columns (shown as is, never supervised)."""
 
 
 def response_targets(x0: Tensor, reveal_step: Tensor, eos_id: int) -> Tensor:
@@ -136,15 +162,18 @@ def effective_reveal_step(reveal_step: Tensor, block_size: int) -> Tensor:
     return torch.where(padding, end + block - last_real.clamp(min=0), reveal)
 
 
-def block_step_range(reveal: Tensor, padding: Tensor) -> tuple[Tensor, Tensor]:
+def block_step_range(reveal: Tensor, padding: Tensor, tail: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The steps the teacher spent on each block: (lo, hi), each (N, nb).
 
-    reveal: (N, nb, B) effective reveal steps; padding: (N, nb, B) bool. lo is the
-    first reveal step in the block, hi the last one over real tokens; a block of
-    padding only has lo = hi = its virtual step.
+    reveal: (N, nb, B) effective reveal steps; padding, tail: (N, nb, B) bool. lo is
+    the first reveal step in the block, hi the last one over real tokens; a block of
+    padding only has lo = hi = its virtual step. The prompt's tail was never decoded:
+    it takes no part.
     """
-    lo = reveal.min(dim=-1).values  # (N, nb)
-    hi = torch.where(padding, -1, reveal).max(dim=-1).values  # (N, nb)
+    if tail is None:
+        tail = torch.zeros_like(padding)
+    lo = torch.where(tail, torch.iinfo(reveal.dtype).max, reveal).min(dim=-1).values  # (N, nb)
+    hi = torch.where(padding | tail, -1, reveal).max(dim=-1).values  # (N, nb)
     return lo, torch.where(hi < 0, lo, hi)
 
 
@@ -172,9 +201,10 @@ def _randint(low: int, high: int, shape: tuple[int, ...], generator, device: tor
     return out.to(device)
 
 
-def _trajectory_order(reveal: Tensor, padding: Tensor, generator) -> tuple[Tensor, Tensor]:
-    """A uniform step in [lo, hi] per block; masked where reveal >= step. -> (N, nb, B), (N, nb)."""
-    lo, hi = block_step_range(reveal, padding)  # (N, nb)
+def _trajectory_order(reveal: Tensor, padding: Tensor, tail: Tensor, generator) -> tuple[Tensor, Tensor]:
+    """A uniform step in [lo, hi] per block; masked where reveal >= step (the tail's -1 never is).
+    -> (N, nb, B), (N, nb)."""
+    lo, hi = block_step_range(reveal, padding, tail)  # (N, nb)
     span = hi - lo + 1  # (N, nb)
     offset = (_uniform(tuple(lo.shape), generator, lo.device) * span).long()
     step = lo + torch.minimum(offset, span - 1)  # (N, nb)
@@ -184,15 +214,18 @@ def _trajectory_order(reveal: Tensor, padding: Tensor, generator) -> tuple[Tenso
 _REFERENCE_RATIOS = (1.0, 0.75, 0.5, 0.25)
 
 
-def _reference_order(reveal: Tensor, padding: Tensor, generator) -> tuple[Tensor, Tensor]:
-    """The reference code's states: ratio r ~ r**8, mask the ceil(r·B) first-revealed."""
+def _reference_order(reveal: Tensor, padding: Tensor, tail: Tensor, generator) -> tuple[Tensor, Tensor]:
+    """The reference code's states: ratio r ~ r**8, mask the ceil(r·n) first-revealed of the n decoded
+    positions of a block (n = B but in a block shared with the prompt's tail, which is ranked last)."""
     n, nb, size = reveal.shape
     ratios = torch.tensor(_REFERENCE_RATIOS, device=_generator_device(generator, reveal.device))
     picks = torch.multinomial(ratios**8, n * nb, replacement=True, generator=generator)
-    n_masked = torch.ceil(ratios[picks] * size).long().to(reveal.device).view(n, nb, 1)
-    order = torch.argsort(reveal, dim=-1, stable=True)  # (N, nb, B) first revealed first
+    decoded = (size - tail.sum(-1, keepdim=True)).to(ratios.dtype)  # (N, nb, 1)
+    n_masked = torch.ceil(ratios[picks].to(reveal.device).view(n, nb, 1) * decoded).long()
+    key = torch.where(tail, torch.iinfo(reveal.dtype).max, reveal)
+    order = torch.argsort(key, dim=-1, stable=True)  # (N, nb, B) first revealed first
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(size, device=reveal.device).expand_as(order))
-    lo, _ = block_step_range(reveal, padding)
+    lo, _ = block_step_range(reveal, padding, tail)
     return rank < n_masked, lo
 
 
@@ -264,34 +297,115 @@ class ModelInputs(NamedTuple):
     response_start: int
 
 
+def absolute_block_causal_pattern(prompt_blocks: Tensor, first_block: Tensor, response_len: int, block_size: int) -> Tensor:
+    """(N, T, T) bool for [prompt | clean | noisy] with blocks at absolute positions.
+
+    prompt_blocks: (N, P) absolute block of each prompt column (its position // B);
+    first_block: (N,) absolute block of the copies' first column. Prompt and clean
+    queries see keys of blocks <= their own (SDAR's block-causal prefill); a noisy block
+    sees the prompt and clean blocks strictly before it and its own noisy block.
+    """
+    n, p = prompt_blocks.shape
+    device = prompt_blocks.device
+    resp = first_block[:, None] + torch.arange(response_len, device=device) // block_size  # (N, L)
+    block = torch.cat([prompt_blocks, resp, resp], dim=1)  # (N, T)
+    part = torch.cat([torch.zeros(p, device=device), torch.ones(response_len, device=device),
+                      torch.full((response_len,), 2, device=device)]).long()  # (T,)  # fmt: skip
+    qp, kp = part[None, :, None], part[None, None, :]  # (1, T, 1), (1, 1, T)
+    qb, kb = block[:, :, None], block[:, None, :]  # (N, T, 1), (N, 1, T)
+    earlier = torch.where(qp == 2, kb < qb, kb <= qb)  # (N, T, T)
+    return ((kp < 2) & earlier) | ((kp == 2) & (qp == 2) & (kb == qb))
+
+
 def block_causal_inputs(
-    prompt_ids: Tensor, prompt_mask: Tensor, clean: Tensor, noisy: Tensor, block_size: int, dtype: torch.dtype
-) -> ModelInputs:
+    prompt_ids: Tensor, prompt_mask: Tensor, clean: Tensor, noisy: Tensor, block_size: int, dtype: torch.dtype,
+    absolute: bool = False,
+) -> ModelInputs:  # fmt: skip
     """[prompt | clean | noisy] (N, P + 2L) with its block-causal additive mask.
 
-    prompt_ids, prompt_mask: (N, P), left padded; clean, noisy: (N, L). Both response
-    copies get positions n_prompt + j, so noisy block j sits where clean block j does.
+    prompt_ids, prompt_mask: (N, P), left padded (with absolute blocks: the mask of the
+    prompt's whole blocks, the tail being the copies' first columns); clean, noisy:
+    (N, L). Both copies get positions n_prompt + c, so noisy block j sits where clean
+    block j does.
     """
     n, p = prompt_ids.shape
     length = clean.shape[1]
     input_ids = torch.cat([prompt_ids.long(), clean, noisy], dim=1)  # (N, T)
     keys = torch.cat([prompt_mask.bool(), prompt_mask.new_ones((n, 2 * length), dtype=torch.bool)], dim=1)
-    pattern = block_causal_pattern(p, length, block_size, prompt_ids.device)  # (T, T)
-    allowed = pattern[None] & keys[:, None, :] & keys[:, :, None]  # (N, T, T)
-    response_pos = prompt_mask.sum(-1, keepdim=True) + torch.arange(length, device=prompt_ids.device)  # (N, L)
-    positions = torch.cat([masks.position_ids(prompt_mask.bool()), response_pos, response_pos], dim=1)
+    prompt_pos = masks.position_ids(prompt_mask.bool())  # (N, P)
+    n_prompt = prompt_mask.sum(-1)  # (N,)
+    if absolute:
+        pattern = absolute_block_causal_pattern(prompt_pos // block_size, n_prompt // block_size, length, block_size)
+    else:
+        pattern = block_causal_pattern(p, length, block_size, prompt_ids.device)[None]  # (1, T, T)
+    allowed = pattern & keys[:, None, :] & keys[:, :, None]  # (N, T, T)
+    response_pos = n_prompt[:, None] + torch.arange(length, device=prompt_ids.device)  # (N, L)
+    positions = torch.cat([prompt_pos, response_pos, response_pos], dim=1)
     return ModelInputs(input_ids, keys, masks.additive(allowed, dtype), positions, p + length)
 
 
 def semi_ar_inputs(
-    prompt_ids: Tensor, prompt_mask: Tensor, clean: Tensor, noisy: Tensor, block_size: int, dtype: torch.dtype
-) -> ModelInputs:
-    """[prompt | noisy] (N, P + L) with a bidirectional additive mask (clean is unused)."""
+    prompt_ids: Tensor, prompt_mask: Tensor, clean: Tensor, noisy: Tensor, block_size: int, dtype: torch.dtype,
+    absolute: bool = False,
+) -> ModelInputs:  # fmt: skip
+    """[prompt | noisy] (N, P + L) with a bidirectional additive mask (clean and absolute are unused)."""
     n, p = prompt_ids.shape
     input_ids = torch.cat([prompt_ids.long(), noisy], dim=1)  # (N, T)
     keys = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(noisy.shape, dtype=torch.bool)], dim=1)
     bias = masks.bidirectional_mask(keys, dtype)  # (N, 1, T, T)
     return ModelInputs(input_ids, keys, bias, masks.position_ids(keys), p)
+
+
+class Sections(NamedTuple):
+    """A batch moved to section coordinates (see the module docstring); fields (N, L) but head_mask (N, P)."""
+
+    head_mask: Tensor  # (N, P) bool, the prompt's whole blocks
+    x0: Tensor  # (N, L) the tail, then response positions 0 .. L - shift - 1
+    reveal_step: Tensor  # (N, L) the tail 0, then the response's reveal steps
+    tail: Tensor  # (N, L) bool
+    shift: Tensor  # (N,) int64
+
+
+def tail_lengths(prompt_mask: Tensor, block_size: int, absolute: bool) -> Tensor:
+    """(N,) prompt tokens in the block the response starts in: P mod B with absolute blocks, else 0."""
+    n_prompt = prompt_mask.long().sum(-1)
+    return n_prompt % block_size if absolute else torch.zeros_like(n_prompt)
+
+
+def to_sections(prompt_ids: Tensor, prompt_mask: Tensor, x0: Tensor, reveal_step: Tensor, shift: Tensor) -> Sections:
+    """Move each row's last `shift` prompt tokens to the front of its response columns.
+
+    The last `shift` response columns fall off; under absolute blocks they are padding
+    the sampler never decodes, and anything else there is refused (the data was not
+    decoded with absolute blocks).
+    """
+    n, p = prompt_ids.shape
+    length = x0.shape[1]
+    cols = torch.arange(length, device=x0.device)[None, :] - shift[:, None]  # (N, L) response position
+    dropped = torch.arange(length, device=x0.device)[None, :] >= length - shift[:, None]  # (N, L)
+    if bool(((reveal_step >= 0) & dropped).any()):
+        row = int(((reveal_step >= 0) & dropped).any(-1).nonzero()[0, 0])
+        raise UserError(
+            f"trajectory row {row} has response tokens in its last {int(shift[row])} columns, which a decoder with "
+            "blocks at absolute positions leaves as padding: the data was not collected with this family's block "
+            "alignment (collect it again with the current t3d-collect)"
+        )
+    full = torch.cat([prompt_ids.long(), x0.long()], dim=1)  # (N, P + L)
+    tail = cols < 0
+    ids = full.gather(1, p + cols)  # (N, L)
+    reveal = torch.where(tail, 0, reveal_step.long().gather(1, cols.clamp(min=0)))
+    head_mask = prompt_mask.bool() & (torch.arange(p, device=x0.device)[None, :] < p - shift[:, None])
+    return Sections(head_mask, ids, reveal, tail, shift)
+
+
+def response_to_sections(values: Tensor, shift: Tensor) -> Tensor:
+    """A per-response-position tensor (N, L, ...) in section coordinates (zeros on the tail columns)."""
+    length = values.shape[1]
+    cols = torch.arange(length, device=values.device)[None, :] - shift.to(values.device)[:, None]  # (N, L)
+    index = cols.clamp(min=0).view(*cols.shape, *([1] * (values.dim() - 2))).expand_as(values)
+    moved = values.gather(1, index)
+    keep = (cols >= 0).view(*cols.shape, *([1] * (values.dim() - 2)))
+    return torch.where(keep, moved, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
 class _Layout(NamedTuple):
@@ -325,19 +439,22 @@ def build_states(
     if length % cfg.block_size:
         raise ValueError(f"response length {length} is not a multiple of block_size {cfg.block_size}")
     shape = (n, length // cfg.block_size, cfg.block_size)
-    padding = reveal_step < 0  # (N, L)
-    targets = response_targets(x0, reveal_step, cfg.eos_id)  # (N, L)
-    reveal = effective_reveal_step(reveal_step, cfg.block_size)  # (N, L)
+    shift = tail_lengths(prompt_mask, cfg.block_size, cfg.absolute_blocks)  # (N,)
+    sec = to_sections(prompt_ids, prompt_mask, x0, reveal_step, shift)
+    padding = sec.reveal_step < 0  # (N, L)
+    targets = response_targets(sec.x0, sec.reveal_step, cfg.eos_id)  # (N, L)
+    reveal = torch.where(sec.tail, -1, effective_reveal_step(sec.reveal_step, cfg.block_size))  # (N, L)
     layout = _LAYOUTS[cfg.layout]
-    masked, step = _ORDERS[cfg.state_order](reveal.reshape(shape), padding.reshape(shape), generator)
+    order = _ORDERS[cfg.state_order]
+    masked, step = order(reveal.reshape(shape), padding.reshape(shape), sec.tail.reshape(shape), generator)
     view = layout.view(masked, step, generator)
     noisy = torch.where(view.masked, cfg.mask_id, targets)  # (N, L)
     noisy, randomized = _randomise(noisy, view.supervised, cfg, generator)
     position_step = view.state_step.repeat_interleave(cfg.block_size, dim=1)  # (N, L)
     path = path_mask(reveal, position_step, cfg.path_k_steps) & view.supervised
-    inputs = layout.inputs(prompt_ids, prompt_mask, targets, noisy, cfg.block_size, dtype)
+    inputs = layout.inputs(prompt_ids, sec.head_mask, targets, noisy, cfg.block_size, dtype, cfg.absolute_blocks)
     return TrainingStates(
         **inputs._asdict(), targets=targets, noisy=noisy, supervised=view.supervised,
         randomized=randomized, path=path, padding=padding, state_step=view.state_step,
-        current_block=view.current_block,
+        current_block=view.current_block, shift=shift, tail=sec.tail,
     )  # fmt: skip
