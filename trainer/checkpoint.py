@@ -1,16 +1,25 @@
-"""Checkpoints that a user can load as a model and the trainer can resume exactly.
+"""Checkpoints that load as models in their base checkpoint's own format, and resume exactly.
 
 Layout of `--out`:
 
-    checkpoints/step-0000200/   config.json + model.safetensors (save_pretrained, so
-                                `t3d.dllm.load_model` and transformers load it), the
-                                tokenizer when the model has one, trainer_state.pt
-                                (optimizer, scheduler, data position, RNG states, step),
-                                distill_config.json, reference.safetensors once the
-                                reference has been refreshed
+    checkpoints/step-0000200/   the base model's files (config.json untouched, tokenizer,
+                                generation config, chat template, upstream .py files),
+                                the weights under the base's own tensor names and shard
+                                layout but in the *training* dtype (exact resume),
+                                t3d.json (family, block size, provenance),
+                                trainer_state.pt (optimizer, scheduler, data position,
+                                RNG states, step), distill_config.json,
+                                reference.safetensors once the reference has been refreshed
     checkpoints/latest          name of the newest complete checkpoint
-    student/                    the final student (model files only, hard links)
+    student/                    the final student: the newest checkpoint's model files with
+                                the weights cast to the base's own dtype
     metrics.jsonl               one line per optimizer step
+
+The base is `--model` (the starting student, usually the teacher). Writing the student
+exactly as the base is laid out (same config.json, weight names, dtype, sharding) makes
+it a drop-in for the tools users already load the base with (SDAR's generate, LLaDA's
+generate, JetEngine, lmdeploy); t3d's own fields live in `t3d.json`, which those tools
+never read. `t3d.dllm.load_model` reads every checkpoint and the student natively.
 
 A checkpoint is written under a temporary name, fsynced, then renamed: a crash leaves
 either the old or the new checkpoint, never half of one. A run that stops on a
@@ -29,8 +38,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from t3d.dllm import weights
 from t3d.dllm.errors import UserError
-from t3d.trainer.config import DistillConfig, from_dict, save_config
+from t3d.dllm.loading import resolve_model_path, weights_fingerprint
+from t3d.trainer.config import DistillConfig, from_dict, save_config, to_dict
+from t3d.trainer.reference import REFERENCE_WEIGHTS
 
 if TYPE_CHECKING:
     from t3d.dllm.model import DiffusionLM
@@ -41,7 +53,10 @@ LATEST = "latest"
 STUDENT = "student"
 TRAINER_STATE = "trainer_state.pt"
 CONFIG = "distill_config.json"
-_MODEL_FILES = ("*.safetensors", "*.json", "*.model", "*.txt", "*.py", "*.tiktoken")
+T3D_JSON = "t3d.json"
+# Files of the base never copied: its weights (written anew), and t3d's own bookkeeping.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
+_NOT_MODEL_FILES = frozenset({weights.INDEX, TRAINER_STATE, CONFIG, T3D_JSON})
 
 
 def step_name(step: int) -> str:
@@ -107,20 +122,24 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     cfg: DistillConfig,
     reference: Reference | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint `step` (rank 0 only), point `latest` at it, prune old ones.
 
     model: the student `DiffusionLM` (unwrapped network); trainer_state: optimizer,
-    scheduler, data and RNG states from the loop; reference: a `Reference` or None.
+    scheduler, data and RNG states from the loop; reference: a `Reference` or None;
+    meta: extra t3d.json fields (block size, the dataset's teacher).
     """
     root = out / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.net.save_pretrained(tmp, safe_serialization=True)
-    if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(tmp)
+    tmp.mkdir()
+    base = base_dir(cfg)
+    copy_model_files(base, tmp)
+    write_weights(model, tmp, layout_of=base, dtype=model.dtype)
+    _write_t3d_json(tmp, t3d_fields(model, cfg, step, base) | (meta or {}))
     torch.save(trainer_state | {"step": step}, tmp / TRAINER_STATE)
     save_config(cfg, tmp / CONFIG)
     if reference is not None:
@@ -130,6 +149,68 @@ def save_checkpoint(
     _write_text_atomic(root / LATEST, final.name + "\n")
     prune_checkpoints(root, cfg.train.keep_checkpoints)
     return final
+
+
+def base_dir(cfg: DistillConfig) -> Path:
+    """The checkpoint whose format the student takes: `--model` (the shipped teacher for `builtin`)."""
+    return resolve_model_path(cfg.model.path).resolve()
+
+
+def copy_model_files(base: Path, dest: Path) -> None:
+    """Every file of `base` but its weights, as is: config.json (model_type, architectures,
+    auto_map untouched), tokenizer files, generation_config.json, chat template, upstream .py."""
+    for file in sorted(base.iterdir()):
+        if not file.is_file() or file.name.startswith(".") or file.name in _NOT_MODEL_FILES:
+            continue
+        if file.name.endswith(_WEIGHT_SUFFIXES):
+            continue
+        shutil.copy2(file, dest / file.name)
+
+
+def write_weights(model: DiffusionLM, dest: Path, layout_of: Path, dtype: torch.dtype) -> None:
+    """The network's weights under the base checkpoint's tensor names and shard layout, in `dtype`."""
+    architecture = model.family.architecture
+    rename = architecture.checkpoint_name if model.native and architecture is not None else _same_name
+    weights.save_like(weights.state_dict_for_export(model.net, rename, dtype), dest, layout_of)
+
+
+def _same_name(name: str) -> str:
+    return name
+
+
+def t3d_fields(model: DiffusionLM, cfg: DistillConfig, step: int, base: Path) -> dict[str, Any]:
+    """What t3d knows about a checkpoint that the base's config.json has no place for."""
+    return {
+        "family": model.family.name,
+        "step": step,
+        "weights_dtype": str(model.dtype).removeprefix("torch."),
+        "base": {"path": str(base), "fingerprint": weights_fingerprint(base), "dtype": _dtype_name(base)},
+        "t3d_version": _version(),
+        "distill": to_dict(cfg),
+    }
+
+
+def _dtype_name(path: Path) -> str:
+    return str(weights.checkpoint_dtype(path)).removeprefix("torch.")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("t3d")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_t3d_json(dest: Path, fields: dict[str, Any]) -> None:
+    (dest / T3D_JSON).write_text(json.dumps(fields, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_t3d_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's or student's t3d.json ({} when absent)."""
+    file = Path(path) / T3D_JSON
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
@@ -175,18 +256,49 @@ def resume_point(out: Path) -> Path:
 
 
 def export_student(checkpoint: Path, out: Path) -> Path:
-    """`out/student`: the checkpoint's model files, hard-linked (copied across filesystems)."""
+    """`out/student`: the checkpoint's model files, its weights cast to the base's own dtype.
+
+    Shard by shard (the checkpoint already has the base's names and layout), so exporting
+    never holds more than one shard in memory; a shard already in that dtype is hard-linked.
+    """
     tmp = out / f".tmp-{STUDENT}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for pattern in _MODEL_FILES:
-        for file in checkpoint.glob(pattern):
-            if file.name in (CONFIG,) or file.name.startswith("reference"):
-                continue
-            try:
-                os.link(file, tmp / file.name)
-            except OSError:
-                shutil.copy2(file, tmp / file.name)
+    for file in sorted(checkpoint.iterdir()):
+        skipped = (TRAINER_STATE, CONFIG, weights.INDEX)  # the index is rewritten with the cast sizes
+        if file.is_file() and file.name not in skipped and not file.name.endswith(_WEIGHT_SUFFIXES):
+            _link_or_copy(file, tmp / file.name)
+    dtype = getattr(torch, read_t3d_json(checkpoint)["base"]["dtype"])
+    _cast_shards(checkpoint, tmp, dtype)
     _publish(tmp, out / STUDENT)
     return out / STUDENT
+
+
+def _cast_shards(checkpoint: Path, dest: Path, dtype: torch.dtype) -> None:
+    """Each weight file of `checkpoint` into `dest` with floating tensors in `dtype`; index sizes updated."""
+    from safetensors.torch import load_file, save_file
+
+    total = 0
+    for file in weights.weight_files(checkpoint):
+        if file.name == REFERENCE_WEIGHTS:  # found by the *.safetensors fallback: not part of the model
+            continue
+        tensors = load_file(str(file))
+        if all(t.dtype == dtype or not t.is_floating_point() for t in tensors.values()):
+            _link_or_copy(file, dest / file.name)
+        else:
+            tensors = {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+            save_file(tensors, str(dest / file.name), metadata={"format": "pt"})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+    index = checkpoint / weights.INDEX
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["metadata"] = {**data.get("metadata", {}), "total_size": total}
+        (dest / weights.INDEX).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -21,6 +21,8 @@ from typing import Any
 
 from t3d.dllm.cli import load_config_file
 from t3d.dllm.errors import UserError
+from t3d.dllm.families import get_family
+from t3d.dllm.loading import DTYPES
 from t3d.trainer.losses import ObjectiveConfig
 
 
@@ -62,9 +64,11 @@ class ModelConfig:
     path: str = "builtin"
     """Checkpoint directory of the starting student and reference, or `builtin`."""
     family: str | None = None
-    """Model family (bidirectional | shifted | block_causal); default: from the checkpoint."""
+    """Model family (sdar, llada, dream, or bidirectional, shifted, block_causal); default: from the checkpoint's model_type."""
+    dtype: str = "auto"
+    """Weights dtype: auto (the checkpoint's own dtype on CUDA, float32 on CPU), float32, bfloat16, float16."""
     trust_remote_code: bool = False
-    """Run the checkpoint's own modelling code (LLaDA, Dream, SDAR need it)."""
+    """Run the checkpoint's own modelling code (only for model types t3d does not load natively)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% more compute."""
     block_size: int = 0
@@ -73,6 +77,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(bool(self.path), "--model must name a checkpoint directory or `builtin`")
         _check(self.block_size >= 0, f"--block-size must be >= 0, got {self.block_size}")
+        _check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.family is not None:
+            get_family(self.family)  # an unknown name is a one-line error listing the known ones
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,7 +225,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "data": ("data", "path"), "filter": ("data", "filter"), "max_prompt_len": ("data", "max_prompt_len"),
     "max_response_len": ("data", "max_response_len"), "skip_bad_shards": ("data", "skip_bad_shards"),
     "verify": ("data", "verify"), "shuffle_shards": ("data", "shuffle_shards"),
-    "model": ("model", "path"), "family": ("model", "family"), "trust_remote_code": ("model", "trust_remote_code"),
+    "model": ("model", "path"), "family": ("model", "family"), "dtype": ("model", "dtype"),
+    "trust_remote_code": ("model", "trust_remote_code"),
     "gradient_checkpointing": ("model", "gradient_checkpointing"), "block_size": ("model", "block_size"),
     "state_order": ("states", "state_order"), "random_ratio": ("states", "random_ratio"),
     "path_k_steps": ("states", "path_k_steps"),

@@ -61,6 +61,7 @@ def distill(
     verify: Optional[bool] = _switch("verify"),
     shuffle_shards: Optional[int] = _opt("shuffle_shards"),
     family: Optional[str] = _opt("family"),
+    dtype: Optional[str] = _opt("dtype"),
     trust_remote_code: Optional[bool] = _switch("trust_remote_code"),
     gradient_checkpointing: Optional[bool] = _switch("gradient_checkpointing"),
     block_size: Optional[int] = _opt("block_size"),

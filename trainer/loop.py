@@ -37,7 +37,7 @@ from t3d.trainer.config import DistillConfig, describe_changes
 from t3d.trainer.data import Batch, TrajectoryDataset, row_seeds
 from t3d.trainer.losses import LossBatch, combine, fake_tokens, gather_logprobs, normalizer_counts
 from t3d.trainer.reference import Reference
-from t3d.trainer.states import StateConfig, TrainingStates, build_states
+from t3d.trainer.states import StateConfig, TrainingStates, build_states, response_to_sections
 
 # Objectives that read the reference (the others never run it).
 REFERENCE_OBJECTIVES = frozenset({"t3d", "ddo"})
@@ -123,8 +123,9 @@ def resolve_device(name: str, dist: Dist) -> torch.device:
 def build_model(cfg: DistillConfig, device: torch.device, path: str | Path | None = None) -> DiffusionLM:
     """The student, trainable, from `path` (a checkpoint when resuming) or `--model`."""
     model = load_model(
-        path or cfg.model.path, family=cfg.model.family, trust_remote_code=cfg.model.trust_remote_code, device=device
-    )
+        path or cfg.model.path, family=cfg.model.family, trust_remote_code=cfg.model.trust_remote_code,
+        device=device, dtype=cfg.model.dtype,
+    )  # fmt: skip
     model.net.train()
     model.net.requires_grad_(True)
     if cfg.model.gradient_checkpointing:
@@ -167,6 +168,12 @@ def check_compatible(teacher: dict[str, Any], student: dict[str, Any], data_path
     mask = teacher.get("mask_id")
     if mask is not None and int(mask) != student["mask_id"]:
         raise UserError(f"student mask id {student['mask_id']} differs from the teacher's ({mask}) in {data_path}")
+    family = teacher.get("family")
+    if family is not None and student.get("family") is not None and family != student["family"]:
+        raise UserError(
+            f"student family {student['family']} ({student['name']}) differs from the teacher's ({family}) in "
+            f"{data_path}: the trajectories were decoded with that family's attention layout"
+        )
 
 
 def _block_size(cfg: DistillConfig, model: DiffusionLM, loader: TrajectoryDataset) -> int:
@@ -207,6 +214,7 @@ def build_state_config(cfg: DistillConfig, model: DiffusionLM, loader: Trajector
         block_size=block, mask_id=model.mask_id, eos_id=model.eos_id,
         layout="block_causal" if model.family.block_causal else "semi_ar", state_order=cfg.states.state_order,
         random_ratio=cfg.states.random_ratio, random_vocab=(low, high), path_k_steps=cfg.states.path_k_steps,
+        absolute_blocks=model.family.absolute_blocks,
     )  # fmt: skip
 
 
@@ -259,7 +267,9 @@ def _build_reference(cfg: DistillConfig, student: DiffusionLM, device, resume_fr
     if resume_from is None:
         return Reference.copy_of(student)
     model = cfg.model
-    return Reference(load_model(model.path, family=model.family, trust_remote_code=model.trust_remote_code, device=device))
+    start = load_model(model.path, family=model.family, trust_remote_code=model.trust_remote_code, device=device,
+                       dtype=model.dtype)  # fmt: skip
+    return Reference(start)
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -415,7 +425,8 @@ def _forward_loss(trainer: Trainer, states: TrainingStates, batch: Batch, norms:
     loss_batch = LossBatch(
         logits=logits, targets=states.targets, supervised=states.supervised, path=states.path,
         ref_logits=ref_logits, padding=states.padding,
-        topk_logprobs=_maybe_to(batch.topk_logprobs, trainer.device), topk_ids=_maybe_to(batch.topk_ids, trainer.device),
+        topk_logprobs=_in_sections(batch.topk_logprobs, states, trainer.device),
+        topk_ids=_in_sections(batch.topk_ids, states, trainer.device),
     )  # fmt: skip
     generator = _fake_generator(trainer, micro)
     replay = _clone_generator(generator)  # the same fake again, for the log-p metrics
@@ -453,8 +464,12 @@ def _state_dtype(trainer: Trainer) -> torch.dtype:
     return dtype if dtype.is_floating_point else torch.float32
 
 
-def _maybe_to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device, non_blocking=True)
+def _in_sections(tensor: torch.Tensor | None, states: TrainingStates, device: torch.device) -> torch.Tensor | None:
+    """A per-response-position tensor (the stored top-k) in the states' column coordinates."""
+    if tensor is None:
+        return None
+    tensor = tensor.to(device, non_blocking=True)
+    return response_to_sections(tensor, states.shift) if bool(states.shift.any()) else tensor
 
 
 def _clone_generator(generator: torch.Generator | None) -> torch.Generator | None:
@@ -572,7 +587,9 @@ def save(trainer: Trainer) -> Path | None:
             "reference_refreshed_at": trainer.reference.refreshed_at if trainer.reference else 0,
         }  # fmt: skip
         out = Path(trainer.cfg.train.out)
-        path = ckpt.save_checkpoint(out, trainer.step, trainer.student, state, trainer.cfg, trainer.reference)
+        meta = {"block_size": trainer.states.block_size, "absolute_blocks": trainer.states.absolute_blocks,
+                "teacher": trainer.loader.manifest.teacher, "data": str(Path(trainer.cfg.data.path).resolve())}  # fmt: skip
+        path = ckpt.save_checkpoint(out, trainer.step, trainer.student, state, trainer.cfg, trainer.reference, meta)
     trainer.dist.barrier()
     trainer.saved_step = trainer.step
     trainer.last_checkpoint = path or trainer.last_checkpoint

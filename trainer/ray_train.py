@@ -101,7 +101,7 @@ def preflight(cfg: DistillConfig) -> None:
 
     dataset, _ = open_dataset(dataclasses.replace(cfg.data, verify=False), log=lambda *a: None)
     info = loading.describe_checkpoint(cfg.model.path, cfg.model.family, cfg.model.trust_remote_code)
-    student = {"name": info.path.name, "vocab_size": info.vocab_size, "mask_id": info.mask_id}
+    student = {"name": info.path.name, "vocab_size": info.vocab_size, "mask_id": info.mask_id, "family": info.family.name}
     check_compatible(dataset.manifest.teacher, student, cfg.data.path)
 
 
