@@ -1,7 +1,11 @@
 """Prompt files: JSONL, a JSON list or Parquet, read the same way by every command.
 
-Each record has a `prompt` (or `question`) that is text or a list of token ids, and an
-optional `answer`. A bare string in a JSON list or JSONL line is a prompt too. Every
+Each record has a `prompt` (or `question`) that is text or a list of token ids, and
+what its responses are judged by: an `answer` (math), or code tests in MBPP style
+(`tests`: a list of assert statements, optional `setup` code) or HumanEval style
+(`test`: code defining `check(candidate)`, and the `entry_point` it is called with).
+Test code is compiled on reading, so a malformed test is an error here, not a failed
+sample later. A bare string in a JSON list or JSONL line is a prompt too. Every
 problem is a one-line `UserError` naming the file and the line (JSONL) or record (JSON
 list, Parquet). `t3d-collect` and `t3d-eval` both read prompts through here.
 """
@@ -9,13 +13,15 @@ list, Parquet). `t3d-collect` and `t3d-eval` both read prompts through here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from t3d.dllm.errors import UserError
+from t3d.dllm.scoring.base import Reference
 
 PROMPT_FIELDS = ("prompt", "question")
+CODE_FIELDS = ("tests", "setup", "test", "entry_point")
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,18 @@ class PromptRecord:
 
     prompt: str | tuple[int, ...]  # text, or token ids used as they are
     answer: str | None = None
+    tests: tuple[str, ...] | None = None  # MBPP style: assert statements
+    setup: str | None = None  # MBPP style: code run before the solution
+    test: str | None = None  # HumanEval style: code defining check(candidate)
+    entry_point: str | None = None  # HumanEval style: the function check() is given
+    where: str = field(default="", compare=False)  # `FILE line N` / `FILE record N`, for errors
+
+    def reference(self) -> Reference:
+        """What a scorer judges this prompt's responses by."""
+        text = self.prompt if isinstance(self.prompt, str) else ""
+        return Reference(
+            prompt=text, answer=self.answer, tests=self.tests, setup=self.setup, test=self.test, entry_point=self.entry_point
+        )
 
 
 def read_prompt_file(path: str | Path) -> list[PromptRecord]:
@@ -83,7 +101,7 @@ def _read_parquet(path: Path) -> list[PromptRecord]:
     names = [n for n in PROMPT_FIELDS if n in table.column_names]
     if not names:
         raise UserError(f"{path} has no 'prompt' or 'question' column (columns: {', '.join(table.column_names)})")
-    keep = names + (["answer"] if "answer" in table.column_names else [])  # a row may fill either field
+    keep = names + [c for c in ("answer", *CODE_FIELDS) if c in table.column_names]  # a row may fill either prompt field
     return [_record(row, f"{path} record {i}") for i, row in enumerate(table.select(keep).to_pylist())]
 
 
@@ -102,4 +120,34 @@ def _record(value: Any, where: str) -> PromptRecord:
     elif not isinstance(prompt, str) or not prompt.strip():
         raise UserError(f"{where}: '{field}' must be non-empty text or a list of token ids")
     answer = value.get("answer")
-    return PromptRecord(prompt=prompt, answer=None if answer is None else str(answer))
+    return PromptRecord(prompt=prompt, answer=None if answer is None else str(answer), **_code_fields(value, where), where=where)
+
+
+def _code_fields(value: dict[str, Any], where: str) -> dict[str, Any]:
+    """`tests`/`setup` (MBPP) or `test`/`entry_point` (HumanEval), checked and compiled."""
+    tests, setup, test, entry = (value.get(name) for name in CODE_FIELDS)
+    if tests is not None:
+        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
+            raise UserError(f"{where}: 'tests' must be a non-empty list of assert statements (strings)")
+        tests = tuple(tests)
+        for i, line in enumerate(tests):
+            _compiles(line, f"{where}: tests[{i}]")
+    for name, code in (("setup", setup), ("test", test)):
+        if code is not None:
+            if not isinstance(code, str):
+                raise UserError(f"{where}: '{name}' must be Python code as a string")
+            _compiles(code, f"{where}: '{name}'")
+    if test is not None and tests is not None:
+        raise UserError(f"{where}: give 'tests' (MBPP style) or 'test' + 'entry_point' (HumanEval style), not both")
+    if (test is None) != (entry is None):
+        raise UserError(f"{where}: HumanEval-style tests need both 'test' and 'entry_point'")
+    if entry is not None and not (isinstance(entry, str) and entry.isidentifier()):
+        raise UserError(f"{where}: 'entry_point' must be a function name, got {entry!r}")
+    return {"tests": tests, "setup": setup, "test": test, "entry_point": entry}
+
+
+def _compiles(code: str, where: str) -> None:
+    try:
+        compile(code, "<test>", "exec")
+    except (SyntaxError, ValueError) as err:
+        raise UserError(f"{where} is not valid Python ({type(err).__name__}: {getattr(err, 'msg', err)})") from None

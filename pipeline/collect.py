@@ -21,7 +21,8 @@ from t3d.dllm.cli import register_user_error
 from t3d.pipeline.cluster import gpus_per_worker, ray_connection, resource_warning
 from t3d.pipeline.config import CollectConfig, cli_command, to_dict
 from t3d.pipeline.output import SKIPPED_TOO_LONG, OutputState, open_output
-from t3d.pipeline.prompts import PreparedPrompts, builtin_prompt_records, prepare_prompts, read_prompt_file
+from t3d.dllm.scoring import choose_scorer
+from t3d.pipeline.prompts import PreparedPrompts, builtin_prompt_records, prepare_prompts, read_prompt_file, row_scorer
 from t3d.pipeline.rollout import RolloutJob, UnitResult
 from t3d.pipeline.teacher import TeacherInfo, describe_teacher
 from t3d.pipeline.units import UnitFailedError, WorkUnit, plan_units
@@ -38,11 +39,13 @@ class RunPlan:
     teacher: TeacherInfo
     prompts: PreparedPrompts
     units: list[WorkUnit]
-    score: Any  # the built-in task's validity check, or None
+    score: Any  # fills `correct`: the built-in task's validity check, a RowScorer, or None
+    scorer: str | None = None  # the registry name behind `score` (what `--scorer auto` resolved to)
 
     def manifest_config(self) -> dict[str, Any]:
         key = self.cfg.dataset_key() | {"prompts_digest": self.prompts.digest()}
-        return {"config": to_dict(self.cfg), "dataset_key": key, "prompts": self.prompt_counts(), "units": len(self.units)}
+        return {"config": to_dict(self.cfg), "dataset_key": key, "prompts": self.prompt_counts(), "units": len(self.units),
+                "scorer": self.scorer}  # fmt: skip
 
     def prompt_counts(self) -> dict[str, int]:
         return {"read": self.prompts.total, "kept": len(self.prompts.prompts), "skipped": len(self.prompts.skipped)}
@@ -73,10 +76,9 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
     """Read and check the prompts and the teacher; cut the work into units. No side effects."""
     teacher = describe_teacher(cfg.teacher)
     sampler = cfg.rollout.sampler
-    if cfg.prompts.prompts is None:
-        records, score = builtin_prompt_records(teacher.task_seed), _builtin_score(teacher.task_seed)
-    else:
-        records, score = read_prompt_file(cfg.prompts.prompts), None
+    builtin = cfg.prompts.prompts is None
+    records = builtin_prompt_records(teacher.task_seed) if builtin else read_prompt_file(cfg.prompts.prompts)
+    scorer = choose_scorer(cfg.prompts.scorer, None if builtin else records, cfg.prompts.prompts or "the built-in task")
     prepared = prepare_prompts(
         records,
         teacher.tokenizer,
@@ -86,7 +88,9 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
         limit=cfg.prompts.limit,
         vocab_size=teacher.identity["vocab_size"],
     )
-    return RunPlan(cfg, teacher, prepared, plan_units(prepared.prompts, cfg.shard_size), score)
+    builtin_score = _builtin_score(teacher.task_seed) if builtin else None
+    score = row_scorer(scorer, records, prepared, teacher.tokenizer, builtin_score)
+    return RunPlan(cfg, teacher, prepared, plan_units(prepared.prompts, cfg.shard_size), score, scorer)
 
 
 def _builtin_score(task_seed: int) -> Any:

@@ -26,6 +26,7 @@ from typing import Any, Optional
 from t3d.dllm.cli import load_config_file, run_cli
 from t3d.dllm.errors import UserError
 from t3d.dllm.sampling import SamplerConfig
+from t3d.dllm.scoring import SCORER_NAMES
 
 RECORD_STATES = ("none", "dense")
 ON_LONG_PROMPT = ("skip", "error")
@@ -46,8 +47,12 @@ class PromptConfig:
     """Wrap each prompt in the tokenizer's chat template when it has one."""
     on_long_prompt: str = "skip"
     """What to do with a prompt too long for the model with its response: `skip` (counted in the manifest) or `error`."""
+    scorer: str = "auto"
+    """What fills the `correct` column: auto (from the prompts' fields), builtin, math (math-verify), code (tests in a sandbox), exact."""
 
     def __post_init__(self) -> None:
+        if self.scorer not in SCORER_NAMES:
+            raise UserError(f"scorer must be one of {', '.join(SCORER_NAMES)}, got {self.scorer!r}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit must be at least 1, got {self.limit}")
         if self.on_long_prompt not in ON_LONG_PROMPT:

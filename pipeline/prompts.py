@@ -6,6 +6,9 @@ rules.
 
 Without a file, the prompts are the built-in task's `train` split (never `test`, which
 `t3d-eval` keeps for measuring).
+
+`row_scorer` builds what fills the dataset's `correct` column, from the scorer registry
+`t3d.dllm.scoring` that `t3d-eval` uses too.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 
 from t3d.dllm.errors import UserError
 from t3d.dllm.prompt_files import PromptRecord, read_prompt_file
+from t3d.dllm.scoring import BUILTIN, Reference, text_scorer
 
-__all__ = ["BUILTIN_SPLIT", "EncodedPrompt", "PreparedPrompts", "PromptRecord", "read_prompt_file"]
+__all__ = ["BUILTIN_SPLIT", "EncodedPrompt", "PreparedPrompts", "PromptRecord", "RowScorer", "read_prompt_file", "row_scorer"]
 
 BUILTIN_SPLIT = "train"
 
@@ -108,3 +112,50 @@ def prepare_prompts(
     if not kept:
         raise UserError(f"no prompt fits the model: all {len(records)} are longer than {max_prompt_tokens} tokens")
     return PreparedPrompts(prompts=kept, skipped=skipped, total=len(records))
+
+
+# --- the `correct` column ----------------------------------------------------------------
+
+
+class RowScorer:
+    """`(prompt_ids, response_ids) -> bool | None` for the `correct` column, by a text scorer of the registry.
+
+    Picklable (it travels to the Ray actors): the scorer's name, the tokenizer that
+    decodes responses, and each kept prompt's reference keyed by its token ids. Two
+    prompts that encode to the same ids with different references cannot be told apart
+    by the ids, so their rows stay unjudged (None).
+    """
+
+    def __init__(self, name: str, tokenizer: Any, references: dict[tuple[int, ...], Reference | None]) -> None:
+        self.name, self.tokenizer, self.references = name, tokenizer, references
+        self._scorer: Any = None
+
+    def __call__(self, prompt_ids: Any, response_ids: Any) -> bool | None:
+        reference = self.references.get(tuple(int(t) for t in prompt_ids))
+        if reference is None:
+            return None
+        if self._scorer is None:
+            self._scorer = text_scorer(self.name)
+        text = self.tokenizer.decode([int(t) for t in response_ids], skip_special_tokens=True)
+        return self._scorer.score(reference, text).correct
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "tokenizer": self.tokenizer, "references": self.references}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+
+def row_scorer(name: str | None, records: list[PromptRecord], prepared: PreparedPrompts, tokenizer: Any, builtin: Any = None) -> Any:
+    """What fills `correct`: the built-in task's check, a `RowScorer`, or None (nothing to judge)."""
+    if name == BUILTIN:
+        return builtin
+    if name is None:
+        return None
+    if tokenizer is None:
+        raise UserError(f"--scorer {name} reads response text, but the teacher checkpoint has no tokenizer")
+    references: dict[tuple[int, ...], Reference | None] = {}
+    for p in prepared.prompts:
+        reference = records[p.index].reference()
+        references[p.ids] = reference if references.get(p.ids, reference) == reference else None
+    return RowScorer(name, tokenizer, references)

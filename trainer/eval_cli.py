@@ -14,6 +14,8 @@ import typer
 
 from t3d.dllm import DiffusionLM, UserError, load_model
 from t3d.dllm.cli import run_cli
+from t3d.dllm.families import get_family
+from t3d.dllm.loading import DTYPES
 from t3d.dllm.reveal import STRATEGIES
 from t3d.trainer import evaluate as ev
 
@@ -30,15 +32,34 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     return label.strip(), path.strip()
 
 
-def load_models(specs: list[str], device: str, trust_remote_code: bool) -> dict[str, DiffusionLM]:
-    """Load each `label=PATH` once, in the order given; labels must be unique."""
+def load_models(
+    specs: list[str], device: str, trust_remote_code: bool, family: str | None = None, dtype: str = "auto"
+) -> dict[str, DiffusionLM]:
+    """Load each `label=PATH` once, in the order given; labels must be unique.
+
+    family / dtype apply to every model (None / auto: each checkpoint's own).
+    """
+    check_model_options(family, dtype)
     models: dict[str, DiffusionLM] = {}
     for spec in specs:
         label, path = parse_model_spec(spec)
         if label in models:
             raise UserError(f"model label {label!r} is given twice")
-        models[label] = load_model(path, trust_remote_code=trust_remote_code, device=device)
+        models[label] = load_model(path, family=family, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
     return models
+
+
+def check_model_options(family: str | None, dtype: str) -> None:
+    """--family and --dtype checked before any model loads: one line naming the known values."""
+    if family is not None:
+        get_family(family)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def describe_models(models: dict[str, DiffusionLM]) -> str:
+    """`label (family, dtype)` of each model, for the run header."""
+    return ", ".join(f"{label} ({m.family.name}, {str(m.dtype).removeprefix('torch.')})" for label, m in models.items())
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
@@ -72,15 +93,17 @@ def run(
     *, model: list[str], teacher: Optional[str], prompts: Optional[Path], limit: Optional[int], block_size: Optional[int],
     max_new_tokens: Optional[int], steps_per_block: Optional[str], strategy: str, threshold: float, temperature: float, cache: str,
     samples_per_prompt: int, seed: int, batch_size: int, timing_repeats: int, device: str, trust_remote_code: bool,
-    json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path],
+    json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path], scorer: str = "auto",
+    family: Optional[str] = None, dtype: str = "auto",
 ) -> None:  # fmt: skip
     """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
     steps = parse_int_list(steps_per_block, "--steps-per-block") if steps_per_block else None
     strategies = parse_strategies(strategy)
-    prompt_set = ev.load_prompt_file(prompts, limit) if prompts else ev.builtin_prompts("test", limit)
-    models = load_models(model or ["teacher=builtin"], device, trust_remote_code)
+    check_model_options(family, dtype)
+    prompt_set = ev.load_prompt_file(prompts, limit, scorer) if prompts else ev.builtin_prompts("test", limit, scorer=scorer)
+    models = load_models(model or ["teacher=builtin"], device, trust_remote_code, family, dtype)
     first = next(iter(models.values()))
     block = block_size or first.block_size or 4
     settings = ev.sampler_settings(
@@ -102,6 +125,7 @@ def run(
         f"= {n * samples_per_prompt} responses each ({prompt_set.source}); teacher: {ev.pick_teacher(models, teacher) or 'none'}",
         file=sys.stderr,
     )
+    print(f"models: {describe_models(models)}", file=sys.stderr)
     report = ev.evaluate(models, prompt_set, settings, config, on_record=lambda r: print(f"  done {r.model} {r.setting}", file=sys.stderr))
     print(ev.render_table(report))
     for path, write in ((json_path, ev.write_json), (plot, ev.save_plot), (samples, ev.write_samples)):
@@ -127,10 +151,13 @@ def eval_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per sampler call."),
     timing_repeats: int = typer.Option(1, "--timing-repeats", help="Time each sampler call this many times, keep the fastest."),
     device: str = typer.Option("cpu", "--device", help="torch device for the models."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints' own modelling code."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints' own modelling code (model types t3d does not load natively)."),
+    family: Optional[str] = typer.Option(None, "--family", help="Model family of every --model (sdar, llada, dream, or bidirectional, shifted, block_causal); default: each checkpoint's model_type."),
+    dtype: str = typer.Option("auto", "--dtype", help="Weights dtype: auto (the checkpoint's own on CUDA, float32 on CPU), float32, bfloat16, float16."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of quality vs tokens per step, one line per model."),
     samples: Optional[Path] = typer.Option(None, "--samples", help="Write every response as JSONL."),
+    scorer: str = typer.Option("auto", "--scorer", help="How responses are judged: auto (from the prompts' fields), builtin, math (math-verify), code (tests in a sandbox), exact."),
 ) -> None:  # fmt: skip
     options = dict(locals())
     run_cli(lambda: run(**options))

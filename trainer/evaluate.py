@@ -38,7 +38,7 @@ import torch
 
 from t3d.dllm import DiffusionLM, SampleOutput, SamplerConfig, UserError, sample
 from t3d.dllm.prompt_files import PromptRecord, read_prompt_file
-from t3d.dllm.scoring import MathScorer, Reference, Verdict
+from t3d.dllm.scoring import Reference, Verdict, choose_scorer, text_scorer
 from t3d.dllm.task import BuiltinTask, diversity_report
 from t3d.trainer import metrics
 
@@ -56,7 +56,9 @@ class EvalPrompt:
     ids: tuple[int, ...] | None = None
     """Token ids used as they are (built-in task, id-list prompt files); None: tokenise `text` per model."""
     answer: str | None = None
-    """Reference answer (GSM8K `#### 42`, `\\boxed{42}` or bare, graded by math-verify); None when unknown."""
+    """Reference answer (GSM8K `#### 42`, `\\boxed{42}` or bare); None when unknown."""
+    reference: Reference | None = None
+    """Everything a prompt file's record gives its scorer (answer, code tests); None for the built-in task."""
 
 
 class Scorer(Protocol):
@@ -80,15 +82,18 @@ class Scorer(Protocol):
         """
 
 
-class AnswerScorer:
-    """Prompts with reference answers: the final answer judged by math-verify (accuracy)."""
+class TextScorer:
+    """Prompt-file records judged on response text by a scorer of `t3d.dllm.scoring` (math, exact, code)."""
 
-    def __init__(self, has_answers: bool) -> None:
-        self.metric = "accuracy" if has_answers else None
-        self.answers = MathScorer()
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self.scorer = text_scorer(name) if name is not None else None
+        self.metric = self.scorer.metric if self.scorer is not None else None
 
     def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> Verdict:
-        return self.answers.score(Reference(prompt=prompt.text, answer=prompt.answer), text)
+        if self.scorer is None or prompt.reference is None:
+            return Verdict(None)
+        return self.scorer.score(prompt.reference, text)
 
     def log_likelihood(self, prompt: EvalPrompt, response: metrics.Response) -> float | None:
         return None
@@ -131,29 +136,32 @@ class PromptSet:
     """Where the prompts came from (`builtin:test`, a file path), recorded in the JSON."""
 
 
-def builtin_prompts(split: str = "test", limit: int | None = None, task_seed: int = 0) -> PromptSet:
+def builtin_prompts(split: str = "test", limit: int | None = None, task_seed: int = 0, scorer: str = "auto") -> PromptSet:
     """The built-in task's prompts; `test` is held out from collect's defaults (train) and tuning (val)."""
+    choose_scorer(scorer, None, f"builtin:{split}")  # only `builtin` (or auto) fits
     task = BuiltinTask(seed=task_seed)
     ids = list(task.prompts(split))[:limit]
     prompts = tuple(EvalPrompt(text=task.decode(p), ids=tuple(int(t) for t in p)) for p in ids)
     return PromptSet(prompts=prompts, scorer=TaskScorer(task), source=f"builtin:{split}")
 
 
-def load_prompt_file(path: str | Path, limit: int | None = None) -> PromptSet:
-    """JSONL, JSON (a list) or Parquet rows with `prompt` or `question` and an optional `answer`.
+def load_prompt_file(path: str | Path, limit: int | None = None, scorer: str = "auto") -> PromptSet:
+    """JSONL, JSON (a list) or Parquet rows with `prompt` or `question` and what to judge by.
 
     Read by `t3d.dllm.prompt_files`, the same reader as t3d-collect's `--prompts`: a
-    prompt is text or a list of token ids; a bare string is a prompt.
+    prompt is text or a list of token ids; a bare string is a prompt. `scorer` is a
+    name of `t3d.dllm.scoring` (`auto`: from the records' fields).
     """
-    prompts = tuple(_eval_prompt(r) for r in read_prompt_file(path))[:limit]
-    has_answers = any(p.answer is not None for p in prompts)
-    return PromptSet(prompts=prompts, scorer=AnswerScorer(has_answers), source=str(path))
+    records = read_prompt_file(path)[:limit]
+    name = choose_scorer(scorer, records, str(path))
+    return PromptSet(prompts=tuple(_eval_prompt(r) for r in records), scorer=TextScorer(name), source=str(path))
 
 
 def _eval_prompt(record: PromptRecord) -> EvalPrompt:
     if isinstance(record.prompt, str):
-        return EvalPrompt(text=record.prompt, answer=record.answer)
-    return EvalPrompt(text=" ".join(map(str, record.prompt)), ids=record.prompt, answer=record.answer)
+        return EvalPrompt(text=record.prompt, answer=record.answer, reference=record.reference())
+    text = " ".join(map(str, record.prompt))
+    return EvalPrompt(text=text, ids=record.prompt, answer=record.answer, reference=record.reference())
 
 
 def encode_prompt(model: DiffusionLM, prompt: EvalPrompt) -> list[int]:

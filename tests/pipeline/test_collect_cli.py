@@ -49,6 +49,7 @@ def bad_files(tmp_path):
         ("too_long", "prompt 5 has 22 tokens, more than the 16 the model allows"),
         ("no_model", "model directory not found: "),
         ("bad_option", "unknown option 'temprature' in "),
+        ("scorer_misfit", "--scorer builtin judges only the built-in task's prompts"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, collect_cmd, bad_files, case, message):
@@ -62,6 +63,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, collect_cmd, bad_fil
         args += ["--on-long-prompt", "error"]
     elif case == "no_model":
         args[args.index("--model") + 1] = str(tmp_path / "no-such-model")
+    elif case == "scorer_misfit":
+        args += ["--scorer", "builtin"]
     elif case == "bad_option":
         config = tmp_path / "cfg.toml"
         config.write_text("temprature = 0.5\n")

@@ -91,3 +91,27 @@ def test_limit_ids_and_digest(tokenizer):
     with pytest.raises(UserError, match="outside the model's vocabulary"):
         prepare_prompts([PromptRecord((5, 999))], tokenizer, chat_template=False, max_prompt_tokens=8,
                         on_long_prompt="skip", vocab_size=32)
+
+
+# --- the `correct` column: a scorer of the registry -----------------------------------------
+
+
+def test_row_scorer_fills_correct_from_the_answers(tmp_path):
+    import pickle
+
+    from t3d.dllm.tokenizer import build_tokenizer
+    from t3d.pipeline.prompts import row_scorer
+
+    tokenizer = build_tokenizer(["####", "w1", "w2", "3", "4", "x", "=", "\\frac{6}{2}"])
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"prompt": "w1", "answer": "3"}\n{"prompt": "w2"}\n')
+    records = read_prompt_file(path)
+    prepared = prepare_prompts(records, tokenizer, chat_template=False, max_prompt_tokens=8, on_long_prompt="error")
+    score = pickle.loads(pickle.dumps(row_scorer("math", records, prepared, tokenizer)))  # as a Ray actor gets it
+    w1, w2 = (tokenizer(w, add_special_tokens=False)["input_ids"] for w in ("w1", "w2"))
+    say = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert score(w1, say("#### x = 3")) is True
+    assert score(w1, say("#### \\frac{6}{2}")) is True  # equivalence, not string match
+    assert score(w1, say("#### 4")) is False
+    assert score(w2, say("#### 3")) is None  # no answer: unjudged
+    assert row_scorer(None, records, prepared, tokenizer) is None

@@ -200,6 +200,8 @@ def bad_input(tmp_path, tiny_dirs):
     malformed.write_text('{"prompt": "c1 c2"}\n{"prompt": "c1 \n')
     keyless = tmp_path / "keyless.jsonl"
     keyless.write_text('{"prompt": "c1 c2"}\n{"text": "c1"}\n')
+    half = tmp_path / "half.jsonl"
+    half.write_text('{"prompt": "c1 c2", "answer": "3"}\n{"prompt": "c1"}\n')
     model = f"teacher={tiny_dirs['teacher']}"
     return {
         "missing prompts": (["--prompts", tmp_path / "nope.jsonl"], "prompts file not found"),
@@ -212,13 +214,17 @@ def bad_input(tmp_path, tiny_dirs):
         "unknown strategy": (["--model", model, "--strategy", "greedy"], "--strategy must name"),
         "unknown teacher": (["--model", model, "--teacher", "t9", "--limit", "1"], "--teacher 't9' is not one of"),
         "duplicate label": (["--model", model, "--model", model], "given twice"),
+        "scorer misfit": (["--prompts", half, "--scorer", "exact"], "half.jsonl line 2: --scorer exact needs an 'answer'"),
+        "builtin scorer on a file": (["--prompts", half, "--scorer", "builtin"], "--scorer builtin judges only the built-in"),
+        "unknown scorer": (["--scorer", "regex"], "--scorer must be one of"),
     }
 
 
 @pytest.mark.parametrize(
     "case",
     ["missing prompts", "malformed line", "no prompt field", "unknown model", "bad steps list", "zero steps",
-     "steps above block", "unknown strategy", "unknown teacher", "duplicate label"],
+     "steps above block", "unknown strategy", "unknown teacher", "duplicate label", "scorer misfit",
+     "builtin scorer on a file", "unknown scorer"],
 )  # fmt: skip
 def test_bad_input_is_one_line_exit_2(tmp_path, tiny_dirs, case):
     args, message = bad_input(tmp_path, tiny_dirs)[case]

@@ -1,0 +1,38 @@
+"""The scorer registry: `auto` picks from the prompts' fields; a scorer that does not fit is a one-line error."""
+
+import pytest
+
+from t3d.dllm.errors import UserError
+from t3d.dllm.prompt_files import PromptRecord
+from t3d.dllm.scoring import SCORER_NAMES, choose_scorer, text_scorer
+
+ANSWERED = [PromptRecord("q1", "3", where="p.jsonl line 1"), PromptRecord("q2", None, where="p.jsonl line 2")]
+CODED = [PromptRecord("write f", tests=("assert f() == 1",), where="c.jsonl line 1"), PromptRecord("q", "2", where="c.jsonl line 2")]
+BARE = [PromptRecord("q1", where="b.jsonl line 1")]
+
+
+def test_auto_picks_from_the_fields():
+    assert choose_scorer("auto", None, "builtin:test") == "builtin"
+    assert choose_scorer("auto", ANSWERED, "p.jsonl") == "math"
+    assert choose_scorer("auto", BARE, "b.jsonl") is None  # nothing to judge by
+
+
+def test_every_name_but_auto_and_builtin_builds_a_text_scorer():
+    assert set(SCORER_NAMES) == {"auto", "builtin", "math", "exact"}
+    for name in ("math", "exact"):
+        assert text_scorer(name).name == name
+
+
+@pytest.mark.parametrize(
+    "name, records, message",
+    [
+        ("exact", ANSWERED, "p.jsonl line 2: --scorer exact needs an 'answer' in every record"),
+        ("math", BARE, "b.jsonl line 1: --scorer math needs an 'answer'"),
+        ("builtin", ANSWERED, "--scorer builtin judges only the built-in task's prompts, not p.jsonl"),
+        ("math", None, "--scorer math needs a prompt file"),
+        ("regex", ANSWERED, "--scorer must be one of auto, builtin, math"),
+    ],
+)
+def test_a_scorer_that_does_not_fit_names_the_record(name, records, message):
+    with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace("+", r"\+")):
+        choose_scorer(name, records, "p.jsonl" if records is not None else "builtin:test")
