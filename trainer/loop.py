@@ -564,7 +564,9 @@ def describe(trainer: Trainer, log: Callable = print) -> None:
         ref = "none (the objective does not use one)"
     elif cfg.reference.round_every:
         ref = f"frozen copy, refreshed every {cfg.reference.round_every} steps"
-    log(f"student {model.name} ({model.family.name}, {params / 1e6:.2f}M params) on {trainer.device}; reference: {ref}")
+    dtype = str(model.dtype).removeprefix("torch.")
+    log(f"student {model.name} ({model.family.name}, {dtype}, {params / 1e6:.2f}M params) on {trainer.device}; "
+        f"reference: {ref}")  # fmt: skip
     log(f"data {cfg.data.path}: {loader.num_rows:,} rows in {loader.num_shards} shards; response length {length}, "
         f"mean prompt {loader.mean_prompt_len:.1f} tokens")  # fmt: skip
     log(f"global batch {cfg.rows_per_step} rows = {cfg.train.batch_size} per micro-batch x {cfg.train.grad_accum} "
