@@ -321,9 +321,11 @@ class EvalRecord:
     samples_per_prompt: int
     responses: int
     quality_metric: str | None
-    """`validity` (built-in task), `accuracy` (prompts with answers) or None."""
+    """`validity` (built-in task), `accuracy` (answers), `pass@1` (code tests) or None."""
     quality: float | None
     """The task metric: share of valid / correct responses."""
+    pass_at_k: dict[str, float] | None
+    """Unbiased pass@k over each prompt's samples, for k = 1, 2, 5, 10, ... up to the samples per prompt."""
     distinct: float | None
     """Distinct responses per prompt (mean over prompts)."""
     distinct_valid: float | None
@@ -411,6 +413,7 @@ def judge(prompts: PromptSet, model: DiffusionLM, decoded: Decoded, n: int) -> J
     has_judge = scorer.metric is not None
     summary = {
         "quality": metrics.rate(j for j in judged if j is not None) if has_judge else None,
+        "pass_at_k": metrics.pass_at_k_table(_per_prompt(judged, n)) if has_judge else None,
         "distinct": metrics.distinct_per_prompt(groups),
         "distinct_valid": metrics.distinct_valid_per_prompt(groups, _per_prompt(judged, n)) if has_judge else None,
         "entropy": metrics.entropy_per_prompt(groups),

@@ -29,6 +29,37 @@ def rate(flags: Iterable[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+def pass_at_k(n: int, c: int, k: int) -> float | None:
+    """Unbiased pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021).
+
+    The chance that at least one of k samples drawn without replacement from the n
+    passes; None when k > n (too few samples to say).
+    """
+    if not 0 <= c <= n or k < 1:
+        raise ValueError(f"pass@k needs 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
+    if k > n:
+        return None
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+PASS_AT = (1, 2, 5, 10, 20, 50, 100)
+"""The k values reported, those up to the samples per prompt."""
+
+
+def pass_at_k_table(groups: Sequence[Sequence[bool | None]]) -> dict[str, float] | None:
+    """`{"pass@k": mean over prompts}` for each k of PASS_AT that every prompt has samples for.
+
+    groups: each prompt's verdicts; None (unjudged) are left out. None when nothing is judged.
+    """
+    counts = [(len(j), sum(j)) for j in ([bool(v) for v in g if v is not None] for g in groups) if j]
+    if not counts:
+        return None
+    fewest = min(n for n, _ in counts)
+    return {f"pass@{k}": _mean([pass_at_k(n, c, k) for n, c in counts]) for k in PASS_AT if k <= fewest}
+
+
 # --- agreement and diversity -----------------------------------------------------------
 
 

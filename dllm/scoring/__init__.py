@@ -5,6 +5,7 @@
 | `builtin` | the built-in task's prompts (token ids) | the task's validity check | validity |
 | `math` | records with an `answer` | math-verify equivalence of the stated answer | accuracy |
 | `exact` | records with an `answer` | normalised text of the stated answer | accuracy |
+| `code` | records with `tests` (MBPP) or `test` + `entry_point` (HumanEval) | running the tests in a sandboxed subprocess | pass@1 |
 
 `auto` picks from the prompts: `builtin` for the built-in task, `code` when records
 carry tests, `math` when they carry answers, else nothing (no task metric). A scorer
@@ -19,15 +20,16 @@ from typing import Any
 
 from t3d.dllm.errors import UserError
 from t3d.dllm.scoring.base import Reference, Scorer, Verdict
+from t3d.dllm.scoring.code_tests import CodeScorer
 from t3d.dllm.scoring.math_answers import ExactScorer, MathScorer
 
 __all__ = [
-    "BUILTIN", "SCORER_NAMES", "TEXT_SCORERS", "ExactScorer", "MathScorer", "Reference", "Scorer", "Verdict",
+    "BUILTIN", "SCORER_NAMES", "TEXT_SCORERS", "CodeScorer", "ExactScorer", "MathScorer", "Reference", "Scorer", "Verdict",
     "choose_scorer", "text_scorer",
 ]  # fmt: skip
 
 BUILTIN = "builtin"
-TEXT_SCORERS: dict[str, type] = {"math": MathScorer, "exact": ExactScorer}
+TEXT_SCORERS: dict[str, type] = {"math": MathScorer, "code": CodeScorer, "exact": ExactScorer}
 """Scorers of response text against a record's reference, by name."""
 SCORER_NAMES = ("auto", BUILTIN, *TEXT_SCORERS)
 """What `--scorer` accepts."""
@@ -42,7 +44,7 @@ def text_scorer(name: str) -> Scorer:
 
 def _auto(records: Sequence[Any]) -> str | None:
     references = [r.reference() for r in records]
-    if any(ref.has_code_tests for ref in references) and "code" in TEXT_SCORERS:
+    if any(ref.has_code_tests for ref in references):
         return "code"
     return "math" if any(ref.answer is not None for ref in references) else None
 

@@ -177,6 +177,19 @@ def test_prompt_file_with_answers_reports_accuracy(tiny_dirs, tmp_path):
     assert all(r["accuracy"] is None for r in rows if r["prompt_index"] == 2)  # no answer, nothing to judge
 
 
+def test_prompt_file_with_tests_reports_pass_at_k(tiny_dirs, tmp_path):
+    """The tiny model writes no Python: every sample fails its tests, and each says how."""
+    prompts = tmp_path / "code.jsonl"
+    prompts.write_text(json.dumps({"prompt": "c1 c2", "tests": ["assert f(1) == 2"]}) + "\n")
+    run_eval("--model", f"teacher={tiny_dirs['teacher']}", "--prompts", prompts, "--steps-per-block", "1",
+             "--samples-per-prompt", "2", "--json", tmp_path / "eval.json", "--samples", tmp_path / "s.jsonl")  # fmt: skip
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["prompts"]["quality_metric"] == "pass@1"
+    assert all(r["quality"] == 0.0 and r["pass_at_k"] == {"pass@1": 0.0, "pass@2": 0.0} for r in data["records"])
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert all(r["pass@1"] is False and r["score_detail"]["status"] in ("error", "failed") for r in rows)
+
+
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
 def test_prompt_files_in_json_and_parquet(tmp_path, suffix):
     rows = [{"prompt": "c1 c2", "answer": "3"}, {"question": "c4 c5 c6", "answer": None}]
@@ -200,6 +213,8 @@ def bad_input(tmp_path, tiny_dirs):
     malformed.write_text('{"prompt": "c1 c2"}\n{"prompt": "c1 \n')
     keyless = tmp_path / "keyless.jsonl"
     keyless.write_text('{"prompt": "c1 c2"}\n{"text": "c1"}\n')
+    badtests = tmp_path / "badtests.jsonl"
+    badtests.write_text('{"prompt": "c1", "tests": ["assert f(1) == 1"]}\n{"prompt": "c2", "tests": ["assert f(1) =="]}\n')
     half = tmp_path / "half.jsonl"
     half.write_text('{"prompt": "c1 c2", "answer": "3"}\n{"prompt": "c1"}\n')
     model = f"teacher={tiny_dirs['teacher']}"
@@ -214,6 +229,7 @@ def bad_input(tmp_path, tiny_dirs):
         "unknown strategy": (["--model", model, "--strategy", "greedy"], "--strategy must name"),
         "unknown teacher": (["--model", model, "--teacher", "t9", "--limit", "1"], "--teacher 't9' is not one of"),
         "duplicate label": (["--model", model, "--model", model], "given twice"),
+        "malformed tests": (["--prompts", badtests], "badtests.jsonl line 2: tests[0] is not valid Python (SyntaxError"),
         "scorer misfit": (["--prompts", half, "--scorer", "exact"], "half.jsonl line 2: --scorer exact needs an 'answer'"),
         "builtin scorer on a file": (["--prompts", half, "--scorer", "builtin"], "--scorer builtin judges only the built-in"),
         "unknown scorer": (["--scorer", "regex"], "--scorer must be one of"),
@@ -223,7 +239,7 @@ def bad_input(tmp_path, tiny_dirs):
 @pytest.mark.parametrize(
     "case",
     ["missing prompts", "malformed line", "no prompt field", "unknown model", "bad steps list", "zero steps",
-     "steps above block", "unknown strategy", "unknown teacher", "duplicate label", "scorer misfit",
+     "steps above block", "unknown strategy", "unknown teacher", "duplicate label", "malformed tests", "scorer misfit",
      "builtin scorer on a file", "unknown scorer"],
 )  # fmt: skip
 def test_bad_input_is_one_line_exit_2(tmp_path, tiny_dirs, case):

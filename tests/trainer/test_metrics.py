@@ -101,3 +101,27 @@ def test_speed_helpers():
     assert metrics.ratio(None, 4.0) is None and metrics.ratio(3.0, 0.0) is None
     assert metrics.mean_finite([-1.0, -math.inf, -3.0]) == -2.0
     assert metrics.mean_finite([-math.inf]) is None
+
+
+# --- pass@k ------------------------------------------------------------------------------------
+
+
+def test_pass_at_k_on_hand_computed_numbers():
+    # n=5 samples, c=2 pass: pass@1 = 2/5; pass@2 = 1 - C(3,2)/C(5,2) = 1 - 3/10; pass@3 = 1 - C(3,3)/C(5,3) = 1 - 1/10
+    assert metrics.pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert metrics.pass_at_k(5, 2, 2) == pytest.approx(0.7)
+    assert metrics.pass_at_k(5, 2, 3) == pytest.approx(0.9)
+    assert metrics.pass_at_k(5, 2, 4) == 1.0  # only 3 fail: any 4 hold a pass
+    assert metrics.pass_at_k(4, 0, 2) == 0.0 and metrics.pass_at_k(4, 4, 1) == 1.0
+    assert metrics.pass_at_k(3, 1, 5) is None  # too few samples
+    # n=10, c=3, k=5: 1 - C(7,5)/C(10,5) = 1 - 21/252
+    assert metrics.pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)
+
+
+def test_pass_at_k_table_averages_over_prompts_and_skips_unjudged():
+    groups = [[True, False, False, False], [True, True, None, False]]  # n=4 c=1; n=3 c=2
+    table = metrics.pass_at_k_table(groups)
+    assert set(table) == {"pass@1", "pass@2"}  # k=5 needs 5 samples of every prompt
+    assert table["pass@1"] == pytest.approx((1 / 4 + 2 / 3) / 2)
+    assert table["pass@2"] == pytest.approx(((1 - 3 / 6) + 1.0) / 2)  # 1 - C(3,2)/C(4,2); n-c=1 < 2
+    assert metrics.pass_at_k_table([[None, None]]) is None

@@ -14,12 +14,13 @@ BARE = [PromptRecord("q1", where="b.jsonl line 1")]
 def test_auto_picks_from_the_fields():
     assert choose_scorer("auto", None, "builtin:test") == "builtin"
     assert choose_scorer("auto", ANSWERED, "p.jsonl") == "math"
+    assert choose_scorer("auto", CODED, "c.jsonl") == "code"  # tests win over answers
     assert choose_scorer("auto", BARE, "b.jsonl") is None  # nothing to judge by
 
 
 def test_every_name_but_auto_and_builtin_builds_a_text_scorer():
-    assert set(SCORER_NAMES) == {"auto", "builtin", "math", "exact"}
-    for name in ("math", "exact"):
+    assert set(SCORER_NAMES) == {"auto", "builtin", "math", "code", "exact"}
+    for name in ("math", "exact", "code"):
         assert text_scorer(name).name == name
 
 
@@ -28,6 +29,7 @@ def test_every_name_but_auto_and_builtin_builds_a_text_scorer():
     [
         ("exact", ANSWERED, "p.jsonl line 2: --scorer exact needs an 'answer' in every record"),
         ("math", BARE, "b.jsonl line 1: --scorer math needs an 'answer'"),
+        ("code", ANSWERED, "p.jsonl line 1: --scorer code needs 'tests' or 'test' + 'entry_point'"),
         ("builtin", ANSWERED, "--scorer builtin judges only the built-in task's prompts, not p.jsonl"),
         ("math", None, "--scorer math needs a prompt file"),
         ("regex", ANSWERED, "--scorer must be one of auto, builtin, math"),

@@ -1,0 +1,89 @@
+"""Code: a response's program run against the prompt's tests in the sandbox (MBPP, HumanEval).
+
+The program is the response's code: the fenced block (```python ... ```) that defines
+the function the tests call, else the first fenced block, else the whole response.
+
+- MBPP style (`tests`: assert statements, optional `setup`): `setup`, then the code,
+  then each assert on its own, so the verdict names the first one that fails.
+- HumanEval style (`test` defining `check(candidate)`, `entry_point`): when the code
+  defines `entry_point` it runs after the prompt's import lines, otherwise it is taken as
+  the completion of the prompt (prompt + code); then `test` and `check(entry_point)`.
+
+The verdict's detail is the sandbox's: `status` (passed, failed, error, timeout,
+memory), the failing test, the error line.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+from t3d.dllm.scoring.base import Reference, Verdict
+from t3d.dllm.scoring.sandbox import Limits, run_python
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def _defines(code: str, names: set[str]) -> bool:
+    return any(re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(n)}\s*\(", code, re.M) for n in names)
+
+
+def called_names(tests: tuple[str, ...] | None, entry_point: str | None) -> set[str]:
+    """Names of the functions the tests call (MBPP), or the entry point (HumanEval)."""
+    if entry_point:
+        return {entry_point}
+    names: set[str] = set()
+    for test in tests or ():
+        for node in ast.walk(ast.parse(test)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                names.add(node.func.id)
+    return names
+
+
+def extract_code(response: str, names: set[str] = frozenset()) -> str:
+    """The program a response gives: its fenced block defining one of `names`, else its first block, else all of it."""
+    blocks = [body for lang, body in _FENCE.findall(response) if lang.lower() in ("", "python", "py", "python3")]
+    for block in blocks:
+        if _defines(block, names):
+            return block
+    return blocks[0] if blocks else response
+
+
+def _imports(prompt: str) -> str:
+    return "\n".join(line for line in prompt.splitlines() if re.match(r"\s*(import|from)\s+\w", line))
+
+
+def build_program(reference: Reference, response: str) -> tuple[str, list[str]]:
+    """(the program, the tests run after it one by one) for one response."""
+    names = called_names(reference.tests, reference.entry_point)
+    code = extract_code(response, names)
+    if reference.test is not None:
+        head = _imports(reference.prompt) if _defines(code, names) else reference.prompt
+        return f"{head}\n{code}\n", [f"{reference.test}\ncheck({reference.entry_point})"]
+    return f"{reference.setup or ''}\n{code}\n", list(reference.tests or ())
+
+
+class CodeScorer:
+    """Functional correctness: the response's code passes every test (pass@1; pass@k over samples)."""
+
+    name = "code"
+    metric = "pass@1"
+    needs = "'tests' or 'test' + 'entry_point'"
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
+
+    def fits(self, reference: Reference) -> bool:
+        return reference.has_code_tests
+
+    def score(self, reference: Reference, response: str) -> Verdict:
+        if not reference.has_code_tests:
+            return Verdict(None)
+        program, tests = build_program(reference, response)
+        result = run_python(program, tests, self.limits)
+        detail: dict[str, Any] = {"status": result.status}
+        for key in ("failed_test", "error"):
+            if getattr(result, key):
+                detail[key] = getattr(result, key)
+        return Verdict(result.passed, detail)
