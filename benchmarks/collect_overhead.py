@@ -15,7 +15,10 @@ Prints one JSON object:
   Ray runs and their mean is used, since a shared machine's load drifts;
 - `overhead_steady_state`: the same without the worker start (first actor ready);
 - `bytes_per_response_token`: on disk, per stored array (and Parquet), from the 1-worker run;
-- `throughput_*`: response tokens per second, and the 2-vs-1 speed-up.
+- `throughput_*`: response tokens per second, and the 2-vs-1 speed-up;
+- `collect_1_worker_cpu_s_by_process`: CPU seconds of the driver and of every process
+  Ray started during the 1-worker run (actor vs raylet, GCS, dashboard, ...), which is
+  what tells whether the actor was slower or merely shared the cores.
 Targets (issue 3): overhead <= 10 %, top-k at k=8 <= 40 B/token, speed-up >= 1.6 on 2 cores.
 """
 
@@ -26,6 +29,9 @@ import json
 import os
 import sys
 import tempfile
+import threading
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -80,9 +86,73 @@ def bare_sampler_seconds(cfg) -> float:
     return seconds
 
 
+class ProcessCpu:
+    """CPU seconds of every process started under this one while it runs, by name (polls /proc).
+
+    Answers where a collect run's CPU went on a small machine: the actors' own sampling,
+    or Ray's daemons (raylet, GCS, dashboard, log monitor) and the driver competing with them.
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.seen: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(interval,), daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> ProcessCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self, interval: float) -> None:
+        while not self._stop.is_set():
+            parents = {}
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    info = self._read(int(entry))
+                    if info:
+                        parents[int(entry)] = info
+            mine = {os.getpid()}
+            for _ in range(8):  # descendants, a few generations deep
+                mine |= {pid for pid, (ppid, _, _) in parents.items() if ppid in mine}
+            for pid in mine - {os.getpid()}:
+                _, name, cpu = parents[pid]
+                self.seen[pid] = (name, cpu)
+            time.sleep(interval)
+
+    def _read(self, pid: int):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = " ".join(c.decode(errors="replace") for c in cmd[:2] if c)[-60:] or stat[stat.index("(") + 1 : stat.rindex(")")]
+        return int(fields[1]), name, (int(fields[11]) + int(fields[12])) / self._tick
+
+    def by_name(self) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        for name, cpu in self.seen.values():
+            totals[_short(name)] += cpu
+        return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v >= 0.1}
+
+
+def _short(name: str) -> str:
+    for key in ("UnitRunner", "Actor", "raylet", "gcs_server", "dashboard", "log_monitor", "monitor", "runtime_env", "agent"):
+        if key in name:
+            return key
+    return name.split("/")[-1][:40]
+
+
 def run_collect(teacher: Path, prompts: Path, out: Path, workers: int):
     cfg = build_config({}, {**SETTINGS, "model": str(teacher), "prompts": str(prompts), "out": str(out), "num_workers": workers})
-    return cfg, collect(cfg)
+    tic = time.process_time()
+    with ProcessCpu() as cpu:
+        result = collect(cfg)
+    return cfg, result, {"driver_process": round(time.process_time() - tic, 1), **cpu.by_name()}
 
 
 def main() -> None:
@@ -98,8 +168,8 @@ def main() -> None:
         try:  # bare before and after the Ray runs: the machine's load drifts
             cfg = build_config({}, {**SETTINGS, "model": str(teacher), "prompts": str(prompts), "out": str(root / "x")})
             bare_runs = [bare_sampler_seconds(cfg)]
-            _, one = run_collect(teacher, prompts, root / "one", workers=1)
-            _, two = run_collect(teacher, prompts, root / "two", workers=2)
+            _, one, one_cpu = run_collect(teacher, prompts, root / "one", workers=1)
+            _, two, _ = run_collect(teacher, prompts, root / "two", workers=2)
             bare_runs.append(bare_sampler_seconds(cfg))
             bytes_per_token = Dataset.open(root / "one").bytes_per_response_token()
         finally:
@@ -119,6 +189,7 @@ def main() -> None:
                 "shard_build_and_commit": round(one.unit_seconds - one.sample_seconds, 2),
                 "driver_and_scheduling": round(one.seconds - one.worker_start_seconds - one.unit_seconds, 2),
             },
+            "collect_1_worker_cpu_s_by_process": one_cpu,
             "ray_start_s": round(one.ray_start_seconds, 2),
             "overhead_excl_ray_start": round((one.seconds - bare) / bare, 4),
             "overhead_steady_state": round((steady - bare) / bare, 4),

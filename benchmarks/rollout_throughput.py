@@ -16,7 +16,8 @@ For each response length L it times
 - `t3d_uncached`: `sample` with cache "none" (the whole visible sequence every step);
 - `previous_sampler`: the sampler before the engine (git ca3a2f1, per-row CPU Gumbel
   noise over the vocabulary, LM head on every position), when git can show it.
-The two uncached paths grow with L (quadratically) and run only up to --slow-max-len.
+The uncached paths grow with L (quadratically) and run only up to --slow-max-len
+(the previous sampler, ~1 s a step here, up to --previous-max-len).
 `network_share` is the time inside the network's forward (hooks) over the total;
 `outside_network_share` = 1 - that: everything the sampler adds.
 Then, for a bidirectional model of the same shape, the three cache modes of `sample`.
@@ -167,7 +168,7 @@ def load_previous_sampler():
     return module
 
 
-def block_causal_rows(net, lengths: list[int], slow_max: int) -> list[dict]:
+def block_causal_rows(net, lengths: list[int], slow_max: int, previous_max: int) -> list[dict]:
     model = wrap(net, get_family("sdar"))
     prompts, seeds = prompts_and_seeds()
     previous = load_previous_sampler()
@@ -180,7 +181,7 @@ def block_causal_rows(net, lengths: list[int], slow_max: int) -> list[dict]:
         row["t3d_vs_bare"] = round(row["t3d"]["tok_s"] / row["bare_cached_loop"]["tok_s"], 3)
         if length <= slow_max:
             row["t3d_uncached"] = timed(net, lambda: sample(model, prompts, config(length, cache="none"), seeds).response_length.sum())
-            if previous is not None:
+            if previous is not None and length <= previous_max:
                 row["previous_sampler"] = timed(net, lambda: previous.sample(model, prompts, config(length), seeds).response_length.sum())
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
@@ -204,13 +205,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="64,256,1024", help="response lengths L (multiples of 4)")
     parser.add_argument("--slow-max-len", type=int, default=256, help="longest L for the two uncached paths")
+    parser.add_argument("--previous-max-len", type=int, default=64, help="longest L for the previous sampler (~1 s a step)")
     parser.add_argument("--bidirectional-lengths", default="64,256", help="L for the cache modes of a bidirectional model")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     net = build_net()
     lengths = [int(v) for v in args.lengths.split(",")]
-    block_rows = block_causal_rows(net, lengths, args.slow_max_len)
+    block_rows = block_causal_rows(net, lengths, args.slow_max_len, args.previous_max_len)
     by_len = {r["L"]: r["t3d"]["tok_s"] for r in block_rows}
     result = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "load_average_1m": round(os.getloadavg()[0], 2)},

@@ -177,12 +177,10 @@ class Engine:
         cols = torch.where(resp >= 0, resp, lay.length)  # (R, B) response column; prompt slots -> scratch
         rows = active[:, None].expand_as(cols)
         masked = (resp >= 0) & (self.reveal[rows, cols] < 0)  # (R, B)
-        shifted = logits - logits.amax(dim=-1, keepdim=True)  # (R, B, V); its softmax is what the model believes
-        weights = shifted.exp()  # (R, B, V) unnormalised probabilities
-        log_total = weights.sum(dim=-1).log()  # (R, B)
+        probs = logits.softmax(dim=-1)  # (R, B, V) untempered, one fused pass: what the model believes
         step = self.step[active]  # (R,)
-        proposal = noise.propose(shifted, weights, cfg, self.seed[active], step, cols)  # (R, B)
-        confidence = (shifted.gather(-1, proposal[..., None]).squeeze(-1) - log_total).exp()  # (R, B) untempered
+        proposal = noise.propose(logits, probs, cfg, self.seed[active], step, cols)  # (R, B)
+        confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # (R, B)
         if self.states is not None:
             self.states[active, step] = self.ids[active, lay.prompt_len :]
         chosen = get_strategy(cfg.strategy).choose(confidence, masked, self.step_in_block[active], cfg)  # (R, B)
@@ -190,9 +188,9 @@ class Engine:
         self.reveal[rows, cols] = torch.where(chosen, step[:, None], self.reveal[rows, cols])
         self.confidence[rows, cols] = torch.where(chosen, confidence, self.confidence[rows, cols])
         if self.k:
-            top = shifted.topk(self.k, dim=-1)  # (R, B, k)
+            top = probs.topk(self.k, dim=-1)  # (R, B, k)
             keep = chosen[..., None]
-            self.topk_logprobs[rows, cols] = torch.where(keep, top.values - log_total[..., None], self.topk_logprobs[rows, cols])
+            self.topk_logprobs[rows, cols] = torch.where(keep, top.values.log(), self.topk_logprobs[rows, cols])
             self.topk_ids[rows, cols] = torch.where(keep, top.indices, self.topk_ids[rows, cols])
         return self._advance(active, masked & ~chosen)
 

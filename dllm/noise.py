@@ -52,15 +52,15 @@ def filter_scores(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return scores
 
 
-def proposal_weights(shifted: torch.Tensor, weights: torch.Tensor, cfg) -> torch.Tensor:
-    """Unnormalised proposal (R, B, V): the tempered, filtered softmax of the model's logits.
+def proposal_weights(logits: torch.Tensor, probs: torch.Tensor, cfg) -> torch.Tensor:
+    """The proposal (R, B, V), up to a constant: the tempered, filtered softmax of the model's logits.
 
-    shifted: logits minus their row maximum; weights: exp(shifted), reused untouched
+    probs: the untempered softmax (or anything proportional to it), reused untouched
     when there is nothing to temper or filter.
     """
     if cfg.temperature == 1.0 and not cfg.top_k and cfg.top_p >= 1.0:
-        return weights
-    return filter_scores(shifted / cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
+        return probs
+    return filter_scores(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
 
 
 def draw(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -72,12 +72,12 @@ def draw(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 
 def propose(
-    shifted: torch.Tensor, weights: torch.Tensor, cfg, seed: torch.Tensor, step: torch.Tensor, column: torch.Tensor
+    logits: torch.Tensor, probs: torch.Tensor, cfg, seed: torch.Tensor, step: torch.Tensor, column: torch.Tensor
 ) -> torch.Tensor:
-    """Proposal tokens (R, B) from max-shifted logits (R, B, V) and their exp (`weights`).
+    """Proposal tokens (R, B) from untempered logits (R, B, V) and their softmax `probs`.
 
     Greedy (argmax) at temperature 0; otherwise one keyed uniform per (row, column).
     """
     if cfg.temperature == 0:
-        return shifted.argmax(dim=-1)
-    return draw(proposal_weights(shifted, weights, cfg), keyed_uniforms(seed, step, column))
+        return logits.argmax(dim=-1)
+    return draw(proposal_weights(logits, probs, cfg), keyed_uniforms(seed, step, column))
