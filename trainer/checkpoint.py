@@ -269,7 +269,8 @@ def export_student(checkpoint: Path, out: Path) -> Path:
         skipped = (TRAINER_STATE, CONFIG, weights.INDEX)  # the index is rewritten with the cast sizes
         if file.is_file() and file.name not in skipped and not file.name.endswith(_WEIGHT_SUFFIXES):
             _link_or_copy(file, tmp / file.name)
-    dtype = getattr(torch, read_t3d_json(checkpoint)["base"]["dtype"])
+    base = read_t3d_json(checkpoint).get("base", {})  # a checkpoint of an older t3d has none: keep its dtype
+    dtype = getattr(torch, base["dtype"]) if "dtype" in base else weights.checkpoint_dtype(checkpoint)
     _cast_shards(checkpoint, tmp, dtype)
     _publish(tmp, out / STUDENT)
     return out / STUDENT
