@@ -107,9 +107,19 @@ class CheckpointInfo:
         }
 
 
+T3D_FIELDS = "t3d.json"
+"""Beside a student's config.json (which stays its teacher's): the family and block size it was trained with."""
+
+
+def read_t3d_fields(path: Path) -> dict[str, Any]:
+    """A student's t3d.json, or {} for any other checkpoint."""
+    file = path / T3D_FIELDS
+    return read_json(file) if file.is_file() else {}
+
+
 def resolve_family(raw: dict[str, Any], requested: str | None, path: Path) -> Family:
-    """--family, else `t3d_family` in config.json, else the family that owns `model_type`."""
-    name = requested or raw.get("t3d_family")
+    """--family, else the student's t3d.json, else `t3d_family` in config.json, else the owner of `model_type`."""
+    name = requested or read_t3d_fields(path).get("family") or raw.get("t3d_family")
     model_type = str(raw.get("model_type", ""))
     family = get_family(name) if name else family_for_model_type(model_type)
     if family is None:
@@ -203,7 +213,8 @@ def describe_checkpoint(path: str | Path, family: str | None = None, trust_remot
     vocab_size = int(config.vocab_size)
     ids = special_ids(raw, fam, tokenizer, vocab_size, resolved)
     max_length = getattr(config, "max_position_embeddings", None) or raw.get("max_sequence_length")
-    block_size = raw.get("t3d_block_size") or raw.get("block_size")
+    trained = read_t3d_fields(resolved)  # a student's own block size comes before its teacher's config
+    block_size = trained.get("block_size") or raw.get("t3d_block_size") or raw.get("block_size")
     return CheckpointInfo(
         path=resolved, raw_config=raw, config=config, family=fam, native=native, tokenizer=tokenizer,
         vocab_size=vocab_size, max_length=int(max_length or 1 << 30),

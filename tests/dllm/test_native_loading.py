@@ -162,3 +162,13 @@ def test_the_cli_prints_one_line_for_a_nan_weight(layouts, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds NaN" in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_a_students_t3d_json_gives_its_family_and_block_size(layouts, tmp_path):
+    """A student keeps its teacher's config.json; what t3d trained it as lives in t3d.json."""
+    path = _copy(layouts["llada"], tmp_path / "student")
+    assert load_model(path).block_size is None  # LLaDA's config has no block size
+    (path / "t3d.json").write_text(json.dumps({"family": "block_causal", "block_size": 8}))
+    model = load_model(path)
+    assert model.family.name == "block_causal" and model.block_size == 8
+    assert load_model(path, family="llada").family.name == "llada"  # --family still wins
