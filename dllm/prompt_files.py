@@ -105,6 +105,11 @@ def _read_parquet(path: Path) -> list[PromptRecord]:
     return [_record(row, f"{path} record {i}") for i, row in enumerate(table.select(keep).to_pylist())]
 
 
+def record_from_value(value: Any, where: str) -> PromptRecord:
+    """One parsed JSON value -> PromptRecord (what `t3d-eval --grade` reads beside each response)."""
+    return _record(value, where)
+
+
 def _record(value: Any, where: str) -> PromptRecord:
     """One record -> PromptRecord, or a UserError that says where the bad record is."""
     if isinstance(value, str):

@@ -21,6 +21,7 @@ from t3d.dllm.cli import register_user_error
 from t3d.pipeline.cluster import gpus_per_worker, ray_connection, resource_warning
 from t3d.pipeline.config import CollectConfig, cli_command, to_dict
 from t3d.pipeline.output import SKIPPED_TOO_LONG, OutputState, open_output
+from t3d.dllm.prompt_encoding import applies_chat_template
 from t3d.dllm.scoring import choose_scorer
 from t3d.pipeline.prompts import PreparedPrompts, builtin_prompt_records, prepare_prompts, read_prompt_file, row_scorer
 from t3d.pipeline.rollout import RolloutJob, UnitResult
@@ -44,8 +45,10 @@ class RunPlan:
 
     def manifest_config(self) -> dict[str, Any]:
         key = self.cfg.dataset_key() | {"prompts_digest": self.prompts.digest()}
+        encoding = self.cfg.prompts.encoding()
         return {"config": to_dict(self.cfg), "dataset_key": key, "prompts": self.prompt_counts(), "units": len(self.units),
-                "scorer": self.scorer}  # fmt: skip
+                "scorer": self.scorer, "prompt_encoding": encoding.to_dict(),
+                "chat_template_applied": applies_chat_template(self.teacher.tokenizer, encoding)}  # fmt: skip
 
     def prompt_counts(self) -> dict[str, int]:
         return {"read": self.prompts.total, "kept": len(self.prompts.prompts), "skipped": len(self.prompts.skipped)}
@@ -82,7 +85,7 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
     prepared = prepare_prompts(
         records,
         teacher.tokenizer,
-        chat_template=cfg.prompts.chat_template,
+        encoding=cfg.prompts.encoding(),
         max_prompt_tokens=teacher.max_length - sampler.max_new_tokens,
         on_long_prompt=cfg.prompts.on_long_prompt,
         limit=cfg.prompts.limit,

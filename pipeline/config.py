@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from t3d.dllm.cli import load_config_file, run_cli
 from t3d.dllm.errors import UserError
+from t3d.dllm.prompt_encoding import PromptEncoding
 from t3d.dllm.sampling import SamplerConfig
 from t3d.dllm.scoring import SCORER_NAMES
 
@@ -45,18 +46,32 @@ class PromptConfig:
     """Use only the first N prompts of the source."""
     chat_template: bool = True
     """Wrap each prompt in the tokenizer's chat template when it has one."""
+    system_prompt: str | None = None
+    """A system turn before each prompt (without a chat template: a paragraph before it)."""
+    user_template: str = "{prompt}"
+    """The user turn, `{prompt}` standing for the prompt; or a preset: plain, reason-boxed (T3D/SDAR's step-by-step \\boxed{} suffix)."""
+    special_tokens: bool = True
+    """Without a chat template: add the tokenizer's special tokens (BOS where it adds one)."""
     on_long_prompt: str = "skip"
     """What to do with a prompt too long for the model with its response: `skip` (counted in the manifest) or `error`."""
     scorer: str = "auto"
     """What fills the `correct` column: auto (from the prompts' fields), builtin, math (math-verify), code (tests in a sandbox), exact."""
 
     def __post_init__(self) -> None:
+        self.encoding()  # a bad user template fails here, before anything runs
         if self.scorer not in SCORER_NAMES:
             raise UserError(f"scorer must be one of {', '.join(SCORER_NAMES)}, got {self.scorer!r}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit must be at least 1, got {self.limit}")
         if self.on_long_prompt not in ON_LONG_PROMPT:
             raise UserError(f"on_long_prompt must be one of {', '.join(ON_LONG_PROMPT)}, got {self.on_long_prompt!r}")
+
+    def encoding(self) -> PromptEncoding:
+        """How text prompts become token ids (recorded in the manifest; eval's `--like` reads it back)."""
+        return PromptEncoding(
+            chat_template=self.chat_template, system_prompt=self.system_prompt,
+            user_template=self.user_template, special_tokens=self.special_tokens,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)

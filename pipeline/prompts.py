@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from t3d.dllm.errors import UserError
+from t3d.dllm.prompt_encoding import PromptEncoding, encode_prompt
 from t3d.dllm.prompt_files import PromptRecord, read_prompt_file
 from t3d.dllm.scoring import BUILTIN, Reference, text_scorer
 
@@ -63,39 +64,25 @@ def builtin_prompt_records(seed: int = 0) -> list[PromptRecord]:
     return [PromptRecord(prompt=tuple(int(t) for t in p)) for p in BuiltinTask(seed=seed).prompts(BUILTIN_SPLIT)]
 
 
-# --- encoding --------------------------------------------------------------------------
-
-
-def encode(tokenizer: Any, text: str, chat_template: bool) -> list[int]:
-    """Token ids of a text prompt: through the chat template when asked for and present."""
-    if tokenizer is None:
-        raise UserError("the teacher checkpoint has no tokenizer: give prompts as token-id lists")
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        out = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-    else:
-        ids = tokenizer(text)["input_ids"]
-    return [int(t) for t in ids]
+# --- encoding: t3d.dllm.prompt_encoding, the one function collect, distill and eval use ---------
 
 
 def prepare_prompts(
     records: list[PromptRecord],
     tokenizer: Any,
     *,
-    chat_template: bool,
+    encoding: PromptEncoding,
     max_prompt_tokens: int,
     on_long_prompt: str,
     limit: int | None = None,
     vocab_size: int | None = None,
 ) -> PreparedPrompts:
-    """Encode, then keep the prompts that fit `max_prompt_tokens` (skip or error on the rest)."""
+    """Encode (text prompts by `encoding`; id lists as they are), then keep those that fit `max_prompt_tokens`."""
     records = records[:limit] if limit else records
     kept, skipped = [], []
     for index, record in enumerate(records):
         text = record.prompt if isinstance(record.prompt, str) else None
-        ids = list(record.prompt) if text is None else encode(tokenizer, text, chat_template)
+        ids = list(record.prompt) if text is None else encode_prompt(tokenizer, text, encoding)
         if not ids:
             raise UserError(f"prompt {index} encodes to no tokens")
         if vocab_size is not None and not all(0 <= t < vocab_size for t in ids):

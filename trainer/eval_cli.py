@@ -14,10 +14,12 @@ import typer
 
 from t3d.dllm import DiffusionLM, UserError, load_model
 from t3d.dllm.cli import run_cli
+from t3d.dllm.scoring import Limits
 from t3d.dllm.families import get_family
 from t3d.dllm.loading import DTYPES
 from t3d.dllm.reveal import STRATEGIES
 from t3d.trainer import evaluate as ev
+from t3d.trainer import grading
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -94,15 +96,25 @@ def run(
     max_new_tokens: Optional[int], steps_per_block: Optional[str], strategy: str, threshold: float, temperature: float, cache: str,
     samples_per_prompt: int, seed: int, batch_size: int, timing_repeats: int, device: str, trust_remote_code: bool,
     json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path], scorer: str = "auto",
-    family: Optional[str] = None, dtype: str = "auto",
+    family: Optional[str] = None, dtype: str = "auto", like: Optional[Path] = None, chat_template: Optional[bool] = None,
+    system_prompt: Optional[str] = None, user_template: Optional[str] = None, grade: Optional[Path] = None,
+    code_timeout: float = 10.0,
 ) -> None:  # fmt: skip
     """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
+    code_limits = code_sandbox_limits(code_timeout)
+    if grade is not None:
+        if model or prompts:
+            raise UserError("--grade grades the responses in a file and loads no model: drop --model and --prompts")
+        return run_grade(grade, scorer, json_path, samples, code_limits)
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
     steps = parse_int_list(steps_per_block, "--steps-per-block") if steps_per_block else None
     strategies = parse_strategies(strategy)
     check_model_options(family, dtype)
-    prompt_set = ev.load_prompt_file(prompts, limit, scorer) if prompts else ev.builtin_prompts("test", limit, scorer=scorer)
+    prompt_set = ev.load_prompt_file(prompts, limit, scorer, code_limits) if prompts else ev.builtin_prompts("test", limit, scorer=scorer)
+    overrides = {k: v for k, v in dict(chat_template=chat_template, system_prompt=system_prompt, user_template=user_template).items() if v is not None}
+    ev.PromptEncoding(**overrides)  # a bad template fails before any model loads
+    like_encoding = ev.like_dataset(like) if like is not None else None
     models = load_models(model or ["teacher=builtin"], device, trust_remote_code, family, dtype)
     first = next(iter(models.values()))
     block = block_size or first.block_size or 4
@@ -126,11 +138,33 @@ def run(
         file=sys.stderr,
     )
     print(f"models: {describe_models(models)}", file=sys.stderr)
-    report = ev.evaluate(models, prompt_set, settings, config, on_record=lambda r: print(f"  done {r.model} {r.setting}", file=sys.stderr))
+    encodings, notes = ev.resolve_encodings(models, like_encoding, str(like), overrides)
+    if notes and any(p.ids is None for p in prompt_set.prompts):  # only text prompts are encoded
+        print("\n".join(notes), file=sys.stderr)
+    report = ev.evaluate(models, prompt_set, settings, config, on_record=lambda r: print(f"  done {r.model} {r.setting}", file=sys.stderr),
+                         encodings=encodings)  # fmt: skip
     print(ev.render_table(report))
     for path, write in ((json_path, ev.write_json), (plot, ev.save_plot), (samples, ev.write_samples)):
         if path is not None:
             print(f"wrote {write(report, path)}", file=sys.stderr)
+
+
+def code_sandbox_limits(timeout: float) -> Limits:
+    if timeout <= 0:
+        raise UserError(f"--code-timeout must be positive, got {timeout:g}")
+    return Limits(timeout_s=timeout)
+
+
+def run_grade(path: Path, scorer: str, json_path: Optional[Path], samples: Optional[Path], code_limits: Limits) -> None:
+    """`--grade FILE`: judge responses produced elsewhere, print the table, write the outputs asked for."""
+    lines = grading.read_responses(path)
+    report = grading.grade(lines, scorer, str(path), code_limits)
+    print(f"t3d-eval: graded {len(lines)} responses from {path} with the {report.scorer} scorer", file=sys.stderr)
+    print(grading.render_grade_table(report))
+    if json_path is not None:
+        print(f"wrote {grading.write_grade_json(report, json_path)}", file=sys.stderr)
+    if samples is not None:
+        print(f"wrote {grading.write_graded_samples(lines, report, samples)}", file=sys.stderr)
 
 
 @app.command(help="Measure quality, agreement with the teacher, diversity and speed of models at few steps.")
@@ -158,6 +192,12 @@ def eval_command(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of quality vs tokens per step, one line per model."),
     samples: Optional[Path] = typer.Option(None, "--samples", help="Write every response as JSONL."),
     scorer: str = typer.Option("auto", "--scorer", help="How responses are judged: auto (from the prompts' fields), builtin, math (math-verify), code (tests in a sandbox), exact."),
+    like: Optional[Path] = typer.Option(None, "--like", help="Encode prompts as this dataset's manifest records (chat template, system prompt, user template, special tokens). Default: each model's own, from its t3d.json."),
+    chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template", help="Override: render prompts with the tokenizer's chat template (when it has one)."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Override: a system turn before each prompt."),
+    code_timeout: float = typer.Option(10.0, "--code-timeout", help="Seconds each code sample may run in the sandbox (wall clock; CPU limit one more)."),
+    grade: Optional[Path] = typer.Option(None, "--grade", help="Grade the responses in this JSONL file (prompt, response, answer or tests, optional model and setting) instead of decoding; with --samples, --json, --scorer."),
+    user_template: Optional[str] = typer.Option(None, "--user-template", help="Override: the user turn, {prompt} standing for the prompt, or a preset: plain, reason-boxed."),
 ) -> None:  # fmt: skip
     options = dict(locals())
     run_cli(lambda: run(**options))

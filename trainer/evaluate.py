@@ -37,10 +37,14 @@ import numpy as np
 import torch
 
 from t3d.dllm import DiffusionLM, SampleOutput, SamplerConfig, UserError, sample
+from t3d.dllm.prompt_encoding import PromptEncoding, dataset_encoding
+from t3d.dllm.prompt_encoding import encode_prompt as encode_prompt_text
 from t3d.dllm.prompt_files import PromptRecord, read_prompt_file
-from t3d.dllm.scoring import Reference, Verdict, choose_scorer, text_scorer
+from t3d.dllm.scoring import Limits, Reference, Verdict, choose_scorer, text_scorer
 from t3d.dllm.task import BuiltinTask, diversity_report
+from t3d.storage_schemas import DatasetError, Manifest
 from t3d.trainer import metrics
+from t3d.trainer.checkpoint import read_t3d_json
 
 JSON_SCHEMA_VERSION = 1
 
@@ -85,9 +89,9 @@ class Scorer(Protocol):
 class TextScorer:
     """Prompt-file records judged on response text by a scorer of `t3d.dllm.scoring` (math, exact, code)."""
 
-    def __init__(self, name: str | None) -> None:
+    def __init__(self, name: str | None, code_limits: Limits | None = None) -> None:
         self.name = name
-        self.scorer = text_scorer(name) if name is not None else None
+        self.scorer = text_scorer(name, code_limits) if name is not None else None
         self.metric = self.scorer.metric if self.scorer is not None else None
 
     def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> Verdict:
@@ -145,7 +149,7 @@ def builtin_prompts(split: str = "test", limit: int | None = None, task_seed: in
     return PromptSet(prompts=prompts, scorer=TaskScorer(task), source=f"builtin:{split}")
 
 
-def load_prompt_file(path: str | Path, limit: int | None = None, scorer: str = "auto") -> PromptSet:
+def load_prompt_file(path: str | Path, limit: int | None = None, scorer: str = "auto", code_limits: Limits | None = None) -> PromptSet:
     """JSONL, JSON (a list) or Parquet rows with `prompt` or `question` and what to judge by.
 
     Read by `t3d.dllm.prompt_files`, the same reader as t3d-collect's `--prompts`: a
@@ -154,7 +158,7 @@ def load_prompt_file(path: str | Path, limit: int | None = None, scorer: str = "
     """
     records = read_prompt_file(path)[:limit]
     name = choose_scorer(scorer, records, str(path))
-    return PromptSet(prompts=tuple(_eval_prompt(r) for r in records), scorer=TextScorer(name), source=str(path))
+    return PromptSet(prompts=tuple(_eval_prompt(r) for r in records), scorer=TextScorer(name, code_limits), source=str(path))
 
 
 def _eval_prompt(record: PromptRecord) -> EvalPrompt:
@@ -164,19 +168,53 @@ def _eval_prompt(record: PromptRecord) -> EvalPrompt:
     return EvalPrompt(text=text, ids=record.prompt, answer=record.answer, reference=record.reference())
 
 
-def encode_prompt(model: DiffusionLM, prompt: EvalPrompt) -> list[int]:
-    """Token ids of `prompt` for `model`: the task's ids, else its tokenizer (chat template when it has one)."""
+def encode_prompt(model: DiffusionLM, prompt: EvalPrompt, encoding: PromptEncoding = PromptEncoding()) -> list[int]:
+    """Token ids of `prompt` for `model`: the task's ids as they are, else text through `encoding`."""
     if prompt.ids is not None:
         if max(prompt.ids, default=0) >= model.vocab_size:
             raise UserError(f"model {model.name} has {model.vocab_size} tokens: too few for prompt ids up to {max(prompt.ids)}")
         return list(prompt.ids)
-    tok = model.tokenizer
-    if tok is None:
+    if model.tokenizer is None:
         raise UserError(f"model {model.name} has no tokenizer to encode text prompts ({model.path})")
-    if getattr(tok, "chat_template", None):
-        messages = [{"role": "user", "content": prompt.text}]
-        return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-    return list(tok(prompt.text, add_special_tokens=False)["input_ids"])
+    return encode_prompt_text(model.tokenizer, prompt.text, encoding)
+
+
+def recorded_encoding(model: DiffusionLM) -> PromptEncoding | None:
+    """The encoding a student was distilled on (its t3d.json, written by t3d-distill), or None."""
+    recorded = read_t3d_json(Path(model.path)).get("prompt_encoding") if model.path else None
+    return None if recorded is None else PromptEncoding.from_dict(recorded, f"{model.path}/t3d.json")
+
+
+def like_dataset(path: str | Path) -> PromptEncoding:
+    """The prompt encoding recorded in a dataset's manifest (`t3d-eval --like DATASET`)."""
+    try:
+        manifest = Manifest.load(path)
+    except (DatasetError, FileNotFoundError, NotADirectoryError) as err:
+        raise UserError(f"--like {path}: not a readable t3d dataset ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    return dataset_encoding(manifest.collect_config, f"{path}/manifest.json")
+
+
+def resolve_encodings(
+    models: dict[str, DiffusionLM], like: PromptEncoding | None = None, like_source: str = "", overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, PromptEncoding], list[str]]:
+    """Each model's prompt encoding, and notes to print when they are not all alike.
+
+    `like` (a dataset's) is used for every model; without it each model uses the one it
+    was distilled on, else the default. `overrides` (fields given on the command line)
+    apply on top. A note names every model whose own recorded encoding is not the one used,
+    and the models when they end up encoding prompts differently.
+    """
+    recorded = {label: recorded_encoding(m) for label, m in models.items()}
+    chosen = {label: like or rec or PromptEncoding() for label, rec in recorded.items()}
+    chosen = {label: replace(enc, **(overrides or {})) for label, enc in chosen.items()}
+    notes = [f"prompt encoding of {like_source}: {like.describe()}"] if like is not None else []
+    notes += [
+        f"note: {label} was distilled on prompts encoded with {rec.describe()}; evaluating it with {chosen[label].describe()}"
+        for label, rec in recorded.items() if rec is not None and rec != chosen[label]
+    ]  # fmt: skip
+    if len(set(chosen.values())) > 1:
+        notes.append("note: the models encode prompts differently: " + "; ".join(f"{k}: {v.describe()}" for k, v in chosen.items()))
+    return chosen, notes
 
 
 def decode_response(model: DiffusionLM, response: metrics.Response) -> str:
@@ -521,20 +559,26 @@ def evaluate(
     settings: Sequence[SamplerConfig],
     config: EvalConfig = EvalConfig(),
     on_record: Callable[[EvalRecord], None] | None = None,
+    encodings: dict[str, PromptEncoding] | None = None,
 ) -> EvalReport:
-    """Decode every prompt with every model at every setting, then compare against the teacher."""
+    """Decode every prompt with every model at every setting, then compare against the teacher.
+
+    encodings: each model's prompt encoding (see `resolve_encodings`); default: the default encoding.
+    """
+    encodings = {label: (encodings or {}).get(label, PromptEncoding()) for label in models}
     if not models or not settings:
         raise UserError("nothing to evaluate: give at least one model and one setting")
     teacher = pick_teacher(models, config.teacher)
     n = config.samples_per_prompt
     seeds = row_seeds(len(prompts.prompts), n, config.seed)
     report = EvalReport(
-        records=[], models={label: m.identity() for label, m in models.items()}, teacher=teacher,
+        records=[], models={label: m.identity() | {"prompt_encoding": encodings[label].to_dict()} for label, m in models.items()},
+        teacher=teacher,
         prompt_source=prompts.source, quality_metric=prompts.scorer.metric, config=config, settings=list(settings),
     )  # fmt: skip
     decoded: dict[tuple[str, SamplerConfig], Decoded] = {}
     for label, model in models.items():
-        rows = [encode_prompt(model, p) for p in prompts.prompts for _ in range(n)]
+        rows = [encode_prompt(model, p, encodings[label]) for p in prompts.prompts for _ in range(n)]
         if config.warmup:
             sample(model, rows[:1], settings[0], seeds[:1])
         for setting in plan(label, teacher, settings):

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from t3d.dllm import load_model
 from t3d.dllm.errors import UserError
 from t3d.dllm.model import DiffusionLM
+from t3d.dllm.prompt_encoding import dataset_encoding
 from t3d.trainer import checkpoint as ckpt
 from t3d.trainer.config import DistillConfig, describe_changes
 from t3d.trainer.data import Batch, TrajectoryDataset, row_seeds
@@ -590,7 +591,8 @@ def save(trainer: Trainer) -> Path | None:
         }  # fmt: skip
         out = Path(trainer.cfg.train.out)
         meta = {"block_size": trainer.states.block_size, "absolute_blocks": trainer.states.absolute_blocks,
-                "teacher": trainer.loader.manifest.teacher, "data": str(Path(trainer.cfg.data.path).resolve())}  # fmt: skip
+                "teacher": trainer.loader.manifest.teacher, "data": str(Path(trainer.cfg.data.path).resolve()),
+                "prompt_encoding": dataset_encoding(trainer.loader.manifest.collect_config).to_dict()}  # fmt: skip
         path = ckpt.save_checkpoint(out, trainer.step, trainer.student, state, trainer.cfg, trainer.reference, meta)
     trainer.dist.barrier()
     trainer.saved_step = trainer.step

@@ -22,9 +22,10 @@ from t3d.dllm.errors import UserError
 from t3d.dllm.scoring.base import Reference, Scorer, Verdict
 from t3d.dllm.scoring.code_tests import CodeScorer
 from t3d.dllm.scoring.math_answers import ExactScorer, MathScorer
+from t3d.dllm.scoring.sandbox import Limits
 
 __all__ = [
-    "BUILTIN", "SCORER_NAMES", "TEXT_SCORERS", "CodeScorer", "ExactScorer", "MathScorer", "Reference", "Scorer", "Verdict",
+    "BUILTIN", "SCORER_NAMES", "TEXT_SCORERS", "CodeScorer", "ExactScorer", "Limits", "MathScorer", "Reference", "Scorer", "Verdict",
     "choose_scorer", "text_scorer",
 ]  # fmt: skip
 
@@ -35,11 +36,12 @@ SCORER_NAMES = ("auto", BUILTIN, *TEXT_SCORERS)
 """What `--scorer` accepts."""
 
 
-def text_scorer(name: str) -> Scorer:
-    """A new scorer of response text, by registry name."""
+def text_scorer(name: str, code_limits: Limits | None = None) -> Scorer:
+    """A new scorer of response text, by registry name; `code_limits` go to a scorer that runs code."""
     if name not in TEXT_SCORERS:
         raise UserError(f"unknown scorer {name!r}: choose one of {', '.join(TEXT_SCORERS)}")
-    return TEXT_SCORERS[name]()
+    kind = TEXT_SCORERS[name]
+    return kind(code_limits) if code_limits is not None and getattr(kind, "runs_code", False) else kind()
 
 
 def _auto(records: Sequence[Any]) -> str | None:

@@ -69,6 +69,7 @@ class CodeScorer:
 
     name = "code"
     metric = "pass@1"
+    runs_code = True
     needs = "'tests' or 'test' + 'entry_point'"
 
     def __init__(self, limits: Limits = Limits()) -> None:

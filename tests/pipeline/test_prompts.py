@@ -8,7 +8,10 @@ import pytest
 
 from t3d.dllm.errors import UserError
 from t3d.dllm.tokenizer import load_tokenizer
-from t3d.pipeline.prompts import PromptRecord, encode, prepare_prompts, read_prompt_file
+from t3d.dllm.prompt_encoding import PromptEncoding, encode_prompt
+from t3d.pipeline.prompts import PromptRecord, prepare_prompts, read_prompt_file
+
+PLAIN, CHAT = PromptEncoding(chat_template=False), PromptEncoding(chat_template=True)
 
 RECORDS = [{"prompt": "w1 w2", "answer": "a"}, {"question": "w3", "answer": 4}, {"prompt": [5, 6, 7]}]
 EXPECTED = [PromptRecord("w1 w2", "a"), PromptRecord("w3", "4"), PromptRecord((5, 6, 7), None)]
@@ -65,31 +68,31 @@ def test_missing_file_and_parquet_without_prompt_column(tmp_path):
 
 
 def test_chat_template_is_applied_unless_disabled(tokenizer):
-    plain = encode(tokenizer, "w1 w2", chat_template=False)
-    templated = encode(tokenizer, "w1 w2", chat_template=True)
+    plain = encode_prompt(tokenizer, "w1 w2", PLAIN)
+    templated = encode_prompt(tokenizer, "w1 w2", CHAT)
     assert tokenizer.decode(plain) == "w1 w2"
     assert tokenizer.decode(templated) == "user: w1 w2 assistant:"
 
 
 def test_long_prompts_are_skipped_and_counted_or_refused(tokenizer):
     records = [PromptRecord("w1"), PromptRecord("w1 w2 w3 w4 w5 w6"), PromptRecord("w2 w3"), PromptRecord((4,) * 9)]
-    kept = prepare_prompts(records, tokenizer, chat_template=False, max_prompt_tokens=4, on_long_prompt="skip")
+    kept = prepare_prompts(records, tokenizer, encoding=PLAIN, max_prompt_tokens=4, on_long_prompt="skip")
     assert [p.index for p in kept.prompts] == [0, 2] and kept.skipped == [1, 3] and kept.total == 4
     with pytest.raises(UserError, match="prompt 1 has 6 tokens, more than the 4 .*--on-long-prompt skip"):
-        prepare_prompts(records, tokenizer, chat_template=False, max_prompt_tokens=4, on_long_prompt="error")
+        prepare_prompts(records, tokenizer, encoding=PLAIN, max_prompt_tokens=4, on_long_prompt="error")
     with pytest.raises(UserError, match="no prompt fits the model"):
-        prepare_prompts(records[1:2], tokenizer, chat_template=False, max_prompt_tokens=4, on_long_prompt="skip")
+        prepare_prompts(records[1:2], tokenizer, encoding=PLAIN, max_prompt_tokens=4, on_long_prompt="skip")
 
 
 def test_limit_ids_and_digest(tokenizer):
     records = [PromptRecord("w1", "x"), PromptRecord((5, 6)), PromptRecord("w3")]
-    a = prepare_prompts(records, tokenizer, chat_template=False, max_prompt_tokens=8, on_long_prompt="skip", limit=2)
+    a = prepare_prompts(records, tokenizer, encoding=PLAIN, max_prompt_tokens=8, on_long_prompt="skip", limit=2)
     assert [p.ids for p in a.prompts] == [tuple(tokenizer("w1")["input_ids"]), (5, 6)]
     assert a.prompts[0].text == "w1" and a.prompts[0].answer == "x" and a.prompts[1].text is None
-    b = prepare_prompts(records, tokenizer, chat_template=True, max_prompt_tokens=8, on_long_prompt="skip", limit=2)
+    b = prepare_prompts(records, tokenizer, encoding=CHAT, max_prompt_tokens=8, on_long_prompt="skip", limit=2)
     assert a.digest() != b.digest(), "the digest sees the template"
     with pytest.raises(UserError, match="outside the model's vocabulary"):
-        prepare_prompts([PromptRecord((5, 999))], tokenizer, chat_template=False, max_prompt_tokens=8,
+        prepare_prompts([PromptRecord((5, 999))], tokenizer, encoding=PLAIN, max_prompt_tokens=8,
                         on_long_prompt="skip", vocab_size=32)
 
 
@@ -106,7 +109,7 @@ def test_row_scorer_fills_correct_from_the_answers(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text('{"prompt": "w1", "answer": "3"}\n{"prompt": "w2"}\n')
     records = read_prompt_file(path)
-    prepared = prepare_prompts(records, tokenizer, chat_template=False, max_prompt_tokens=8, on_long_prompt="error")
+    prepared = prepare_prompts(records, tokenizer, encoding=PLAIN, max_prompt_tokens=8, on_long_prompt="error")
     score = pickle.loads(pickle.dumps(row_scorer("math", records, prepared, tokenizer)))  # as a Ray actor gets it
     w1, w2 = (tokenizer(w, add_special_tokens=False)["input_ids"] for w in ("w1", "w2"))
     say = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
