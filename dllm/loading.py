@@ -14,6 +14,7 @@ model types t3d does not know run their own modelling code only with
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -130,6 +131,10 @@ def resolve_family(raw: dict[str, Any], requested: str | None, path: Path) -> Fa
         )
     if family.unsupported:
         raise UserError(f"{path}: {family.unsupported}")
+    owner = family_for_model_type(model_type)
+    if family.architecture is IDENTITY and owner is not None and owner.architecture not in (None, IDENTITY):
+        # A generic family asked for a known checkpoint: its attention, the checkpoint's weight layout.
+        family = dataclasses.replace(family, architecture=owner.architecture, mask_id=family.mask_id or owner.mask_id)
     return family
 
 
