@@ -183,7 +183,7 @@ def eval_command(
     samples_per_prompt: int = typer.Option(4, "--samples-per-prompt", help="Responses per prompt, one seed each (diversity needs > 1)."),
     seed: int = typer.Option(0, "--seed", help="Base seed; every model and setting uses the same per-response seeds."),
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per sampler call."),
-    timing_repeats: int = typer.Option(1, "--timing-repeats", help="Time each sampler call this many times, keep the fastest."),
+    timing_repeats: int = typer.Option(1, "--timing-repeats", help="Timed passes per model and setting after one warm-up; the median is reported with the spread."),
     device: str = typer.Option("cpu", "--device", help="torch device for the models."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints' own modelling code (model types t3d does not load natively)."),
     family: Optional[str] = typer.Option(None, "--family", help="Model family of every --model (sdar, llada, dream, or bidirectional, shifted, block_causal); default: each checkpoint's model_type."),

@@ -18,8 +18,10 @@ Decisions worth knowing:
   teacher@T and the teacher at the same setting as teacher@K. Without a teacher neither
   is computed (null).
 - Speed: wall clock around the sampler calls only, after one untimed warm-up call per
-  model. The speed-up and the NFE reduction are both taken against the anchor, else
-  against the same model's own full-step run when there is one.
+  model and setting (the first call at a new shape is slow: compilation, allocator,
+  caches), the median of `timing_repeats` passes with their spread. Every speed
+  compared is measured this way, so the speed-up and the NFE reduction, both taken
+  against the anchor (else the same model's own full-step run), compare like with like.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -280,9 +283,9 @@ class EvalConfig:
     teacher: str | None = None
     """Label of the anchor model; None picks the model labelled `teacher`, if any."""
     warmup: bool = True
-    """Run one untimed sampler call per model before timing."""
+    """Run one untimed sampler call per model and setting before timing it."""
     timing_repeats: int = 1
-    """Time each sampler call this many times and keep the fastest (shared machines are noisy); outputs repeat exactly."""
+    """Timed passes per model and setting; the median is reported with the spread (seeded: outputs repeat exactly)."""
     keep_samples: bool = False
     """Keep every response in `EvalReport.samples` (for `--samples`)."""
 
@@ -302,7 +305,10 @@ class Decoded:
     num_steps: list[int]
     finish_reason: list[str]
     seconds: float
+    """Median wall clock of the timed passes."""
     batched_nfe: int
+    seconds_all: list[float] = field(default_factory=list)
+    """Wall clock of every timed pass, in order."""
 
 
 def row_seeds(num_prompts: int, samples: int, seed: int) -> list[int]:
@@ -310,32 +316,35 @@ def row_seeds(num_prompts: int, samples: int, seed: int) -> list[int]:
     return [int(np.random.SeedSequence([seed, p, j]).generate_state(1)[0]) for p in range(num_prompts) for j in range(samples)]
 
 
-def timed_sample(
-    model: DiffusionLM, rows: list[list[int]], seeds: list[int], setting: SamplerConfig, repeats: int
-) -> tuple[SampleOutput, float]:
-    """`sample` and its fastest wall-clock time over `repeats` identical calls (seeded, so equal outputs)."""
-    best = math.inf
-    for _ in range(repeats):
-        began = time.perf_counter()
-        result = sample(model, rows, setting, seeds)
-        best = min(best, time.perf_counter() - began)
-    return result, best
-
-
 def decode(
-    model: DiffusionLM, rows: list[list[int]], seeds: list[int], setting: SamplerConfig, batch_size: int, repeats: int = 1
-) -> Decoded:
-    """Sample every row in batches, timing only the sampler calls."""
+    model: DiffusionLM, rows: list[list[int]], seeds: list[int], setting: SamplerConfig, batch_size: int,
+    repeats: int = 1, warmup: bool = True,
+) -> Decoded:  # fmt: skip
+    """Sample every row in batches; time only the sampler calls.
+
+    First one untimed warm-up call on the first batch at this very setting (kernels,
+    allocator and caches warmed for these shapes), then `repeats` timed passes over all
+    rows. Seeded, so every pass gives the same responses; the first pass's are kept.
+    `seconds` is the median pass, `seconds_all` every pass.
+    """
+    if warmup:
+        sample(model, rows[:batch_size], setting, seeds[:batch_size])
     out = Decoded(responses=[], num_steps=[], finish_reason=[], seconds=0.0, batched_nfe=0)
-    for start in range(0, len(rows), batch_size):
-        chunk = slice(start, start + batch_size)
-        result, seconds = timed_sample(model, rows[chunk], seeds[chunk], setting, repeats)
-        out.seconds += seconds
-        kept = result.reveal_step >= 0  # (N, L): up to and including the first EOS
-        out.responses += [tuple(int(t) for t in tok[keep]) for tok, keep in zip(result.tokens, kept)]
-        out.num_steps += [int(s) for s in result.num_steps]
-        out.finish_reason += list(result.finish_reason)
-        out.batched_nfe += result.nfe
+    for repeat in range(repeats):
+        seconds = 0.0
+        for start in range(0, len(rows), batch_size):
+            chunk = slice(start, start + batch_size)
+            began = time.perf_counter()
+            result = sample(model, rows[chunk], setting, seeds[chunk])
+            seconds += time.perf_counter() - began
+            if repeat == 0:
+                kept = result.reveal_step >= 0  # (N, L): up to and including the first EOS
+                out.responses += [tuple(int(t) for t in tok[keep]) for tok, keep in zip(result.tokens, kept)]
+                out.num_steps += [int(s) for s in result.num_steps]
+                out.finish_reason += list(result.finish_reason)
+                out.batched_nfe += result.nfe
+        out.seconds_all.append(seconds)
+    out.seconds = statistics.median(out.seconds_all)
     return out
 
 
@@ -386,7 +395,11 @@ class EvalRecord:
     batched_nfe: int
     tokens: int
     seconds: float
-    """Wall clock of the sampler calls only."""
+    """Wall clock of the sampler calls only: the median of the timed passes."""
+    seconds_spread: float | None
+    """(slowest - fastest) / median over the timed passes; 0 for one pass."""
+    timing_repeats: int
+    """Timed passes behind `seconds` (after one untimed warm-up at this setting)."""
     tokens_per_second: float | None
     agreement: float | None = None
     """Share of responses identical to the anchor's (teacher, full steps, same prompt and seed)."""
@@ -503,6 +516,8 @@ def make_record(label: str, setting: SamplerConfig, prompts: PromptSet, decoded:
         batched_nfe=decoded.batched_nfe,
         tokens=tokens,
         seconds=decoded.seconds,
+        seconds_spread=metrics.relative_spread(decoded.seconds_all),
+        timing_repeats=len(decoded.seconds_all),
         tokens_per_second=metrics.tokens_per_second(tokens, decoded.seconds),
     )
 
@@ -579,10 +594,8 @@ def evaluate(
     decoded: dict[tuple[str, SamplerConfig], Decoded] = {}
     for label, model in models.items():
         rows = [encode_prompt(model, p, encodings[label]) for p in prompts.prompts for _ in range(n)]
-        if config.warmup:
-            sample(model, rows[:1], settings[0], seeds[:1])
         for setting in plan(label, teacher, settings):
-            out = decoded[label, setting] = decode(model, rows, seeds, setting, config.batch_size, config.timing_repeats)
+            out = decoded[label, setting] = decode(model, rows, seeds, setting, config.batch_size, config.timing_repeats, config.warmup)
             judged = judge(prompts, model, out, n)
             record = make_record(label, setting, prompts, out, judged, n)
             report.records.append(record)
@@ -627,12 +640,12 @@ def _fmt(value: float | None, spec: str) -> str:
 def render_table(report: EvalReport) -> str:
     """A compact fixed-width table, one row per (model, setting)."""
     metric = report.quality_metric or "quality"
-    header = ["model", "setting", "tok/step", metric, "agree", "distinct", "NFE", "tok/s", "speedup", "gap"]
+    header = ["model", "setting", "tok/step", metric, "agree", "distinct", "NFE", "tok/s", "spread", "speedup", "gap"]
     body = [
         [
             r.model, r.setting, _fmt(r.tokens_per_step, ".2f"), _fmt(r.quality, ".3f"), _fmt(r.agreement, ".3f"),
             _fmt(r.distinct, ".2f"), _fmt(r.nfe_per_response, ".1f"), _fmt(r.tokens_per_second, ".0f"),
-            _fmt(r.speedup, ".2f"), _fmt(r.gap_closure, ".3f"),
+            _fmt(r.seconds_spread, ".0%"), _fmt(r.speedup, ".2f"), _fmt(r.gap_closure, ".3f"),
         ]
         for r in report.records
     ]  # fmt: skip

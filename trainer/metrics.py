@@ -12,6 +12,7 @@ not identical text after decoding.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 
@@ -131,6 +132,14 @@ def per_response(total: float, responses: int) -> float | None:
 def tokens_per_second(tokens: int, seconds: float) -> float | None:
     """Generated tokens over wall-clock seconds of the sampler calls; None when nothing was timed."""
     return tokens / seconds if seconds > 0 else None
+
+
+def relative_spread(values: Sequence[float]) -> float | None:
+    """(max - min) / median of repeated timings: how far apart the passes were; None when none or a 0 median."""
+    if not values:
+        return None
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle > 0 else None
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

@@ -83,7 +83,7 @@ def test_json_has_every_field(tiny_run):
     result, out = tiny_run
     check_report(json.loads((out / "eval.json").read_text()), ["teacher", "t3d"], ["static B=4 spb=2", "static B=4 spb=1"])
     header = result.stdout.splitlines()[0].split()
-    assert header == ["model", "setting", "tok/step", "validity", "agree", "distinct", "NFE", "tok/s", "speedup", "gap"]
+    assert header == ["model", "setting", "tok/step", "validity", "agree", "distinct", "NFE", "tok/s", "spread", "speedup", "gap"]
     assert len(result.stdout.splitlines()) == 2 + 5  # header, rule, anchor + 2 models x 2 settings
 
 
@@ -248,3 +248,23 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_dirs, case):
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_timing_warms_up_each_setting_then_takes_the_median_of_the_repeats(tiny_dirs, monkeypatch):
+    """One untimed call per model and setting before its timed passes; seconds = median of the passes."""
+    calls = []
+    real = ev.sample
+
+    def spy(model, rows, setting, seeds):  # the real sampler, with a record of each call
+        calls.append((setting.steps_per_block, len(rows)))
+        return real(model, rows, setting, seeds)
+
+    monkeypatch.setattr(ev, "sample", spy)
+    model = load_model(tiny_dirs["teacher"])
+    settings = ev.sampler_settings(block_size=4, max_new_tokens=8, steps_per_block=[2, 1])
+    config = ev.EvalConfig(samples_per_prompt=3, batch_size=4, timing_repeats=3)
+    report = ev.evaluate({"teacher": model}, ev.builtin_prompts("test", limit=2), settings, config)
+    per_setting = [[n for spb, n in calls if spb == s] for s in (4, 2, 1)]  # anchor first, then the settings
+    assert per_setting == [[4] + [4, 2] * 3] * 3  # warm-up on the first batch, then 3 passes of 6 rows in 4 + 2
+    for r in report.records:
+        assert r.timing_repeats == 3 and r.seconds_spread is not None and r.seconds_spread >= 0

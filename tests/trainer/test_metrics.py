@@ -125,3 +125,9 @@ def test_pass_at_k_table_averages_over_prompts_and_skips_unjudged():
     assert table["pass@1"] == pytest.approx((1 / 4 + 2 / 3) / 2)
     assert table["pass@2"] == pytest.approx(((1 - 3 / 6) + 1.0) / 2)  # 1 - C(3,2)/C(4,2); n-c=1 < 2
     assert metrics.pass_at_k_table([[None, None]]) is None
+
+
+def test_relative_spread_of_repeated_timings():
+    assert metrics.relative_spread([3.0, 1.0, 2.0]) == 1.0  # (3 - 1) / median 2
+    assert metrics.relative_spread([2.0, 4.0]) == pytest.approx(2 / 3)  # (4 - 2) / 3
+    assert metrics.relative_spread([5.0]) == 0.0 and metrics.relative_spread([]) is None
