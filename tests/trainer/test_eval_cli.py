@@ -17,6 +17,7 @@ from t3d.dllm.loading import BUILTIN_DIR
 from t3d.dllm.scoring import Verdict
 from t3d.dllm.task import BuiltinTask
 from t3d.dllm.tiny import build_checkpoint
+from t3d.trainer import eval_decode
 from t3d.trainer import evaluate as ev
 from t3d.trainer.eval_cli import app
 
@@ -253,13 +254,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_dirs, case):
 def test_timing_warms_up_each_setting_then_takes_the_median_of_the_repeats(tiny_dirs, monkeypatch):
     """One untimed call per model and setting before its timed passes; seconds = median of the passes."""
     calls = []
-    real = ev.sample
+    real = eval_decode.sample
 
     def spy(model, rows, setting, seeds):  # the real sampler, with a record of each call
         calls.append((setting.steps_per_block, len(rows)))
         return real(model, rows, setting, seeds)
 
-    monkeypatch.setattr(ev, "sample", spy)
+    monkeypatch.setattr(eval_decode, "sample", spy)
     model = load_model(tiny_dirs["teacher"])
     settings = ev.sampler_settings(block_size=4, max_new_tokens=8, steps_per_block=[2, 1])
     config = ev.EvalConfig(samples_per_prompt=3, batch_size=4, timing_repeats=3)
