@@ -92,6 +92,8 @@ class StatesConfig:
     """Share of supervised positions shown as a random token instead of the mask."""
     path_k_steps: int = 1
     """Teacher steps fused into one student step by the path loss; the block size B for a one-step-per-block student."""
+    supervise_padding: bool = False
+    """Supervise the padding after a response's first EOS (as EOS, LLaDA's SFT habit); default: only up to the first EOS."""
 
     def __post_init__(self) -> None:
         order_ok = self.state_order in ("trajectory", "reference")
@@ -229,7 +231,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "trust_remote_code": ("model", "trust_remote_code"),
     "gradient_checkpointing": ("model", "gradient_checkpointing"), "block_size": ("model", "block_size"),
     "state_order": ("states", "state_order"), "random_ratio": ("states", "random_ratio"),
-    "path_k_steps": ("states", "path_k_steps"),
+    "path_k_steps": ("states", "path_k_steps"), "supervise_padding": ("states", "supervise_padding"),
     "loss": ("loss", "kind"), "alpha": ("loss", "alpha"), "beta": ("loss", "beta"),
     "lambda_path": ("loss", "lambda_path"), "fake_temperature": ("loss", "fake_temperature"),
     "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"), "beta1": ("optim", "beta1"),

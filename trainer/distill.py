@@ -66,6 +66,7 @@ def distill(
     gradient_checkpointing: Optional[bool] = _switch("gradient_checkpointing"),
     block_size: Optional[int] = _opt("block_size"),
     random_ratio: Optional[float] = _opt("random_ratio"),
+    supervise_padding: Optional[bool] = _switch("supervise_padding"),
     fake_temperature: Optional[float] = _opt("fake_temperature"),
     weight_decay: Optional[float] = _opt("weight_decay"),
     beta1: Optional[float] = _opt("beta1"),

@@ -215,7 +215,7 @@ def build_state_config(cfg: DistillConfig, model: DiffusionLM, loader: Trajector
         block_size=block, mask_id=model.mask_id, eos_id=model.eos_id,
         layout="block_causal" if model.family.block_causal else "semi_ar", state_order=cfg.states.state_order,
         random_ratio=cfg.states.random_ratio, random_vocab=(low, high), path_k_steps=cfg.states.path_k_steps,
-        absolute_blocks=model.family.absolute_blocks,
+        absolute_blocks=model.family.absolute_blocks, supervise_padding=cfg.states.supervise_padding,
     )  # fmt: skip
 
 
@@ -504,6 +504,16 @@ def _clip(trainer: Trainer) -> float:
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
+def _sizes(states: list[TrainingStates], batches: list[Batch]) -> dict[str, int]:
+    """What the step read and supervised; `*_tokens` add up over micro-batches and workers."""
+    return {
+        "input_tokens": sum(int(s.attention_mask.sum()) for s in states), "rows": sum(map(len, batches)),
+        "supervised_tokens": sum(int(s.supervised.sum()) for s in states),
+        "supervised_padding_tokens": sum(int((s.supervised & s.padding).sum()) for s in states),
+        "response_padding_tokens": sum(int(s.padding.sum()) for s in states),
+    }  # fmt: skip
+
+
 def train_step(trainer: Trainer, batches: list[Batch]) -> dict[str, float]:
     """One optimizer step over `batches` (the micro-batches of this worker); returns its metrics."""
     states = [make_states(b, trainer.states, trainer.device, _state_dtype(trainer)) for b in batches]
@@ -511,8 +521,8 @@ def train_step(trainer: Trainer, batches: list[Batch]) -> dict[str, float]:
     trainer.optimizer.zero_grad(set_to_none=True)
     last = len(batches) - 1
     parts = [micro_step(trainer, s, b, norms, i, i == last) for i, (s, b) in enumerate(zip(states, batches))]
-    sizes = {"input_tokens": sum(int(s.attention_mask.sum()) for s in states), "rows": sum(map(len, batches))}
-    metrics = reduce_metrics([*parts, sizes], trainer.dist)
+    metrics = reduce_metrics([*parts, _sizes(states, batches)], trainer.dist)
+    metrics["padding_share"] = metrics["supervised_padding_tokens"] / max(1.0, metrics["supervised_tokens"])
     if not math.isfinite(metrics["loss"]):
         raise NonFiniteLoss(f"loss is {metrics['loss']} at step {trainer.step + 1}")
     grad_norm = _clip(trainer)

@@ -5,14 +5,20 @@ global step s, x0 with every position where reveal_step >= s masked. Response bl
 of `block_size` were decoded one after another, so block j occupied the steps
 [lo_j, hi_j] (first and last reveal step in the block).
 
-Padding after EOS (reveal_step -1) is treated as LLaDA's SFT treats it: its target is
-EOS, and when revealed it shows as EOS, the token a model sees there when it decodes
-(`pad_id` never appears in a response). It gets virtual reveal steps after the
-teacher's last one, E = 1 + max(reveal_step): padding in the EOS block at E, each
-block of padding only at one more step (E + 1, E + 2, ...; `effective_reveal_step`).
-So padding is masked and supervised (to predict EOS) in every state of the EOS block,
-and a block of padding only is a fully masked EOS block whose one state step is its
-virtual step, with every earlier block clean.
+Padding after EOS (reveal_step -1) is never supervised by default: the first EOS is a
+decoded token like any other (in M when masked, in the path window when the teacher
+revealed it there), the positions after it are in neither, so no mean of the loss counts
+them (the official T3D code does the same; supervising them floods M on real data, where
+a 50-token answer padded to 1,024 would be 95 % padding). `supervise_padding=True`
+restores LLaDA's SFT habit: padding is then supervised with EOS as its target. Either
+way, padding *shows* as EOS when revealed, the token a model sees there when it decodes
+(`pad_id` never appears in a response), and it gets virtual reveal steps after the
+teacher's last one, E = 1 + max(reveal_step): padding in the EOS block at E, each block
+of padding only at one more step (E + 1, E + 2, ...; `effective_reveal_step`). So
+padding is masked in every state of the EOS block, and a block of padding only is a
+fully masked block whose one state step is its virtual step, with every earlier block
+clean. Under absolute blocks the columns the decoder never reached (the last P mod B
+response columns) are padding of the same kind and are never supervised either.
 
 State step: the global step s whose input a block shows. Per block:
 - `state_order="trajectory"` (default): s is uniform over the steps the teacher spent
@@ -42,7 +48,7 @@ Two views, one per attention layout (`layout`):
   as SDAR prefills them) and both copies start with the prompt's tail, so a noisy
   block is exactly the input SDAR's decoder gives that block at that step.
 - "semi_ar": one state per row for bidirectional models: a current block c, uniform
-  over the blocks; blocks before c clean, c at its state step, blocks after c fully
+  over the blocks holding a decoded token (over all blocks with `supervise_padding`); blocks before c clean, c at its state step, blocks after c fully
   masked. Input [prompt | noisy response]; only block c is supervised, since that is
   the only block a semi-autoregressive sampler reveals from this state.
 
@@ -86,6 +92,8 @@ class StateConfig:
     """Teacher steps fused into one student step: the path window is [s, s + K)."""
     absolute_blocks: bool = False
     """Blocks at absolute positions from the first prompt token (SDAR; block_causal layout only)."""
+    supervise_padding: bool = False
+    """Supervise padding after EOS with EOS as its target (LLaDA's SFT habit); default: never."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.path_k_steps < 1:
@@ -124,7 +132,7 @@ class TrainingStates:
     noisy: Tensor
     """(N, L) int64, the response as the model sees it (mask / random / revealed)."""
     supervised: Tensor
-    """(N, L) bool, M: masked or randomised positions that the loss reads."""
+    """(N, L) bool, M: masked or randomised positions that the loss reads (no padding unless supervise_padding)."""
     randomized: Tensor
     """(N, L) bool, the supervised positions showing a random token (subset of supervised)."""
     path: Tensor
@@ -242,16 +250,19 @@ class _View(NamedTuple):
     current_block: Tensor | None  # (N,)
 
 
-def _block_view(masked: Tensor, step: Tensor, generator) -> _View:
+def _block_view(masked: Tensor, step: Tensor, real_blocks: Tensor, generator) -> _View:
     """Every block at its own state, all supervised."""
     flat = masked.flatten(1)  # (N, L)
     return _View(flat, flat, step, None)
 
 
-def _semi_ar_view(masked: Tensor, step: Tensor, generator) -> _View:
-    """One state: a uniform current block c; earlier blocks clean, later ones masked."""
+def _semi_ar_view(masked: Tensor, step: Tensor, real_blocks: Tensor, generator) -> _View:
+    """One state: a current block c uniform over the first `real_blocks` (N,); earlier blocks
+    clean, later ones masked."""
     n, nb, size = masked.shape
-    current = _randint(0, nb, (n,), generator, masked.device)  # (N,)
+    u = _uniform((n,), generator, masked.device)  # (N,)
+    count = real_blocks.clamp(min=1)
+    current = torch.minimum((u * count).long(), count - 1)  # (N,)
     blocks = torch.arange(nb, device=masked.device)[None, :]  # (1, nb)
     is_current = (blocks == current[:, None]).unsqueeze(-1)  # (N, nb, 1)
     later = (blocks > current[:, None]).unsqueeze(-1).expand(n, nb, size)  # (N, nb, B)
@@ -408,6 +419,16 @@ def response_to_sections(values: Tensor, shift: Tensor) -> Tensor:
     return torch.where(keep, moved, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
+def _real_blocks(padding: Tensor, shape: tuple[int, int, int], every_block: bool) -> Tensor:
+    """(N,) blocks up to the last one holding a decoded token (all of them with `every_block`)."""
+    n, nb, _ = shape
+    if every_block:
+        return torch.full((n,), nb, dtype=torch.long, device=padding.device)
+    holds = (~padding).reshape(shape).any(dim=-1)  # (N, nb)
+    ranks = torch.arange(1, nb + 1, device=padding.device)
+    return torch.where(holds, ranks, 0).max(dim=-1).values
+
+
 class _Layout(NamedTuple):
     view: Callable[..., _View]
     inputs: Callable[..., ModelInputs]
@@ -447,14 +468,15 @@ def build_states(
     layout = _LAYOUTS[cfg.layout]
     order = _ORDERS[cfg.state_order]
     masked, step = order(reveal.reshape(shape), padding.reshape(shape), sec.tail.reshape(shape), generator)
-    view = layout.view(masked, step, generator)
+    view = layout.view(masked, step, _real_blocks(padding, shape, cfg.supervise_padding), generator)
+    supervised = view.supervised if cfg.supervise_padding else view.supervised & ~padding  # (N, L)
     noisy = torch.where(view.masked, cfg.mask_id, targets)  # (N, L)
-    noisy, randomized = _randomise(noisy, view.supervised, cfg, generator)
+    noisy, randomized = _randomise(noisy, supervised, cfg, generator)
     position_step = view.state_step.repeat_interleave(cfg.block_size, dim=1)  # (N, L)
-    path = path_mask(reveal, position_step, cfg.path_k_steps) & view.supervised
+    path = path_mask(reveal, position_step, cfg.path_k_steps) & supervised
     inputs = layout.inputs(prompt_ids, sec.head_mask, targets, noisy, cfg.block_size, dtype, cfg.absolute_blocks)
     return TrainingStates(
-        **inputs._asdict(), targets=targets, noisy=noisy, supervised=view.supervised,
+        **inputs._asdict(), targets=targets, noisy=noisy, supervised=supervised,
         randomized=randomized, path=path, padding=padding, state_step=view.state_step,
         current_block=view.current_block, shift=shift, tail=sec.tail,
     )  # fmt: skip

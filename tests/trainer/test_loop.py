@@ -163,3 +163,15 @@ def test_random_tokens_are_drawn_between_special_ids(teachers, tmp_path):
     assert random_token_range(load_model(teachers["bidirectional"])) == (3, 63)  # pad 1, eos 2, mask 63
     middle = build_checkpoint(tmp_path / "m", "bidirectional", mask_id=5, max_position_embeddings=32)
     assert random_token_range(load_model(middle)) == (6, 64)
+
+
+def test_step_metrics_count_supervised_tokens_and_the_padding_share(kit, teachers, datasets, tmp_path):
+    shares = {}
+    for flag in (False, True):
+        cfg = build_config(kit.flags(datasets["bidirectional"], teachers["bidirectional"], tmp_path / str(flag),
+                                     supervise_padding=flag, batch_size=8))  # fmt: skip
+        trainer = build_trainer(cfg, log=lambda *a: None)
+        metrics = train_step(trainer, [trainer.loader.next_batch()])
+        assert metrics["supervised_tokens"] > 0 and metrics["response_padding_tokens"] > 0
+        shares[flag] = metrics["padding_share"]
+    assert shares[False] == 0.0 and shares[True] > 0.0

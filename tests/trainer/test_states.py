@@ -85,9 +85,10 @@ def test_block_view_matches_brute_force(k_steps):
                 noisy.append(MASK if eff[i] >= s else targets[i])
                 path.append(s <= eff[i] < s + k_steps)
         assert st.targets[r].tolist() == targets
+        real = [v >= 0 for v in reveal[r]]  # padding after the first EOS is never supervised
         assert st.noisy[r].tolist() == noisy
-        assert st.supervised[r].tolist() == [t == MASK for t in noisy]
-        assert st.path[r].tolist() == path
+        assert st.supervised[r].tolist() == [t == MASK and ok for t, ok in zip(noisy, real)]
+        assert st.path[r].tolist() == [p and ok for p, ok in zip(path, real)]
         assert st.input_ids[r].tolist() == p_ids[r].tolist() + targets + noisy
     assert st.response_start == p_ids.shape[1] + length and st.current_block is None
 
@@ -116,7 +117,8 @@ def test_semi_ar_state_is_the_teachers_global_state():
         lo, hi = brute_range(eff, reveal[r], size, c)
         assert lo <= s <= hi and st.state_step[r].eq(s).all()
         state = [MASK if e >= s else t for e, t in zip(eff, targets)]  # what the teacher saw at step s
-        in_block = [i // size == c for i in range(len(eff))]
+        in_block = [i // size == c and v >= 0 for i, v in enumerate(reveal[r])]  # no padding in M
+        assert any(in_block)  # the current block always holds a decoded token
         assert st.noisy[r].tolist() == state
         assert st.supervised[r].tolist() == [b and t == MASK for b, t in zip(in_block, state)]
         assert st.path[r].tolist() == [b and s <= e < s + 2 for b, e in zip(in_block, eff)]
@@ -131,6 +133,7 @@ def test_reference_order_masks_first_revealed_tokens():
         for j in range(len(eff) // size):
             idx = list(range(j * size, (j + 1) * size))
             masked = [i for i in idx if st.noisy[r, i] == MASK]
+            assert [bool(st.supervised[r, i]) for i in masked] == [reveal[r][i] >= 0 for i in masked]
             first = sorted(idx, key=lambda i: (eff[i], i))[: len(masked)]
             assert sorted(masked) == sorted(first)
             assert int(st.state_step[r, j]) == min(eff[i] for i in idx)
@@ -147,7 +150,7 @@ def test_random_ratio_share_and_targets(layout):
     x0, reveal, _, _, cfg, st = make(n=400, blocks=4, size=8, layout=layout, random_ratio=0.1, random_vocab=VOCAB)
     assert not (st.randomized & ~st.supervised).any()
     share = st.randomized.sum() / st.supervised.sum()
-    assert abs(share.item() - 0.1) < 0.015, share
+    assert abs(share.item() - 0.1) < 0.02, share
     rnd = st.noisy[st.randomized]
     assert ((rnd >= VOCAB[0]) & (rnd < VOCAB[1])).all()
     assert (st.noisy[st.supervised & ~st.randomized] == MASK).all()

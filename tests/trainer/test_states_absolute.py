@@ -102,10 +102,13 @@ def test_noisy_copy_matches_brute_force(order):
                 assert st.tail[row, c] and int(st.noisy[row, c]) == token and not st.supervised[row, c]
                 continue
             assert not st.tail[row, c]
+            decoded = pos - n < len(reveal[row]) and reveal[row][pos - n] >= 0
             if order == "trajectory":
                 s = int(st.state_step[row, c // B])
-                assert bool(st.supervised[row, c]) == (step >= s), (row, c)
-            assert int(st.noisy[row, c]) == (MASK if st.supervised[row, c] else token)
+                assert bool(st.supervised[row, c]) == (step >= s and decoded), (row, c)
+                assert int(st.noisy[row, c]) == (MASK if step >= s else token)
+            assert not st.supervised[row, c] or decoded  # padding (after EOS, or never decoded) is never in M
+            assert not st.supervised[row, c] or int(st.noisy[row, c]) == MASK
         if order == "trajectory":  # the state step lies in the steps the teacher spent on the block
             for j in range(L // B):
                 real = [s for p, t, s in cols[j * B : (j + 1) * B] if s is not None]
