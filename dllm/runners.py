@@ -110,13 +110,19 @@ class CachedRunner(Runner):
             lay = engine.layout
             self.key_block[index] = masks.block_index(engine.real[index], lay.prompt_len, lay.block, lay.absolute)
 
-    def partial_forward(self, engine, slots: torch.Tensor, live: list[int], cols: torch.Tensor, width: int, logits: bool):
-        """Run tokens at `cols` (R, q) of `slots` over cached columns [0, width); logits (R, q, V) or None."""
+    def partial_forward(
+        self, engine, slots: torch.Tensor, live: list[int], cols: torch.Tensor, width: int, logits: bool, head: int | None = None
+    ):
+        """Run tokens at `cols` (R, q) of `slots` over cached columns [0, width).
+
+        Returns logits of the first `head` queries (all q when None), or None when `logits` is False.
+        """
         rows = slots[:, None]
         key_block = self.key_block[slots, :width] if self.block_causal else None
         bias = masks.query_bias(engine.real[slots, :width], cols, key_block, self.dtype)  # (R, 1, q, W)
         self.cache.plan = ForwardPlan(slots=_slots_arg(engine, slots, live), columns=cols, width=width)
-        keep = None if logits else torch.tensor([cols.shape[1] - 1], device=engine.device)
+        q = cols.shape[1]
+        keep = torch.arange(head or q, device=engine.device) if logits else torch.tensor([q - 1], device=engine.device)
         out = self.model.raw_logits_at(engine.ids[rows, cols], bias, engine.pos[rows, cols], keep, self.cache)
         return out.float() if logits else None
 
@@ -197,8 +203,7 @@ class ApproximateCache(CachedRunner):
             starts = engine.host_block_columns(live)[:, 0]
             span = width - int(starts.min())
             cols = (cols[:, :1] + torch.arange(span, device=engine.device)[None, :]).clamp(max=width - 1)  # (R, span)
-        logits = self.partial_forward(engine, slots, live, cols, width, logits=True)
-        return logits[:, : lay.block]
+        return self.partial_forward(engine, slots, live, cols, width, logits=True, head=lay.block)  # LM head on the block only
 
 
 class DualCache(ApproximateCache):
