@@ -6,6 +6,11 @@ shows). A config file (TOML or YAML) and the command-line flags fill the same
 dataclass, in that order, so a flag overrides the file and the file overrides the
 default. Keys are the command-line option names (`max-steps` or `max_steps`), either
 flat or grouped in section tables (`[optim] lr = 1e-5`).
+
+Presets are such files shipped in `trainer/presets/` (`--preset NAME`), the lowest layer
+above the defaults: defaults < preset < config file < flags. `builtin` (the built-in
+task's tuned recipe) is the preset when --model is `builtin`; `paper` is the official T3D
+recipe; `none` is the dataclass defaults alone (the default for any other model).
 """
 
 from __future__ import annotations
@@ -213,6 +218,8 @@ class DistillConfig:
     """Reference model refresh."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Workers."""
+    preset: str = "none"
+    """The preset the values were filled from (`presets()`), recorded with the resolved values."""
 
     @property
     def rows_per_step(self) -> int:
@@ -220,7 +227,11 @@ class DistillConfig:
         return self.train.batch_size * self.train.grad_accum * self.dist.num_workers
 
 
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(DistillConfig)}  # type: ignore[misc]
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory for f in dataclasses.fields(DistillConfig) if f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
+}
+PRESETS_DIR = Path(__file__).parent / "presets"
+NO_PRESET = "none"
 
 # command-line option (and config-file key) -> (section, field)
 OPTIONS: dict[str, tuple[str, str]] = {
@@ -304,11 +315,43 @@ def _flatten(values: dict[str, Any]) -> dict[tuple[str, str], Any]:
     return out
 
 
+def presets() -> list[str]:
+    """Names of the shipped presets (files in trainer/presets/), `none` first."""
+    return [NO_PRESET, *sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))]
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The option values of preset `name` ({} for `none`); one-line errors for an unknown name or key."""
+    if name == NO_PRESET:
+        return {}
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown preset {name!r} (known: {', '.join(presets())})")
+    values = load_config_file(path)
+    try:
+        _flatten(values)
+    except UserError as err:
+        raise UserError(f"preset {name}: {err}") from None
+    return values
+
+
+def default_preset(model_path: str) -> str:
+    """`builtin` for the built-in teacher, else `none`."""
+    return "builtin" if model_path == "builtin" else NO_PRESET
+
+
 def build_config(*layers: dict[str, Any]) -> DistillConfig:
-    """Defaults, then each layer of option values in order (later wins): file, then flags."""
-    merged: dict[tuple[str, str], Any] = {}
+    """Defaults, then each layer of option values in order (later wins): file, then flags.
+
+    A `preset` key in any layer (the last one wins) puts that preset's values under all
+    the layers; without one, no preset applies (`load_config` picks the default one).
+    """
+    name = NO_PRESET
     for layer in layers:
-        merged.update(_flatten(layer))
+        name = str(layer.get("preset", name))
+    merged: dict[tuple[str, str], Any] = {}
+    for layer in (preset_values(name), *layers):
+        merged.update(_flatten({k: v for k, v in layer.items() if k != "preset"}))
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         hints = _section_fields(section)
@@ -317,13 +360,17 @@ def build_config(*layers: dict[str, Any]) -> DistillConfig:
             sections[section] = cls(**kwargs)
         except ValueError as err:  # ObjectiveConfig checks with ValueError
             raise UserError(str(err)) from None
-    return DistillConfig(**sections)
+    return DistillConfig(**sections, preset=name)
 
 
 def load_config(config_file: str | Path | None, flags: dict[str, Any]) -> DistillConfig:
     """The run's config: defaults < config file < flags that were given (None = not given)."""
     given = {k: v for k, v in flags.items() if v is not None}
-    return build_config(load_config_file(config_file), given)
+    file = load_config_file(config_file)
+    if "preset" not in given and "preset" not in file:
+        model = given.get("model", file.get("model", ModelConfig().path))
+        given["preset"] = default_preset(str(model))
+    return build_config(file, given)
 
 
 def to_dict(cfg: DistillConfig) -> dict[str, Any]:
@@ -339,11 +386,24 @@ def save_config(cfg: DistillConfig, path: Path) -> None:
     path.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
 
 
+def differences_from_preset(cfg: DistillConfig) -> list[str]:
+    """`option value (preset: value)` for every setting that differs from cfg's preset."""
+    base = to_dict(build_config({"preset": cfg.preset}))
+    mine = to_dict(cfg)
+    option = {where: name.replace("_", "-") for name, where in OPTIONS.items()}
+    return [
+        f"{option[(section, name)]} {mine[section][name]!r} (preset: {value!r})"
+        for section in SECTIONS
+        for name, value in base[section].items()
+        if mine[section][name] != value
+    ]
+
+
 def describe_changes(old: DistillConfig, new: DistillConfig) -> list[str]:
     """`section.field: old -> new` for every setting that differs (said on resume)."""
-    changes = []
+    changes = [f"preset: {old.preset!r} -> {new.preset!r}"] if old.preset != new.preset else []
     a, b = to_dict(old), to_dict(new)
-    for section in a:
+    for section in SECTIONS:
         for name, value in a[section].items():
             if b[section][name] != value:
                 changes.append(f"{section}.{name}: {value!r} -> {b[section][name]!r}")

@@ -13,7 +13,7 @@ import typer
 
 from t3d.dllm.cli import register_user_error, run_cli
 from t3d.storage_schemas import DatasetError
-from t3d.trainer.config import DistillConfig, load_config, option_help
+from t3d.trainer.config import DistillConfig, load_config, option_help, presets
 
 register_user_error(DatasetError)
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -37,6 +37,11 @@ def distill(
     out: Optional[str] = _opt("out"),
     config: Optional[str] = typer.Option(
         None, "--config", help="TOML or YAML file of option values (flags override it).", show_default=False
+    ),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", show_default=False,
+        help=f"Named recipe under the config file and flags: {', '.join(presets())} "
+        "(trainer/presets/; default: builtin for --model builtin, else none).",
     ),
     max_steps: Optional[int] = _opt("max_steps"),
     batch_size: Optional[int] = _opt("batch_size"),

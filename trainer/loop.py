@@ -34,7 +34,7 @@ from t3d.dllm.errors import UserError
 from t3d.dllm.model import DiffusionLM
 from t3d.dllm.prompt_encoding import dataset_encoding
 from t3d.trainer import checkpoint as ckpt
-from t3d.trainer.config import DistillConfig, describe_changes
+from t3d.trainer.config import DistillConfig, describe_changes, differences_from_preset
 from t3d.trainer.data import Batch, TrajectoryDataset, row_seeds
 from t3d.trainer.losses import LossBatch, combine, fake_tokens, gather_logprobs, normalizer_counts
 from t3d.trainer.reference import Reference
@@ -586,6 +586,8 @@ def describe(trainer: Trainer, log: Callable = print) -> None:
     loss, states = cfg.loss, trainer.states
     weights = {"t3d": f"alpha {loss.alpha}, beta {loss.beta}, lambda_path {loss.lambda_path}, path_k {states.path_k_steps}",
                "ddo": f"alpha {loss.alpha}, beta {loss.beta}"}.get(loss.kind)  # fmt: skip
+    changed = differences_from_preset(cfg)
+    log(f"preset {cfg.preset}; " + (f"differs from it: {', '.join(changed)}" if changed else "no value differs from it"))
     log(f"{cfg.train.max_steps} steps = {cfg.train.max_steps * cfg.rows_per_step / rows_per_epoch:.2f} epochs; "
         f"objective {loss.kind}{f' ({weights})' if weights else ''}; states {states.state_order}, block {states.block_size}")  # fmt: skip
 

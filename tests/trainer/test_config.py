@@ -14,6 +14,8 @@ from t3d.trainer.config import (
     from_dict,
     load_config,
     option_help,
+    presets,
+    differences_from_preset,
     to_dict,
 )
 
@@ -74,3 +76,39 @@ def test_bad_values_are_one_line_user_errors(values, words):
 def test_dict_round_trip_is_exact():
     cfg = build_config({"filter": "correct == true", "address": "auto", "lr": 3e-5, "resume": True})
     assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_presets_load_and_flags_override_them():
+    assert {"none", "builtin", "paper"} <= set(presets())
+    cfg = load_config(None, {"preset": None})  # no flags: the built-in teacher's tuned recipe
+    assert cfg.preset == "builtin"
+    assert (cfg.train.max_steps, cfg.optim.lr, cfg.loss.beta, cfg.loss.lambda_path) == (800, 3e-4, 1.0, 1.0)
+    assert (cfg.states.path_k_steps, cfg.states.state_order) == (4, "reference")
+    cfg = load_config(None, {"preset": "builtin", "lr": 1e-3, "max_steps": None})
+    assert cfg.optim.lr == 1e-3 and cfg.train.max_steps == 800  # the flag wins, the rest is the preset's
+    assert differences_from_preset(cfg) == ["lr 0.001 (preset: 0.0003)"]
+    other = load_config(None, {"model": "/some/checkpoint"})  # another model: no preset unless asked
+    assert other.preset == "none" and other.loss.beta == DistillConfig().loss.beta
+    paper = load_config(None, {"model": "/some/checkpoint", "preset": "paper"})
+    assert paper.preset == "paper" and paper.optim.lr == 1e-5 and paper.reference.round_every == 10
+    assert from_dict(to_dict(cfg)) == cfg  # the checkpoint's record of the resolved options
+
+
+def test_a_preset_in_the_config_file_and_the_file_over_the_preset(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "paper"\nlr = 2e-5\n')
+    cfg = load_config(path, {})
+    assert cfg.preset == "paper" and cfg.optim.lr == 2e-5 and cfg.optim.weight_decay == 0.01
+
+
+def test_unknown_preset_or_preset_key_is_a_one_line_error(tmp_path, monkeypatch):
+    from t3d.trainer import config as config_module
+
+    with pytest.raises(UserError, match="unknown preset 'fast'.*builtin") as info:
+        load_config(None, {"preset": "fast"})
+    assert "\n" not in str(info.value)
+    (tmp_path / "typo.toml").write_text("learning_rate = 1\n")
+    monkeypatch.setattr(config_module, "PRESETS_DIR", tmp_path)
+    with pytest.raises(UserError, match="preset typo: unknown option 'learning_rate'") as info:
+        load_config(None, {"preset": "typo"})
+    assert "\n" not in str(info.value)
