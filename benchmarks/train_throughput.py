@@ -36,8 +36,7 @@ import torch
 from t3d.dllm.tiny import build_checkpoint
 from t3d.storage_schemas import Manifest, write_shard
 from t3d.trainer.config import build_config
-from t3d.trainer.loop import METRICS_FILE, MetricsLog, build_trainer, forward_response, make_states, run_steps, train_step
-from t3d.trainer.losses import LossBatch, combine
+from t3d.trainer.loop import METRICS_FILE, MetricsLog, build_trainer, make_states, micro_loss, run_steps, step_normalizers, train_step
 
 
 def synthetic_rows(n: int, length: int, block: int, vocab: int, seed: int) -> dict:
@@ -83,11 +82,7 @@ def write_dataset(out: Path, model_identity: dict, *, rows: int, shards: int, le
 def bare_step(trainer, states, batch) -> None:
     """Forward (student + reference) + loss + backward + AdamW on pre-built states: no data, no logging."""
     trainer.optimizer.zero_grad(set_to_none=True)
-    logits = forward_response(trainer.student, trainer.net, states)
-    with torch.no_grad():
-        ref = forward_response(trainer.reference.model, trainer.reference.net, states)
-    lb = LossBatch(logits=logits, targets=states.targets, supervised=states.supervised, path=states.path, ref_logits=ref)
-    loss, _ = combine(lb, trainer.cfg.loss)
+    loss, _ = micro_loss(trainer, states, batch, step_normalizers([states], trainer.dist))
     loss.backward()
     trainer.optimizer.step()
 

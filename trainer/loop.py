@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import inspect
 import json
 import math
 import time
@@ -36,12 +34,11 @@ from t3d.dllm.prompt_encoding import dataset_encoding
 from t3d.trainer import checkpoint as ckpt
 from t3d.trainer.config import DistillConfig, describe_changes, differences_from_preset
 from t3d.trainer.data import Batch, TrajectoryDataset, row_seeds
-from t3d.trainer.losses import LossBatch, combine, fake_tokens, gather_logprobs, normalizer_counts
+from t3d.trainer.logprobs import ResponseLogProbs
+from t3d.trainer.losses import OBJECTIVES, LossBatch, combine, normalizer_counts
 from t3d.trainer.reference import Reference
 from t3d.trainer.states import StateConfig, TrainingStates, build_states, response_to_sections
 
-# Objectives that read the reference (the others never run it).
-REFERENCE_OBJECTIVES = frozenset({"t3d", "ddo"})
 # Metrics whose micro-batch values add up to the step's value (divided by step-wide counts).
 SUMMED_METRICS = frozenset({"loss", "ddo", "path", "ce", "fkl", "rows"})
 METRICS_FILE = "metrics.jsonl"
@@ -82,8 +79,9 @@ class Trainer:
 
     cfg: DistillConfig
     student: DiffusionLM
-    net: torch.nn.Module  # the student's network, DDP-wrapped with more than one worker
+    net: torch.nn.Module  # the student's `ResponseLogProbs`, DDP-wrapped with more than one worker
     reference: Reference | None
+    ref_net: torch.nn.Module | None  # the reference's `ResponseLogProbs`
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loader: TrajectoryDataset
@@ -148,7 +146,7 @@ def build_loader(cfg: DistillConfig, model: DiffusionLM, dist: Dist, log: Callab
     """The worker's stream of micro-batches, checked against the student."""
     loader = TrajectoryDataset(
         cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed, pad_id=model.pad_id,
-        rank=dist.rank, world=dist.world, with_topk=cfg.loss.kind == "fkl", log=log,
+        rank=dist.rank, world=dist.world, with_topk=OBJECTIVES[cfg.loss.kind].needs_topk, log=log,
     )  # fmt: skip
     check_compatible(loader.manifest.teacher, model.identity(), cfg.data.path)
     return loader
@@ -248,7 +246,9 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
     reference = _build_reference(cfg, student, device, resume_from)
     optimizer = build_optimizer(student.net, cfg)
     trainer = Trainer(
-        cfg=cfg, student=student, net=student.net, reference=reference, optimizer=optimizer,
+        cfg=cfg, student=student, net=ResponseLogProbs(student.net, student.family.shifted), reference=reference,
+        ref_net=ResponseLogProbs(reference.net, student.family.shifted) if reference is not None else None,
+        optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg), loader=loader,
         states=build_state_config(cfg, student, loader), device=device, dist=dist,
     )  # fmt: skip
@@ -256,14 +256,14 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
         restore(trainer, resume_from, log if dist.is_main else _quiet)
     if dist.world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        trainer.net = torch.nn.parallel.DistributedDataParallel(student.net, device_ids=ids)
+        trainer.net = torch.nn.parallel.DistributedDataParallel(trainer.net, device_ids=ids)
     return trainer
 
 
 def _build_reference(cfg: DistillConfig, student: DiffusionLM, device, resume_from: Path | None) -> Reference | None:
     """A copy of the starting student; when resuming, the starting model from --model (its
     refreshed weights, if any, come from the checkpoint in `restore`)."""
-    if cfg.loss.kind not in REFERENCE_OBJECTIVES:
+    if not OBJECTIVES[cfg.loss.kind].needs_reference:
         return None
     if resume_from is None:
         return Reference.copy_of(student)
@@ -346,31 +346,6 @@ def _to_device(states: TrainingStates, device: torch.device) -> TrainingStates:
     return TrainingStates(**moved)
 
 
-def _accepts_logits_to_keep(net: torch.nn.Module) -> bool:
-    module = getattr(net, "module", net)  # through DDP
-    return _forward_takes_logits_to_keep(type(module))
-
-
-@functools.cache
-def _forward_takes_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-def forward_response(model: DiffusionLM, net: torch.nn.Module, states: TrainingStates) -> torch.Tensor:
-    """Logits (B, L, V) of the supervised response copy, aligned so row j predicts token j.
-
-    The response copy is the last L columns in both layouts, so only L + 1 columns go
-    through the LM head (one more for families whose logits are shifted).
-    """
-    length = states.targets.shape[1]
-    total = states.input_ids.shape[1]
-    assert states.response_start == total - length, "the supervised response must be the last L columns"
-    kwargs = {"logits_to_keep": length + 1} if _accepts_logits_to_keep(net) else {}
-    out = net(input_ids=states.input_ids, attention_mask=states.attention_bias, position_ids=states.position_ids, **kwargs)
-    logits = out.logits if hasattr(out, "logits") else out[0]  # (B, L + 1 or T, V)
-    return model.family.align(logits[:, -(length + 1) :])[:, 1:]  # (B, L, V)
-
-
 def step_normalizers(states: list[TrainingStates], dist: Dist) -> dict[str, torch.Tensor]:
     """Counts of the whole step (every micro-batch of every worker) that the losses divide by."""
     counts = [normalizer_counts(s.supervised, s.path, s.padding) for s in states]
@@ -387,17 +362,16 @@ def _autocast(trainer: Trainer):
 
 
 @torch.no_grad()
-def _logp_metrics(ref_logits: torch.Tensor, states: TrainingStates, fake: torch.Tensor, metrics: dict) -> dict:
+def _logp_metrics(ref_logp: torch.Tensor, states: TrainingStates, metrics: dict) -> dict:
     """ℓ (mean log-prob over M per sequence, averaged over sequences) of real and fake answers.
 
-    Only the reference needs a pass here: the objective already reports the per-sequence
-    log-ratios ℓ_θ - ℓ_ref averaged over the same sequences, so ℓ_θ = ℓ_ref + ratio exactly.
+    ref_logp: (B, L, 2) the reference's log-probs of [x0, fake]. The objective already
+    reports the per-sequence log-ratios ℓ_θ - ℓ_ref averaged over the same sequences, so
+    ℓ_θ = ℓ_ref + ratio exactly.
     """
     supervised = states.supervised  # (B, L)
-    ids = torch.stack([states.targets.long(), fake], dim=-1)  # (B, L, 2): real, fake
-    ref = gather_logprobs(ref_logits, ids)  # (B, L, 2)
     count = supervised.sum(dim=-1)  # (B,)
-    per_row = (ref * supervised[..., None]).sum(dim=1) / count.clamp(min=1)[:, None]  # (B, 2)
+    per_row = (ref_logp * supervised[..., None]).sum(dim=1) / count.clamp(min=1)[:, None]  # (B, 2)
     valid = (count > 0).to(per_row.dtype)  # (B,)
     mean = (per_row * valid[:, None]).sum(dim=0) / valid.sum().clamp(min=1)  # (2,)
     return {
@@ -415,26 +389,45 @@ def _fake_generator(trainer: Trainer, micro: int) -> torch.Generator | None:
     return torch.Generator(device=trainer.device).manual_seed(seed)
 
 
-def _forward_loss(trainer: Trainer, states: TrainingStates, batch: Batch, norms: dict, micro: int):
-    """Student (and reference) forward and the objective of one micro-batch -> (loss, metrics)."""
+def _scatter(values: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """(N, ...) values at the True positions of select (B, L) -> (B, L, ...), zeros elsewhere (differentiable)."""
+    dense = values.new_zeros((*select.shape, *values.shape[1:]))
+    return dense.index_put(select.nonzero(as_tuple=True), values)
+
+
+def micro_loss(trainer: Trainer, states: TrainingStates, batch: Batch, norms: dict, micro: int = 0):
+    """Student (and reference) forward and the objective of one micro-batch -> (loss, metrics).
+
+    Both networks compute log-probs only at the positions the objective reads
+    (`Objective.positions`), in chunks over V (`logprobs.ResponseLogProbs`): first the
+    reference's fake answer and its log-probs, then the student's log-probs of the ids
+    the objective needs. No (B, L, V) tensor is made.
+    """
+    objective = OBJECTIVES[trainer.cfg.loss.kind]
+    topk_ids = _in_sections(batch.topk_ids, states, trainer.device)
+    select = objective.positions(states.supervised, states.path, states.padding)  # (B, L)
+    inputs = (states.input_ids, states.attention_bias, states.position_ids, states.targets.shape[1], select)
+    targets = states.targets[select]  # (N,)
+    fake = ref_logp = None
     with _autocast(trainer):
-        logits = forward_response(trainer.student, trainer.net, states)  # (B, L, V)
-        ref_logits = None
-        if trainer.reference is not None:
+        if objective.needs_reference:
             with torch.no_grad():
-                ref_logits = forward_response(trainer.reference.model, trainer.reference.net, states)  # (B, L, V)
+                prop = trainer.ref_net(*inputs, targets=targets, temperature=trainer.cfg.loss.fake_temperature,
+                                       generator=_fake_generator(trainer, micro))  # fmt: skip
+            in_m = states.supervised[select]  # (N,) the fake is the reference's answer on M only
+            fake_sel = torch.where(in_m, prop.fake, targets)
+            ref_logp = _scatter(torch.stack([prop.logp_target, torch.where(in_m, prop.logp_fake, prop.logp_target)], -1), select)
+            fake = torch.where(select, _scatter(fake_sel, select), states.targets)  # (B, L)
+        ids = objective.ids(targets, fake_sel if fake is not None else None, topk_ids[select] if topk_ids is not None else None)
+        logp = _scatter(trainer.net(*inputs, ids=ids), select)  # (B, L, k)
     loss_batch = LossBatch(
-        logits=logits, targets=states.targets, supervised=states.supervised, path=states.path,
-        ref_logits=ref_logits, padding=states.padding,
-        topk_logprobs=_in_sections(batch.topk_logprobs, states, trainer.device),
-        topk_ids=_in_sections(batch.topk_ids, states, trainer.device),
+        logp=logp, ref_logp=ref_logp, fake=fake, targets=states.targets, supervised=states.supervised,
+        path=states.path, path_weight=states.path_weight, padding=states.padding,
+        topk_logprobs=_in_sections(batch.topk_logprobs, states, trainer.device), topk_ids=topk_ids,
     )  # fmt: skip
-    generator = _fake_generator(trainer, micro)
-    replay = _clone_generator(generator)  # the same fake again, for the log-p metrics
-    loss, metrics = combine(loss_batch, trainer.cfg.loss, norms, generator)
-    if ref_logits is not None:
-        fake = fake_tokens(ref_logits, states.targets, states.supervised, trainer.cfg.loss.fake_temperature, replay)
-        metrics |= _logp_metrics(ref_logits, states, fake, metrics)
+    loss, metrics = combine(loss_batch, trainer.cfg.loss, norms)
+    if ref_logp is not None:
+        metrics |= _logp_metrics(ref_logp, states, metrics)
     return loss, metrics
 
 
@@ -445,7 +438,7 @@ def micro_step(trainer: Trainer, states: TrainingStates, batch: Batch, norms: di
     """
     sync_ctx = contextlib.nullcontext() if sync or trainer.dist.world == 1 else trainer.net.no_sync()
     with sync_ctx:
-        loss, metrics = _forward_loss(trainer, states, batch, norms, micro)
+        loss, metrics = micro_loss(trainer, states, batch, norms, micro)
         (loss * trainer.dist.world).backward()
     return metrics
 
@@ -455,7 +448,7 @@ def evaluate(trainer: Trainer, batches: list[Batch]) -> dict[str, float]:
     """The objective and its metrics on fixed batches, without touching the weights or the step."""
     states = [make_states(b, trainer.states, trainer.device, _state_dtype(trainer)) for b in batches]
     norms = step_normalizers(states, trainer.dist)
-    parts = [_forward_loss(trainer, s, b, norms, i)[1] for i, (s, b) in enumerate(zip(states, batches))]
+    parts = [micro_loss(trainer, s, b, norms, i)[1] for i, (s, b) in enumerate(zip(states, batches))]
     return reduce_metrics(parts, trainer.dist)
 
 
@@ -471,14 +464,6 @@ def _in_sections(tensor: torch.Tensor | None, states: TrainingStates, device: to
         return None
     tensor = tensor.to(device, non_blocking=True)
     return response_to_sections(tensor, states.shift) if bool(states.shift.any()) else tensor
-
-
-def _clone_generator(generator: torch.Generator | None) -> torch.Generator | None:
-    if generator is None:
-        return None
-    copy = torch.Generator(device=generator.device)
-    copy.set_state(generator.get_state())
-    return copy
 
 
 def reduce_metrics(parts: list[dict], dist: Dist) -> dict[str, float]:

@@ -17,6 +17,7 @@ Log-probabilities are computed in float32 whatever the logits' dtype.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -184,20 +185,30 @@ def fkl_loss(
 
     logits: (B, L, V) student; topk_logprobs: (B, L, k) the teacher's log-probs at the
     reveal step of each position (float16 on disk is fine); topk_ids: (B, L, k) their
-    ids; mask: (B, L) bool. The stored k ids carry only part of the teacher's mass, so
-    q is the teacher renormalised over its k ids: q_i = exp(lp_i) / Σ_j exp(lp_j).
-    The student's p_θ is the full-vocabulary softmax (not renormalised), so the loss
-    is Σ_i q_i (log q_i - log p_θ(id_i)) ≥ 0 at each position, 0 only if p_θ puts all its
-    mass on the k ids in the teacher's proportions. The stored top-k is undefined on
-    padding after EOS: leave those positions out of `mask`. Token-level sum / count.
+    ids; mask: (B, L) bool. See `fkl_from_logprobs`.
+    """
+    ids = torch.where(mask.unsqueeze(-1), topk_ids.long(), 0)  # (B, L, k)
+    return fkl_from_logprobs(gather_logprobs(logits, ids), topk_logprobs, mask, normalizer)
+
+
+def fkl_from_logprobs(
+    log_p: Tensor, topk_logprobs: Tensor, mask: Tensor, normalizer: Count | None = None
+) -> tuple[Tensor, Metrics]:
+    """Forward KL from the student's log-probs of the teacher's k ids.
+
+    log_p: (B, L, k) log p_θ(id_i) under the student's full-vocabulary softmax;
+    topk_logprobs: (B, L, k) the teacher's; mask: (B, L) bool. The stored k ids carry only
+    part of the teacher's mass, so q is the teacher renormalised over its k ids:
+    q_i = exp(lp_i) / Σ_j exp(lp_j). p_θ is not renormalised, so the loss
+    Σ_i q_i (log q_i - log p_θ(id_i)) ≥ 0 at each position, 0 only if p_θ puts all its mass
+    on the k ids in the teacher's proportions. The stored top-k is undefined on padding
+    after EOS: leave those positions out of `mask`. Token-level sum / count.
     """
     row = mask.unsqueeze(-1)  # (B, L, 1)
     teacher = torch.where(row, topk_logprobs.float(), 0)  # (B, L, k), garbage off-mask cleared
-    ids = torch.where(row, topk_ids.long(), 0)  # (B, L, k)
     log_q = teacher - torch.logsumexp(teacher, dim=-1, keepdim=True)  # (B, L, k)
-    log_p = gather_logprobs(logits, ids)  # (B, L, k)
     q = log_q.exp()
-    per_id = torch.where(q > 0, q * (log_q - log_p), 0)  # (B, L, k); 0·log 0 = 0
+    per_id = torch.where(q > 0, q * (log_q - torch.where(row, log_p, 0)), 0)  # (B, L, k); 0·log 0 = 0
     count = mask.sum()
     loss = _divide(torch.where(mask, per_id.sum(-1), 0).sum(), count, normalizer)
     return loss, {"fkl": loss.detach(), "fkl_tokens": count}
@@ -217,40 +228,82 @@ def t3d_objective(
     generator: torch.Generator | None = None,
     seq_normalizer: Count | None = None,
     path_normalizer: Count | None = None,
+    path_weight: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """T3D: L = L_DDO + λ_path · L_path, from one student and one reference forward.
 
     student_logits, ref_logits: (B, L, V), both on the same state x_s (the reference
     under no_grad); targets: (B, L) x0; supervised: (B, L) bool, M; path: (B, L) bool,
-    the path window (a subset of M). Real y = x0, fake y = the reference's proposal on
-    M (`fake_tokens`); ℓ is the mean log-prob over M per sequence; DDO averages over
-    sequences with a non-empty M (`seq_normalizer`), the path cross-entropy over path
-    tokens (`path_normalizer`). Defaults α=0.5, β=0.1, λ_path=0.2 are the reference
-    code's. λ_path=0 is DDO alone (the path term is then still reported).
-
-    Extra metrics: `ddo`, `path`, `loss`, and `fake_match` (share of M where the fake
-    equals x0: DDO can only help where it is low).
+    the path window. Real y = x0, fake y = the reference's proposal on M
+    (`fake_tokens`). See `t3d_from_logprobs`, which this computes after gathering the
+    log-probs of the real and fake answers.
     """
     fake = fake_tokens(ref_logits, targets, supervised, fake_temperature, generator)  # (B, L)
     ids = torch.stack([targets.long(), fake], dim=-1)  # (B, L, 2): real, fake
     student = gather_logprobs(student_logits, ids)  # (B, L, 2)
     with torch.no_grad():
         ref = gather_logprobs(ref_logits, ids)  # (B, L, 2)
+    return t3d_from_logprobs(
+        student, ref, fake, targets, supervised, path, alpha=alpha, beta=beta, lambda_path=lambda_path,
+        seq_normalizer=seq_normalizer, path_normalizer=path_normalizer, path_weight=path_weight,
+    )  # fmt: skip
+
+
+def t3d_from_logprobs(
+    student: Tensor,
+    ref: Tensor,
+    fake: Tensor,
+    targets: Tensor,
+    supervised: Tensor,
+    path: Tensor,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.1,
+    lambda_path: float = 0.2,
+    seq_normalizer: Count | None = None,
+    path_normalizer: Count | None = None,
+    path_weight: Tensor | None = None,
+) -> tuple[Tensor, Metrics]:
+    """T3D from gathered log-probs: student (B, L, 2) with grad and ref (B, L, 2) of the
+    [real, fake] ids, fake (B, L) the fake answer, targets (B, L), supervised (M) and path
+    (B, L) bool.
+
+    ℓ is the mean log-prob over M per sequence; DDO averages over sequences with a
+    non-empty M (`seq_normalizer`). The path loss is the cross-entropy against x0 on the
+    path window, per token (`path_normalizer`: the step's path tokens); with `path_weight`
+    (B, L) float it is Σ w·CE per sequence instead, averaged like DDO over sequences
+    (`path_normalizer`: the step's sequences; the `paper` levels, `states.paper_path_weights`).
+    Defaults α=0.5, β=0.1, λ_path=0.2 are the reference code's. λ_path=0 is DDO alone
+    (the path term is then still reported).
+
+    Extra metrics: `ddo`, `path`, `loss`, and `fake_match` (share of M where the fake
+    equals x0: DDO can only help where it is low).
+    """
     s_real, count = _masked_mean(student[..., 0], supervised)  # (B,), (B,)
     s_fake, _ = _masked_mean(student[..., 1], supervised)
     r_real, _ = _masked_mean(ref[..., 0], supervised)
     r_fake, _ = _masked_mean(ref[..., 1], supervised)
     ddo, metrics = ddo_loss(s_real, r_real, s_fake, r_fake, count > 0, alpha, beta, seq_normalizer)
-    path_ce, path_count = _masked_ce(student[..., 0], path, path_normalizer)
+    if path_weight is None:
+        path_ce, path_count = _masked_ce(student[..., 0], path, path_normalizer)
+    else:
+        path_ce, path_count = _weighted_ce(student[..., 0], path_weight, path, path_normalizer)
     loss = ddo + lambda_path * path_ce
     metrics |= {
         "loss": loss.detach(),
         "ddo": ddo.detach(),
         "path": path_ce.detach(),
-        "path_tokens": path_count,
+        "path_tokens": path.sum(),
         "fake_match": _average(fake == targets, supervised),
     }
     return loss, metrics
+
+
+def _weighted_ce(logp: Tensor, weight: Tensor, path: Tensor, normalizer: Count | None) -> tuple[Tensor, Tensor]:
+    """Σ weight · (-logp) (B, L) per sequence, over sequences with a path position / count."""
+    per_row = torch.where(path, -logp * weight, 0).sum(dim=-1)  # (B,)
+    rows = path.any(dim=-1)
+    return _divide(per_row.sum(), rows.sum(), normalizer), rows.sum()
 
 
 # ---- registry: one objective per name, all called the same way by the training loop ----
@@ -281,24 +334,38 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LossBatch:
-    """What one micro-batch gives the objective; response positions only."""
+    """What one micro-batch gives the objective; response positions only.
 
-    logits: Tensor
-    """(B, L, V) student logits on the state (with grad)."""
+    Either the full logits (`logits`, `ref_logits`: small models, tests) or the log-probs
+    of just the ids the objective reads (`logp`, `ref_logp`, `fake`: what the training
+    loop computes in chunks, `logprobs.ResponseLogProbs`, with `Objective.ids` choosing the ids).
+    """
+
     targets: Tensor
     """(B, L) int, x0 (EOS on padding, see `states.response_targets`)."""
     supervised: Tensor
     """(B, L) bool, M: masked or randomised positions."""
     path: Tensor | None = None
     """(B, L) bool, the path window ("t3d", "ddo")."""
-    ref_logits: Tensor | None = None
-    """(B, L, V) reference logits on the same state, no grad ("t3d", "ddo")."""
+    path_weight: Tensor | None = None
+    """(B, L) float, per-position weights of the path loss (the `paper` levels); None: token mean."""
     padding: Tensor | None = None
     """(B, L) bool, padding after EOS: no stored top-k there ("fkl")."""
     topk_logprobs: Tensor | None = None
     """(B, L, k) teacher log-probs at reveal ("fkl")."""
     topk_ids: Tensor | None = None
     """(B, L, k) their ids ("fkl")."""
+    logits: Tensor | None = None
+    """(B, L, V) student logits on the state (with grad)."""
+    ref_logits: Tensor | None = None
+    """(B, L, V) reference logits on the same state, no grad ("t3d", "ddo")."""
+    logp: Tensor | None = None
+    """(B, L, k) student log-probs (with grad) of `Objective.ids`: [..., 0] x0, [..., 1] the fake
+    ("t3d", "ddo"), or the teacher's k ids ("fkl"); 0 off the selected positions."""
+    ref_logp: Tensor | None = None
+    """(B, L, 2) reference log-probs of [x0, fake] ("t3d", "ddo")."""
+    fake: Tensor | None = None
+    """(B, L) int64 the reference's one-shot answer, x0 outside M ("t3d", "ddo")."""
 
 
 def _topk_mask(supervised: Tensor, padding: Tensor | None) -> Tensor:
@@ -312,10 +379,13 @@ def normalizer_counts(
 
     Under gradient accumulation, sum these over the micro-batches of an optimiser step
     (and all-reduce over workers), then pass the totals to `combine`: the step's loss
-    is then exactly the full-batch loss. Known before the forward pass.
+    is then exactly the full-batch loss. Known before the forward pass. "path_sequences"
+    is the weighted path loss's count (rows with a path position).
     """
     counts = {"sequences": supervised.any(dim=-1).sum(), "supervised": supervised.sum()}
-    counts["path"] = path.sum() if path is not None else supervised.new_zeros((), dtype=torch.long)
+    zero = supervised.new_zeros((), dtype=torch.long)
+    counts["path"] = path.sum() if path is not None else zero
+    counts["path_sequences"] = path.any(dim=-1).sum() if path is not None else zero
     counts["topk"] = _topk_mask(supervised, padding).sum()
     return counts
 
@@ -326,40 +396,78 @@ def _require(value: Tensor | None, name: str, kind: str) -> Tensor:
     return value
 
 
-def _t3d(
-    batch: LossBatch, cfg: ObjectiveConfig, norm: dict, generator, lambda_path: float | None = None
-) -> tuple[Tensor, Metrics]:
+def _t3d(batch: LossBatch, cfg: ObjectiveConfig, norm: dict, lambda_path: float | None = None) -> tuple[Tensor, Metrics]:
     """T3D; lambda_path=0.0 gives DDO alone."""
     lambda_path = cfg.lambda_path if lambda_path is None else lambda_path
-    ref = _require(batch.ref_logits, "ref_logits", cfg.kind)
     path = batch.path if batch.path is not None else torch.zeros_like(batch.supervised)
-    return t3d_objective(
-        batch.logits, ref, batch.targets, batch.supervised, path,
-        alpha=cfg.alpha, beta=cfg.beta, lambda_path=lambda_path,
-        fake_temperature=cfg.fake_temperature, generator=generator,
-        seq_normalizer=norm.get("sequences"), path_normalizer=norm.get("path"),
+    weighted = batch.path_weight is not None
+    return t3d_from_logprobs(
+        _require(batch.logp, "logp", cfg.kind), _require(batch.ref_logp, "ref_logits", cfg.kind),
+        _require(batch.fake, "fake", cfg.kind), batch.targets, batch.supervised, path,
+        alpha=cfg.alpha, beta=cfg.beta, lambda_path=lambda_path, seq_normalizer=norm.get("sequences"),
+        path_normalizer=norm.get("path_sequences" if weighted else "path"), path_weight=batch.path_weight,
     )  # fmt: skip
 
 
-def _ce(batch: LossBatch, cfg: ObjectiveConfig, norm: dict, generator) -> tuple[Tensor, Metrics]:
-    loss, metrics = ce_loss(batch.logits, batch.targets, batch.supervised, norm.get("supervised"))
-    return loss, metrics | {"loss": loss.detach()}
+def _ce(batch: LossBatch, cfg: ObjectiveConfig, norm: dict) -> tuple[Tensor, Metrics]:
+    logp = _require(batch.logp, "logp", cfg.kind)[..., 0]
+    loss, count = _masked_ce(logp, batch.supervised, norm.get("supervised"))
+    return loss, {"ce": loss.detach(), "ce_tokens": count, "loss": loss.detach()}
 
 
-def _fkl(batch: LossBatch, cfg: ObjectiveConfig, norm: dict, generator) -> tuple[Tensor, Metrics]:
+def _fkl(batch: LossBatch, cfg: ObjectiveConfig, norm: dict) -> tuple[Tensor, Metrics]:
     lp = _require(batch.topk_logprobs, "topk_logprobs", cfg.kind)
-    ids = _require(batch.topk_ids, "topk_ids", cfg.kind)
     mask = _topk_mask(batch.supervised, batch.padding)
-    loss, metrics = fkl_loss(batch.logits, lp, ids, mask, norm.get("topk"))
+    loss, metrics = fkl_from_logprobs(_require(batch.logp, "logp", cfg.kind), lp, mask, norm.get("topk"))
     return loss, metrics | {"loss": loss.detach()}
 
 
-OBJECTIVES: dict[str, Callable[..., tuple[Tensor, Metrics]]] = {
-    "t3d": _t3d,
-    "ddo": partial(_t3d, lambda_path=0.0),
-    "ce": _ce,
-    "fkl": _fkl,
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective and what it needs: the reference (DDO's p_ref and fake), the
+    stored teacher top-k; `ids` says which token ids' log-probs it reads per position."""
+
+    loss: Callable[[LossBatch, ObjectiveConfig, dict], tuple[Tensor, Metrics]]
+    needs_reference: bool = False
+    needs_topk: bool = False
+
+    def ids(self, targets: Tensor, fake: Tensor | None = None, topk_ids: Tensor | None = None) -> Tensor:
+        """(..., k) int64 ids whose student log-probs the loss reads: [x0, fake], the top-k, or [x0]."""
+        if self.needs_topk:
+            return _require(topk_ids, "topk_ids", "fkl").long()
+        if self.needs_reference:
+            return torch.stack([targets.long(), _require(fake, "fake", "t3d")], dim=-1)
+        return targets.long().unsqueeze(-1)
+
+    def positions(self, supervised: Tensor, path: Tensor | None, padding: Tensor | None) -> Tensor:
+        """(B, L) bool: where the loss reads a log-prob (M, the path window; no top-k on padding)."""
+        if self.needs_topk:
+            return _topk_mask(supervised, padding)
+        return supervised | path if (self.needs_reference and path is not None) else supervised
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "t3d": Objective(_t3d, needs_reference=True),
+    "ddo": Objective(partial(_t3d, lambda_path=0.0), needs_reference=True),
+    "ce": Objective(_ce),
+    "fkl": Objective(_fkl, needs_topk=True),
 }
+
+
+def _gathered(batch: LossBatch, objective: Objective, cfg: ObjectiveConfig, generator) -> LossBatch:
+    """A full-logits batch -> the log-probs the objective reads (fake first, from the reference)."""
+    fake = ref_logp = None
+    if objective.needs_reference:
+        ref_logits = _require(batch.ref_logits, "ref_logits", cfg.kind)
+        fake = fake_tokens(ref_logits, batch.targets, batch.supervised, cfg.fake_temperature, generator)
+    ids = objective.ids(batch.targets, fake, batch.topk_ids)
+    if objective.needs_topk:
+        ids = torch.where(objective.positions(batch.supervised, None, batch.padding).unsqueeze(-1), ids, 0)
+    if fake is not None:
+        with torch.no_grad():
+            ref_logp = gather_logprobs(batch.ref_logits, ids)  # (B, L, 2)
+    logp = gather_logprobs(_require(batch.logits, "logits", cfg.kind), ids)
+    return dataclasses.replace(batch, logp=logp, ref_logp=ref_logp, fake=fake)
 
 
 def combine(
@@ -371,6 +479,10 @@ def combine(
     """The objective `cfg.kind` on one micro-batch; every metric dict has "loss".
 
     `normalizers`: totals of `normalizer_counts` over the optimiser step (None: this
-    micro-batch's own counts). `generator`: for a sampled fake (fake_temperature > 0).
+    micro-batch's own counts). `generator`: for a sampled fake (fake_temperature > 0) when
+    the batch carries full logits.
     """
-    return OBJECTIVES[cfg.kind](batch, cfg, normalizers or {}, generator)
+    objective = OBJECTIVES[cfg.kind]
+    if batch.logp is None:
+        batch = _gathered(batch, objective, cfg, generator)
+    return objective.loss(batch, cfg, normalizers or {})

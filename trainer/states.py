@@ -147,6 +147,8 @@ class TrainingStates:
     """(N,) int64 prompt-tail tokens at the start of the response copies (P mod B with absolute blocks, else 0)."""
     tail: Tensor
     """(N, L) bool, the prompt's tail columns (shown as is, never supervised)."""
+    path_weight: Tensor | None = None
+    """(N, L) float32 per-position weights of the path loss (`paper`), None: a token mean over `path`."""
 
 
 def response_targets(x0: Tensor, reveal_step: Tensor, eos_id: int) -> Tensor:

@@ -1,0 +1,195 @@
+"""Log-probabilities of a few ids per position straight from hidden states, in chunks.
+
+The losses read log p(id) for one to k ids per supervised position, never the whole
+distribution. Materialising the (B, L, V) logits and a float32 copy of them costs
+B·L·V·4 bytes per copy (5 GB at vocabulary 151,936, batch 8 and 1,024 response tokens),
+and the block-causal layout doubles L. Here the LM head runs only on the selected
+positions, `chunk` rows at a time, and each chunk's logits are dropped as soon as its
+log-sum-exp and the picked logits are known; the backward pass recomputes them chunk by
+chunk (a fused linear log-prob, like the fused linear cross-entropy of the official
+code). Peak extra memory: a few chunk × V float32 buffers.
+
+`ResponseLogProbs` wraps a network so that the whole thing (trunk, head, chunked
+log-probs) is one module `forward`, which is what DDP and FSDP hook into.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+CHUNK_ELEMENTS = 1 << 23
+"""Logit elements per chunk (8 M: 32 MB in float32); rows per chunk = this // V."""
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_ELEMENTS // vocab)
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """(n, H) x (V, H) -> (n, V) float32 logits (the product in the hidden states' dtype);
+    weight None: `hidden` already holds logits rows."""
+    if weight is None:
+        return hidden.float()
+    logits = (hidden @ weight.to(hidden.dtype).t()).float()  # (n, V)
+    return logits if bias is None else logits + bias.float()
+
+
+class _LinearLogProbs(torch.autograd.Function):
+    """log softmax(hidden @ W^T + b)[ids], chunked over rows; backward recomputes each chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, rows: int) -> Tensor:
+        out = hidden.new_empty(ids.shape, dtype=torch.float32)  # (N, k)
+        lse = hidden.new_empty(ids.shape[0], dtype=torch.float32)  # (N,)
+        for start in range(0, hidden.shape[0], rows):
+            part = slice(start, start + rows)
+            logits = _chunk_logits(hidden[part], weight, bias)  # (n, V)
+            lse[part] = torch.logsumexp(logits, dim=-1)
+            out[part] = logits.gather(-1, ids[part]) - lse[part, None]
+        ctx.save_for_backward(hidden, weight, bias, ids, lse)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, bias, ids, lse = ctx.saved_tensors
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
+        w = weight.to(hidden.dtype)
+        for start in range(0, hidden.shape[0], ctx.rows):
+            part = slice(start, start + ctx.rows)
+            g = grad_out[part].float()  # (n, k)
+            probs = (_chunk_logits(hidden[part], weight, bias) - lse[part, None]).exp_()  # (n, V)
+            grad_logits = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, ids[part], g)  # (n, V)
+            if grad_h is not None:
+                grad_h[part] = grad_logits.to(hidden.dtype) @ w
+            if grad_w is not None:
+                grad_w += grad_logits.t() @ hidden[part].float()
+            if grad_b is not None:
+                grad_b += grad_logits.sum(0)
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        grad_b = grad_b.to(bias.dtype) if grad_b is not None and ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b, None, None
+
+
+def linear_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, rows: int | None = None) -> Tensor:
+    """log p(ids) under softmax(hidden @ weight^T + bias), never holding more than `rows` x V logits.
+
+    hidden: (N, H); weight: (V, H); bias: (V,) or None; ids: (N, k) int. Returns (N, k)
+    float32, differentiable in hidden, weight and bias (the backward recomputes chunks).
+    """
+    rows = rows or chunk_rows(weight.shape[0])
+    return _LinearLogProbs.apply(hidden, weight, bias, ids.long(), rows)
+
+
+class Proposal(NamedTuple):
+    """The reference's answer at each selected position, from one pass over V."""
+
+    logp_target: Tensor  # (N,) float32, log p_ref(target)
+    fake: Tensor  # (N,) int64, argmax (temperature 0) or a sample at the temperature
+    logp_fake: Tensor  # (N,) float32, log p_ref(fake)
+
+
+@torch.no_grad()
+def linear_proposal(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float = 0.0,
+    generator: torch.Generator | None = None, rows: int | None = None,
+) -> Proposal:  # fmt: skip
+    """For the reference: log p(target), the fake y (argmax or a sample of softmax(logits / T)) and
+    log p(fake), chunked like `linear_logprobs`. hidden (N, H), or (N, V) logits with weight None;
+    targets (N,). Samples are drawn chunk by chunk in row order with `generator` (on the hidden
+    states' device)."""
+    rows = rows or chunk_rows(hidden.shape[-1] if weight is None else weight.shape[0])
+    n = hidden.shape[0]
+    out = [hidden.new_empty(n, dtype=torch.float32), targets.new_empty(n, dtype=torch.long),
+           hidden.new_empty(n, dtype=torch.float32)]  # fmt: skip
+    for start in range(0, n, rows):
+        part = slice(start, start + rows)
+        logits = _chunk_logits(hidden[part], weight, bias)  # (n, V)
+        logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        if temperature == 0.0:
+            fake = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            fake = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        out[0][part] = logp.gather(-1, targets[part, None].long()).squeeze(-1)
+        out[1][part] = fake
+        out[2][part] = logp.gather(-1, fake[:, None]).squeeze(-1)
+    return Proposal(*out)
+
+
+def _plain_head(net: nn.Module) -> nn.Linear | None:
+    """The LM head when the network is trunk (`.model`) + a plain linear head, else None
+    (then the full logits are used: soft-capped or scaled logits, remote code)."""
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    config = getattr(net, "config", None)
+    scaled = any(getattr(config, key, None) not in (None, 1, 1.0) for key in
+                 ("final_logit_softcapping", "logit_scale", "logits_scaling"))  # fmt: skip
+    if not isinstance(head, nn.Linear) or not isinstance(getattr(net, "model", None), nn.Module) or scaled:
+        return None
+    return head
+
+
+class ResponseLogProbs(nn.Module):
+    """A network whose forward returns log-probs of chosen ids at chosen response positions.
+
+    `forward(input_ids, attention_bias, position_ids, length, select, ids=None, targets=None, ...)`:
+    the response copy is the last `length` columns; `select` (B, L) bool picks positions
+    (row-major), giving N rows. With `ids` (N, k): returns (N, k) log-probs (with grad).
+    With `targets` (N,) instead: returns the `Proposal` (no grad; the reference's use).
+    `fused=False` (or a head that is not plain) takes the full-logits route, in the
+    model's dtype, with log-probs in float32 chunks: the same numbers, more memory.
+    """
+
+    def __init__(self, net: nn.Module, shifted: bool, fused: bool = True) -> None:
+        super().__init__()
+        self.net = net
+        self.shifted = shifted
+        self.fused = fused and _plain_head(net) is not None
+
+    def _align(self, x: Tensor, length: int) -> Tensor:
+        """Rows of the last length + 1 columns -> (B, L, ...) with row j predicting token j."""
+        x = x[:, -(length + 1) :]
+        if self.shifted:  # row i - 1 predicts token i
+            x = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+        return x[:, 1:]
+
+    def forward(self, input_ids: Tensor, attention_bias: Tensor, position_ids: Tensor, length: int, select: Tensor,
+                ids: Tensor | None = None, targets: Tensor | None = None, temperature: float = 0.0,
+                generator: torch.Generator | None = None):  # fmt: skip
+        inputs = {"input_ids": input_ids, "attention_mask": attention_bias, "position_ids": position_ids}
+        if self.fused:
+            head = self.net.get_output_embeddings()
+            hidden = self.net.model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+            rows = self._align(hidden, length)[select]  # (N, H)
+            weight, bias = head.weight, head.bias
+        else:
+            out = self.net(**inputs, logits_to_keep=length + 1) if _takes_logits_to_keep(self.net) else self.net(**inputs)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            rows = self._align(logits, length)[select]  # (N, V) in the model's dtype
+            weight = bias = None  # the rows are logits
+        if targets is not None:
+            return linear_proposal(rows, weight, bias, targets, temperature, generator)
+        if not self.fused:  # log-probs of the logits rows, float32 a chunk at a time
+            return _logit_rows_logprobs(rows, ids)
+        return linear_logprobs(rows, weight, bias, ids)
+
+
+def _logit_rows_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
+    """(N, V) logits in any dtype -> (N, k) float32 log-probs, float32 a chunk at a time."""
+    rows = chunk_rows(logits.shape[-1])
+    parts = []
+    for start in range(0, logits.shape[0], rows):
+        chunk = logits[start : start + rows].float()
+        parts.append(chunk.gather(-1, ids[start : start + rows].long()) - torch.logsumexp(chunk, -1, keepdim=True))
+    return torch.cat(parts) if parts else logits.new_zeros(ids.shape, dtype=torch.float32)
+
+
+def _takes_logits_to_keep(net: nn.Module) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(type(net).forward).parameters
