@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from t3d.dllm import masks
 from t3d.dllm.errors import UserError
+from t3d.dllm.options import OptionTree
 from t3d.dllm.task import BuiltinTask, TaskConfig
 
 
@@ -99,16 +100,16 @@ class TrainConfig:
 class PretrainConfig:
     """One `t3d-pretrain` run."""
 
-    out_dir: Path
-    """Where the checkpoint, tokenizer and MODEL_CARD.md go."""
+    out_dir: Path = Path("builtin-teacher")
+    """Where the checkpoint, tokenizer and MODEL_CARD.md go (dllm/builtin rebuilds the shipped teacher)."""
     seed: int = 0
     """Seed of the weights' initialisation, the batches and the noise."""
     task_seed: int = 0
     """Seed of the built-in task (alphabets, prompt splits); the shipped task uses 0."""
     threads: int = 2
-    """torch CPU threads."""
+    """torch CPU threads (on a busy shared machine set OMP_WAIT_POLICY=PASSIVE, or use 1)."""
     eval_samples: int = 16
-    """Responses per held-out test prompt in the final measurement."""
+    """Responses per held-out test prompt in the final measurement (0: skip)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The network."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -117,6 +118,9 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.threads < 1 or self.eval_samples < 0:
             raise UserError("threads must be >= 1 and eval_samples >= 0")
+
+
+TREE = OptionTree(PretrainConfig, rename={"train.time_limit_minutes": "minutes"})  # the command's options
 
 
 # ----- model ------------------------------------------------------------------------
@@ -511,41 +515,8 @@ def _app():
     import typer
 
     app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
-
-    @app.command(help=__doc__)
-    def pretrain(
-        out_dir: Path = typer.Option(
-            Path("builtin-teacher"), help="Output directory (dllm/builtin rebuilds the shipped teacher)."
-        ),
-        seed: int = typer.Option(0, help="Seed of the initialisation, batches and noise."),
-        steps: int = typer.Option(TrainConfig.steps, help="Optimizer steps."),
-        batch_size: int = typer.Option(TrainConfig.batch_size, help="Examples per step."),
-        lr: float = typer.Option(TrainConfig.lr, help="Peak learning rate (AdamW, cosine decay)."),
-        block_fraction: float = typer.Option(
-            TrainConfig.block_fraction, help="Share of each batch shaped like the sampler's blocks."
-        ),
-        minutes: float = typer.Option(TrainConfig.time_limit_minutes, help="Wall-clock budget of the training loop."),
-        hidden_size: int = typer.Option(ModelConfig.hidden_size, help="Model width."),
-        num_layers: int = typer.Option(ModelConfig.num_layers, help="Transformer blocks."),
-        threads: int = typer.Option(
-            2, help="torch CPU threads (on a busy shared machine set OMP_WAIT_POLICY=PASSIVE, or use 1)."
-        ),
-        eval_samples: int = typer.Option(16, help="Responses per test prompt in the final measurement (0: skip)."),
-    ) -> None:
-        from t3d.dllm.cli import run_cli
-
-        def body() -> None:
-            cfg = PretrainConfig(
-                out_dir=out_dir, seed=seed, threads=threads, eval_samples=eval_samples,
-                model=ModelConfig(hidden_size=hidden_size, num_layers=num_layers),
-                train=TrainConfig(
-                    steps=steps, batch_size=batch_size, lr=lr, block_fraction=block_fraction, time_limit_minutes=minutes
-                ),
-            )
-            run(cfg)
-
-        run_cli(body)
-
+    panels = {(): "Run", ("model",): "Model", ("train",): "Train"}
+    app.command(help=__doc__)(TREE.command(run, panel=lambda opt: panels[opt.path]))
     return app
 
 

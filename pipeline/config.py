@@ -1,8 +1,9 @@
 """What one `t3d-collect` run does, as nested frozen dataclasses.
 
-The command line and a `--config` TOML/YAML file fill the same dataclasses: every leaf
-field is one option (`--max-new-tokens` = `max_new_tokens`), its help is the one-line
-docstring under the field, and values come from defaults < file < flags. The sampler's
+The command line and a `--config` TOML/YAML file fill the same dataclasses through the
+shared `t3d.dllm.options` mechanism: every leaf field is one option (`--max-new-tokens`
+= `max_new_tokens`), its help is the one-line docstring under the field, and values come
+from defaults < file < flags. The sampler's
 own `SamplerConfig` is embedded as is, so its defaults and help are not copied here.
 
 `dataset_key()` is the part of the config that decides what the rows contain; a re-run
@@ -12,19 +13,13 @@ GPUs, address) may change between runs without changing a single value.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import textwrap
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any, Optional
+from typing import Any
 
-from t3d.dllm.cli import load_config_file, run_cli
 from t3d.dllm.errors import UserError
+from t3d.dllm.options import Option, OptionTree
 from t3d.dllm.prompt_encoding import PromptEncoding
 from t3d.dllm.sampling import SamplerConfig
 from t3d.dllm.scoring import SCORER_NAMES
@@ -32,7 +27,6 @@ from t3d.dllm.scoring import SCORER_NAMES
 RECORD_STATES = ("none", "dense")
 ON_LONG_PROMPT = ("skip", "error")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-SAMPLER_FIELDS_NOT_OPTIONS = {"record_states"}  # set from RolloutConfig.record_states
 PATH_OPTIONS = {"out", "prompts", "model"}
 
 
@@ -193,106 +187,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-# --- one option per leaf field -------------------------------------------------------
+# --- one option per leaf field (t3d.dllm.options) ----------------------------------------
+
+SAMPLER_FIELDS_NOT_OPTIONS = {"rollout.sampler.record_states"}  # set from RolloutConfig.record_states
+TREE = OptionTree(CollectConfig, exclude=SAMPLER_FIELDS_NOT_OPTIONS, metavars=dict.fromkeys(PATH_OPTIONS, "PATH"))
 
 
-@dataclass(frozen=True)
-class Option:
-    """A leaf field seen as a command-line option / config-file key."""
-
-    name: str  # field name, also the config-file key
-    path: tuple[str, ...]  # sections from CollectConfig down to the field's dataclass
-    kind: type  # int | float | str | bool
-    default: Any
-    help: str
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (the one source of help)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
-                docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
-def _scalar_type(annotation: Any) -> type:
-    """int | None -> int; the scalar a CLI option parses into (or the nested dataclass)."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return annotation
-
-
-def options(cls: type = CollectConfig, path: tuple[str, ...] = ()) -> list[Option]:
+def options() -> list[Option]:
     """Every leaf field of the config tree, depth first."""
-    found: list[Option] = []
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind = _scalar_type(hints[f.name])
-        if dataclasses.is_dataclass(kind):
-            found += options(kind, path + (f.name,))
-        elif not (cls is SamplerConfig and f.name in SAMPLER_FIELDS_NOT_OPTIONS):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            found.append(Option(f.name, path, kind, default, docs.get(f.name, "")))
-    return found
+    return TREE.options
 
 
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "config file") -> CollectConfig:
     """A CollectConfig from config-file values overridden by the flags that were given (not None)."""
-    by_name = {opt.name: opt for opt in options()}
-    values: dict[str, Any] = {}
-    for name, value in _flatten(file_values).items():
-        if name not in by_name:
-            raise UserError(f"unknown option {name!r} in {source}")
-        if value is not None:  # `key: null` in a file means "not set", like an absent flag
-            values[name] = _coerce(by_name[name], value, source)
-    values.update({k: v for k, v in flag_values.items() if v is not None})
-    return _assemble(CollectConfig, values)
-
-
-def _flatten(values: dict[str, Any]) -> dict[str, Any]:
-    """Accept `[rollout]`-style sections in a file as well as flat keys."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        key = str(key).replace("-", "_")
-        if isinstance(value, dict):
-            flat.update(_flatten(value))
-        else:
-            flat[key] = value
-    return flat
-
-
-def _coerce(opt: Option, value: Any, source: str) -> Any:
-    if opt.kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, opt.kind) or isinstance(value, bool) != (opt.kind is bool):
-        raise UserError(f"option {opt.name!r} in {source} must be {opt.kind.__name__}, got {value!r}")
-    return value
-
-
-def _assemble(cls: type, values: dict[str, Any]) -> Any:
-    """Build `cls` and its nested dataclasses from flat values (absent ones keep their defaults)."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        kind = _scalar_type(hints[f.name])
-        if dataclasses.is_dataclass(kind):
-            kwargs[f.name] = _assemble(kind, values)
-        elif f.name in values:
-            kwargs[f.name] = values[f.name]
-    return cls(**kwargs)
-
-
-# --- the command line ------------------------------------------------------------------
+    return TREE.build(TREE.flatten(file_values, source), flag_values)
 
 
 def cli_command(body: Callable[[CollectConfig], Any]) -> Callable[..., Any]:
@@ -301,45 +209,4 @@ def cli_command(body: Callable[[CollectConfig], Any]) -> Callable[..., Any]:
     Every option defaults to None, meaning "not given", so a config file's value or the
     dataclass default applies; `body(config)` runs under `run_cli` (one-line errors).
     """
-    import typer
-
-    params = [
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(
-                None, "--config", metavar="PATH", help="TOML or YAML file with the same keys as the options; flags override it."
-            ),
-            annotation=Optional[str],
-        )
-    ]
-    for opt in options():
-        decls = [f"{opt.flag}/--no-{opt.flag[2:]}"] if opt.kind is bool else [opt.flag]
-        default = "none" if opt.default is None else opt.default
-        params.append(
-            inspect.Parameter(
-                opt.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(
-                    None, *decls, help=opt.help, show_default=str(default), metavar=_metavar(opt),
-                    rich_help_panel=(opt.path[0] if opt.path else "output").capitalize(),
-                ),
-                annotation=Optional[opt.kind],
-            )
-        )
-
-    def command(**values: Any) -> Any:
-        path = values.pop("config")
-        return run_cli(lambda: body(build_config(load_config_file(path), values, source=str(path))))
-
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    return command
-
-
-def _metavar(opt: Option) -> str | None:
-    if opt.kind is bool:
-        return None
-    if opt.name in PATH_OPTIONS:
-        return "PATH"
-    return {int: "N", float: "F"}.get(opt.kind, "TEXT")
+    return TREE.command(body, panel=lambda opt: (opt.path[0] if opt.path else "output").capitalize())

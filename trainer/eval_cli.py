@@ -7,13 +7,14 @@ to `t3d.trainer.evaluate`; everything it prints or writes comes from there.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from t3d.dllm import DiffusionLM, UserError, load_model
-from t3d.dllm.cli import run_cli
+from t3d.dllm import DiffusionLM, SamplerConfig, UserError, load_model
+from t3d.dllm.options import OptionTree
 from t3d.dllm.scoring import Limits
 from t3d.dllm.families import get_family
 from t3d.dllm.loading import DTYPES
@@ -98,14 +99,15 @@ def run(
     json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path], scorer: str = "auto",
     family: Optional[str] = None, dtype: str = "auto", like: Optional[Path] = None, chat_template: Optional[bool] = None,
     system_prompt: Optional[str] = None, user_template: Optional[str] = None, grade: Optional[Path] = None,
-    code_timeout: float = 10.0,
-) -> None:  # fmt: skip
+    code_timeout: float = 10.0, warmup: bool = True,
+) -> ev.EvalReport | None:  # fmt: skip
     """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
     code_limits = code_sandbox_limits(code_timeout)
     if grade is not None:
         if model or prompts:
             raise UserError("--grade grades the responses in a file and loads no model: drop --model and --prompts")
-        return run_grade(grade, scorer, json_path, samples, code_limits)
+        run_grade(grade, scorer, json_path, samples, code_limits)
+        return None
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
     steps = parse_int_list(steps_per_block, "--steps-per-block") if steps_per_block else None
@@ -129,7 +131,7 @@ def run(
     )
     config = ev.EvalConfig(
         samples_per_prompt=samples_per_prompt, seed=seed, batch_size=batch_size, timing_repeats=timing_repeats,
-        teacher=teacher, keep_samples=samples is not None,
+        teacher=teacher, keep_samples=samples is not None, warmup=warmup,
     )  # fmt: skip
     n = len(prompt_set.prompts)
     print(
@@ -147,6 +149,7 @@ def run(
     for path, write in ((json_path, ev.write_json), (plot, ev.save_plot), (samples, ev.write_samples)):
         if path is not None:
             print(f"wrote {write(report, path)}", file=sys.stderr)
+    return report
 
 
 def code_sandbox_limits(timeout: float) -> Limits:
@@ -167,40 +170,122 @@ def run_grade(path: Path, scorer: str, json_path: Optional[Path], samples: Optio
         print(f"wrote {grading.write_graded_samples(lines, report, samples)}", file=sys.stderr)
 
 
-@app.command(help="Measure quality, agreement with the teacher, diversity and speed of models at few steps.")
-def eval_command(
-    model: list[str] = typer.Option(None, "--model", help="label=PATH|builtin, repeatable; the model labelled `teacher` is the anchor. Default: teacher=builtin."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Label of the anchor model (default: the one labelled `teacher`, if any)."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL, JSON or Parquet with `prompt` or `question` and optional `answer`. Default: the built-in task's held-out test split."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per block B (default: the first model's, else 4)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Response length, a multiple of B (default: the first model's, else 4 B)."),
-    steps_per_block: Optional[str] = typer.Option(None, "--steps-per-block", help="Comma list for the static strategy, e.g. 4,2,1 (default: B, B/2, ..., 1)."),
-    strategy: str = typer.Option("static", "--strategy", help="static, threshold, or both as static,threshold (threshold adds one setting)."),
-    threshold: float = typer.Option(0.9, "--threshold", help="Confidence threshold of the threshold strategy."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Proposal temperature; 0 is greedy."),
-    cache: str = typer.Option("auto", "--cache", help="KV cache: auto (exact for block-causal models), none, prefix or dual (approximate, bidirectional models); see SamplerConfig.cache."),
-    samples_per_prompt: int = typer.Option(4, "--samples-per-prompt", help="Responses per prompt, one seed each (diversity needs > 1)."),
-    seed: int = typer.Option(0, "--seed", help="Base seed; every model and setting uses the same per-response seeds."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Rows per sampler call."),
-    timing_repeats: int = typer.Option(1, "--timing-repeats", help="Timed passes per model and setting after one warm-up; the median is reported with the spread."),
-    device: str = typer.Option("cpu", "--device", help="torch device for the models."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow checkpoints' own modelling code (model types t3d does not load natively)."),
-    family: Optional[str] = typer.Option(None, "--family", help="Model family of every --model (sdar, llada, dream, or bidirectional, shifted, block_causal); default: each checkpoint's model_type."),
-    dtype: str = typer.Option("auto", "--dtype", help="Weights dtype: auto (the checkpoint's own on CUDA, float32 on CPU), float32, bfloat16, float16."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of quality vs tokens per step, one line per model."),
-    samples: Optional[Path] = typer.Option(None, "--samples", help="Write every response as JSONL."),
-    scorer: str = typer.Option("auto", "--scorer", help="How responses are judged: auto (from the prompts' fields), builtin, math (math-verify), code (tests in a sandbox), exact."),
-    like: Optional[Path] = typer.Option(None, "--like", help="Encode prompts as this dataset's manifest records (chat template, system prompt, user template, special tokens). Default: each model's own, from its t3d.json."),
-    chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template", help="Override: render prompts with the tokenizer's chat template (when it has one)."),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="Override: a system turn before each prompt."),
-    code_timeout: float = typer.Option(10.0, "--code-timeout", help="Seconds each code sample may run in the sandbox (wall clock; CPU limit one more)."),
-    grade: Optional[Path] = typer.Option(None, "--grade", help="Grade the responses in this JSONL file (prompt, response, answer or tests, optional model and setting) instead of decoding; with --samples, --json, --scorer."),
-    user_template: Optional[str] = typer.Option(None, "--user-template", help="Override: the user turn, {prompt} standing for the prompt, or a preset: plain, reason-boxed."),
-) -> None:  # fmt: skip
-    options = dict(locals())
-    run_cli(lambda: run(**options))
+# --- the command's options: one dataclass tree (t3d.dllm.options) ---------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelsConfig:
+    """Which models are compared and how they load."""
+
+    model: tuple[str, ...] = ("teacher=builtin",)
+    """label=PATH|builtin, repeatable; the model labelled `teacher` is the anchor."""
+    device: str = "cpu"
+    """torch device for the models."""
+    trust_remote_code: bool = False
+    """Allow checkpoints' own modelling code (model types t3d does not load natively)."""
+    family: str | None = None
+    """Model family of every --model (sdar, llada, dream, or bidirectional, shifted, block_causal); default: each checkpoint's model_type."""
+    dtype: str = "auto"
+    """Weights dtype: auto (the checkpoint's own on CUDA, float32 on CPU), float32, bfloat16, float16."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalPromptsConfig:
+    """The prompts, how they are encoded and judged."""
+
+    prompts: Path | None = None
+    """JSONL, JSON or Parquet with `prompt` or `question` and optional `answer`. Default: the built-in task's held-out test split."""
+    limit: int | None = None
+    """Use only the first N prompts."""
+    scorer: str = "auto"
+    """How responses are judged: auto (from the prompts' fields), builtin, math (math-verify), code (tests in a sandbox), exact."""
+    like: Path | None = None
+    """Encode prompts as this dataset's manifest records (chat template, system prompt, user template, special tokens). Default: each model's own, from its t3d.json."""
+    chat_template: bool | None = None
+    """Override: render prompts with the tokenizer's chat template (when it has one)."""
+    system_prompt: str | None = None
+    """Override: a system turn before each prompt."""
+    user_template: str | None = None
+    """Override: the user turn, {prompt} standing for the prompt, or a preset: plain, reason-boxed."""
+    code_timeout: float = 10.0
+    """Seconds each code sample may run in the sandbox (wall clock; CPU limit one more)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    """The sampler settings compared (the defaults of the rest are SamplerConfig's)."""
+
+    block_size: int | None = None
+    """Tokens per block B (default: the first model's, else 4)."""
+    max_new_tokens: int | None = None
+    """Response length, a multiple of B (default: the first model's, else 4 B)."""
+    steps_per_block: str | None = None
+    """Comma list for the static strategy, e.g. 4,2,1 (default: B, B/2, ..., 1)."""
+    strategy: str = "static"
+    """static, threshold, or both as static,threshold (threshold adds one setting)."""
+    threshold: float = SamplerConfig.threshold
+    """Confidence threshold of the threshold strategy."""
+    temperature: float = SamplerConfig.temperature
+    """Proposal temperature; 0 is greedy."""
+    cache: str = SamplerConfig.cache
+    """KV cache: auto (exact for block-causal models), none, prefix or dual (approximate, bidirectional models); see SamplerConfig.cache."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+    """What is written besides the table."""
+
+    json: Path | None = None
+    """Write every number as JSON."""
+    plot: Path | None = None
+    """Write a PNG of quality vs tokens per step, one line per model."""
+    samples: Path | None = None
+    """Write every response as JSONL."""
+    grade: Path | None = None
+    """Grade the responses in this JSONL file (prompt, response, answer or tests, optional model and setting) instead of decoding; with --samples, --json, --scorer."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalCommandConfig:
+    """One `t3d-eval` run."""
+
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    """The models."""
+    prompts: EvalPromptsConfig = field(default_factory=EvalPromptsConfig)
+    """The prompts."""
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """The sampler settings."""
+    run: ev.EvalConfig = field(default_factory=ev.EvalConfig)
+    """Samples, seeds, batches and timing (the library's own EvalConfig)."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """Output files."""
+
+
+TREE = OptionTree(EvalCommandConfig, exclude={"run.keep_samples"})
+
+
+def run_config(cfg: EvalCommandConfig) -> ev.EvalReport | None:
+    """The command's body on a config (t3d-run calls it too); returns the report (None with --grade)."""
+    m, p, d, r, o = cfg.models, cfg.prompts, cfg.decode, cfg.run, cfg.output
+    graded_only = o.grade is not None and m.model == ModelsConfig().model  # --grade loads no model
+    return run(
+        model=[] if graded_only else list(m.model), teacher=r.teacher, prompts=p.prompts, limit=p.limit, block_size=d.block_size,
+        max_new_tokens=d.max_new_tokens, steps_per_block=d.steps_per_block, strategy=d.strategy, threshold=d.threshold,
+        temperature=d.temperature, cache=d.cache, samples_per_prompt=r.samples_per_prompt, seed=r.seed,
+        batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,
+        json_path=o.json, plot=o.plot, samples=o.samples, scorer=p.scorer, family=m.family, dtype=m.dtype, like=p.like,
+        chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade,
+        code_timeout=p.code_timeout, warmup=r.warmup,
+    )  # fmt: skip
+
+
+def _command(cfg: EvalCommandConfig) -> None:
+    run_config(cfg)
+
+
+app.command(name="eval", help="Measure quality, agreement with the teacher, diversity and speed of models at few steps.")(
+    TREE.command(_command, panel=lambda opt: opt.path[0].capitalize())
+)
 
 
 def main() -> None:

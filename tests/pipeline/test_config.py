@@ -71,3 +71,19 @@ def test_dataset_key_ignores_where_and_how_it_runs():
     assert build_config({}, {"temperature": 0.5}).dataset_key() != a.dataset_key()
     assert build_config({}, {"seed": 1}).dataset_key() != a.dataset_key()
     assert build_config({}, {"record_states": "dense"}).rollout.sampler_config().record_states
+
+
+def test_the_command_line_layers_defaults_file_flags_and_shows_defaults(tmp_path, tools):
+    from typer.testing import CliRunner
+
+    from t3d.pipeline.collect import build_app
+
+    assert tools.config_from_args([]) == CollectConfig()
+    file = tmp_path / "c.toml"
+    file.write_text("limit = 3\nshard_size = 5\n[rollout]\ntemperature = 0.5\n")
+    cfg = tools.config_from_args(["--config", str(file), "--shard-size", "7"])
+    assert (cfg.prompts.limit, cfg.shard_size, cfg.rollout.sampler.temperature) == (3, 7, 0.5)
+    text = CliRunner().invoke(build_app(), ["--help"], env={"COLUMNS": "250"}).output
+    for flag, default in (("--shard-size", 64), ("--rollouts-per-prompt", 4), ("--threshold", 0.9), ("--out", "./runs/trajectories")):
+        line = next(line for line in text.splitlines() if f" {flag} " in line)
+        assert f"[default: ({default})]" in line, (flag, line)
