@@ -318,16 +318,3 @@ def _check_array(values: ArrayLike, spec: ArraySpec, rows: int, width: int | Non
     position = values.shape[spec.dims.index("position")]
     if width is not None and position != width:
         raise DatasetError(f"{where}: array {spec.name!r} has {position} positions, response_ids has {width}")
-
-
-def pad_states(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """Stack states of several batches, (n_i, S_i, L) -> (sum n_i, max S_i, L).
-
-    A batch that used fewer steps repeats its final state: decoding had stopped, so the
-    input of every later step would have been exactly that state.
-    """
-    if not parts:
-        raise ValueError("pad_states needs at least one (n, S, L) array")
-    steps = max(part.shape[1] for part in parts)
-    padded = [np.concatenate([p, np.repeat(p[:, -1:], steps - p.shape[1], axis=1)], axis=1) for p in parts]
-    return np.concatenate(padded, axis=0)  # (N, S, L)

@@ -10,7 +10,6 @@ from t3d.storage_schemas import (
     SCHEMA,
     DatasetError,
     build_table,
-    pad_states,
     shard_index,
     shard_name,
     validate_arrays,
@@ -99,15 +98,6 @@ def test_misaligned_arrays_are_named(make_shard):
     _raises(r"topk_ids without its partner", validate_arrays, {"topk_ids": good["topk_ids"]}, 5, width, "t")
     _raises(r"array 'topk_ids' must hold integers", coerce_arrays, {"topk_ids": arrays["topk_logprobs"]}, "t")
     _raises(r"array 'states' has values outside int32", coerce_arrays, {"states": np.array([[[2**40]]])}, "t")
-
-
-def test_pad_states_repeats_the_final_state():
-    a = np.arange(2 * 3 * 4).reshape(2, 3, 4)  # (n, S=3, L)
-    b = np.arange(100, 100 + 1 * 5 * 4).reshape(1, 5, 4)  # (n, S=5, L)
-    stacked = pad_states([a, b])
-    assert stacked.shape == (3, 5, 4)
-    assert np.array_equal(stacked[:2, :3], a) and np.array_equal(stacked[2], b[0])
-    assert (stacked[:2, 3:] == a[:, -1:]).all()
 
 
 def test_names_and_chunks():
