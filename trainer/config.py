@@ -92,17 +92,28 @@ class StatesConfig:
     """How training states are cut from the teacher's trajectories (DESIGN.md section 5)."""
 
     state_order: str = "trajectory"
-    """`trajectory`: true teacher states; `reference`: the T3D reference code's ratio sampling and order."""
+    """`trajectory`: true teacher states; `reference`: ratio r**8 per block, ceil over the block; `paper`: the official rule (ratio per sequence, int(n·r) of the valid tokens)."""
     random_ratio: float = 0.1
     """Share of supervised positions shown as a random token instead of the mask."""
     path_k_steps: int = 1
     """Teacher steps fused into one student step by the path loss; the block size B for a one-step-per-block student."""
     supervise_padding: bool = False
     """Supervise the padding after a response's first EOS (as EOS, LLaDA's SFT habit); default: only up to the first EOS."""
+    random_count: str = "share"
+    """`share`: each supervised position random with probability --random-ratio; `exact`: max(1, floor(ratio·|M|)) per row (official)."""
+    path_mode: str = "steps"
+    """`steps`: CE on what the teacher reveals in the next --path-k-steps steps; `levels`: the official level-averaged path loss, --path-k-steps tokens a level."""
+    padding_shows: str = "eos"
+    """What padding after EOS shows in the input: `eos` (what a decoder shows) or `pad` (the official code's pad tokens)."""
+    fixed_states: bool = False
+    """Build each row's training state once for all epochs (the official code); default: a fresh state every epoch."""
 
     def __post_init__(self) -> None:
-        order_ok = self.state_order in ("trajectory", "reference")
-        _check(order_ok, f"--state-order must be trajectory or reference, got {self.state_order!r}")
+        order_ok = self.state_order in ("trajectory", "reference", "paper")
+        _check(order_ok, f"--state-order must be trajectory, reference or paper, got {self.state_order!r}")
+        _check(self.random_count in ("share", "exact"), f"--random-count must be share or exact, got {self.random_count!r}")
+        _check(self.path_mode in ("steps", "levels"), f"--path-mode must be steps or levels, got {self.path_mode!r}")
+        _check(self.padding_shows in ("eos", "pad"), f"--padding-shows must be eos or pad, got {self.padding_shows!r}")
         _check(0.0 <= self.random_ratio <= 1.0, f"--random-ratio must be in [0, 1], got {self.random_ratio}")
         _check(self.path_k_steps >= 1, f"--path-k-steps must be >= 1, got {self.path_k_steps}")
 
@@ -120,7 +131,11 @@ class OptimConfig:
     beta2: float = 0.999
     """AdamW second-moment decay."""
     warmup_steps: int = 20
-    """Optimizer steps of linear warm-up before the cosine decay to 0."""
+    """Optimizer steps of linear warm-up before the cosine decay to --min-lr-ratio of the peak."""
+    min_lr_ratio: float = 0.0
+    """Where the cosine decay ends, as a share of --lr (the official recipe: 0.1)."""
+    decay_all: bool = False
+    """Apply weight decay to every parameter, norms and biases too (the official code); default: matrices only."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
 
@@ -129,6 +144,7 @@ class OptimConfig:
         _check(self.weight_decay >= 0 and self.grad_clip >= 0, "--weight-decay and --grad-clip must be >= 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
         _check(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        _check(0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +159,10 @@ class TrainConfig:
     """Rows per micro-batch on each worker."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
+    global_batch: int = 0
+    """Rows per optimizer step over all workers; > 0 sets --grad-accum to global / (batch size x workers)."""
+    epochs: float = 0.0
+    """Passes over the data; > 0 sets --max-steps to ceil(epochs x rows / global batch)."""
     seed: int = 0
     """Seed of the data order, the training states and the initial RNG."""
     save_every: int = 200
@@ -162,6 +182,7 @@ class TrainConfig:
         _check(bool(self.out), "--out must name a directory")
         _check(self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1")
+        _check(self.global_batch >= 0 and self.epochs >= 0, "--global-batch and --epochs must be >= 0")
         _check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
         _check(self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         device_ok = self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda")
@@ -243,6 +264,10 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "gradient_checkpointing": ("model", "gradient_checkpointing"), "block_size": ("model", "block_size"),
     "state_order": ("states", "state_order"), "random_ratio": ("states", "random_ratio"),
     "path_k_steps": ("states", "path_k_steps"), "supervise_padding": ("states", "supervise_padding"),
+    "random_count": ("states", "random_count"), "path_mode": ("states", "path_mode"),
+    "padding_shows": ("states", "padding_shows"), "fixed_states": ("states", "fixed_states"),
+    "min_lr_ratio": ("optim", "min_lr_ratio"), "decay_all": ("optim", "decay_all"),
+    "global_batch": ("train", "global_batch"), "epochs": ("train", "epochs"),
     "loss": ("loss", "kind"), "alpha": ("loss", "alpha"), "beta": ("loss", "beta"),
     "lambda_path": ("loss", "lambda_path"), "fake_temperature": ("loss", "fake_temperature"),
     "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"), "beta1": ("optim", "beta1"),
@@ -360,7 +385,21 @@ def build_config(*layers: dict[str, Any]) -> DistillConfig:
             sections[section] = cls(**kwargs)
         except ValueError as err:  # ObjectiveConfig checks with ValueError
             raise UserError(str(err)) from None
-    return DistillConfig(**sections, preset=name)
+    return _resolve_global_batch(DistillConfig(**sections, preset=name))
+
+
+def _resolve_global_batch(cfg: DistillConfig) -> DistillConfig:
+    """--global-batch G > 0: --grad-accum = G / (batch size x workers), which must divide."""
+    train = cfg.train
+    if not train.global_batch:
+        return cfg
+    per_pass = train.batch_size * cfg.dist.num_workers
+    accum, rest = divmod(train.global_batch, per_pass)
+    _check(rest == 0 and accum >= 1, f"--global-batch {train.global_batch} is not a multiple of --batch-size "
+           f"{train.batch_size} x {cfg.dist.num_workers} workers")  # fmt: skip
+    _check(train.grad_accum in (1, accum), f"--grad-accum {train.grad_accum} contradicts --global-batch "
+           f"{train.global_batch} (= {accum} x {per_pass}); pass --global-batch 0 to set --grad-accum")  # fmt: skip
+    return dataclasses.replace(cfg, train=dataclasses.replace(train, grad_accum=accum))
 
 
 def load_config(config_file: str | Path | None, flags: dict[str, Any]) -> DistillConfig:

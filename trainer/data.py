@@ -202,10 +202,11 @@ class TrajectoryDataset(torch.utils.data.IterableDataset):
 
     def __init__(
         self, cfg: DataConfig, *, batch_size: int, seed: int, pad_id: int, rank: int = 0, world: int = 1,
-        with_topk: bool = False, log=print,
+        with_topk: bool = False, fixed_states: bool = False, log=print,
     ) -> None:  # fmt: skip
         super().__init__()
         self.cfg, self.batch_size, self.seed, self.pad_id = cfg, batch_size, seed, pad_id
+        self.fixed_states = fixed_states  # a row's state seed from epoch 0 in every epoch (the official habit)
         self.rank, self.world, self.with_topk = rank, world, with_topk
         self.dataset, self.bad_shards = open_dataset(cfg, log)
         self.index = build_index(self.dataset, cfg)
@@ -307,7 +308,7 @@ class TrajectoryDataset(torch.utils.data.IterableDataset):
             prompt_mask=prompt_mask,
             x0=torch.from_numpy(np.stack(response)),  # (N, L)
             reveal_step=torch.from_numpy(np.stack(reveal)),  # (N, L)
-            row_seed=torch.from_numpy(row_seeds(self.seed, epoch, rows)),
+            row_seed=torch.from_numpy(row_seeds(self.seed, 0 if self.fixed_states else epoch, rows)),
             row_id=torch.from_numpy(np.stack([shard_no, zarr], axis=1).astype(np.int64)),
         )
         if self.with_topk:

@@ -146,7 +146,8 @@ def build_loader(cfg: DistillConfig, model: DiffusionLM, dist: Dist, log: Callab
     """The worker's stream of micro-batches, checked against the student."""
     loader = TrajectoryDataset(
         cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed, pad_id=model.pad_id,
-        rank=dist.rank, world=dist.world, with_topk=OBJECTIVES[cfg.loss.kind].needs_topk, log=log,
+        rank=dist.rank, world=dist.world, with_topk=OBJECTIVES[cfg.loss.kind].needs_topk,
+        fixed_states=cfg.states.fixed_states, log=log,
     )  # fmt: skip
     check_compatible(loader.manifest.teacher, model.identity(), cfg.data.path)
     return loader
@@ -176,12 +177,17 @@ def check_compatible(teacher: dict[str, Any], student: dict[str, Any], data_path
 
 
 def _block_size(cfg: DistillConfig, model: DiffusionLM, loader: TrajectoryDataset) -> int:
-    """--block-size, else the block size the teacher decoded with, else the model's."""
-    if cfg.model.block_size:
-        return cfg.model.block_size
+    """--block-size (a multiple of the rollouts' block: whole rollout blocks per training
+    block), else the block size the teacher decoded with, else the model's."""
     sizes = loader.block_sizes
-    if len(sizes) > 1:
+    if len(sizes) > 1 and not cfg.model.block_size:
         raise UserError(f"{cfg.data.path} mixes sampler block sizes {sizes}: pass --block-size or --filter one")
+    if cfg.model.block_size:
+        bad = [s for s in sizes if cfg.model.block_size % int(s)]
+        if bad:
+            raise UserError(f"--block-size {cfg.model.block_size} is not a multiple of the rollouts' block size "
+                            f"{bad[0]} in {cfg.data.path} (--block-size 0 trains at the rollouts' own)")  # fmt: skip
+        return cfg.model.block_size
     block = sizes[0] if sizes else model.block_size
     if not block:
         raise UserError("cannot tell the response block size: pass --block-size")
@@ -209,30 +215,48 @@ def build_state_config(cfg: DistillConfig, model: DiffusionLM, loader: Trajector
     """How states are cut: the teacher's blocks, the family's layout, never the mask as a random token."""
     block = _block_size(cfg, model, loader)
     low, high = random_token_range(model)
+    length, rollout_block = loader.response_length, (loader.block_sizes or [block])[0]
+    extra = (-length) % block + (block if model.family.absolute_blocks and block != int(rollout_block) else 0)
+    states = cfg.states
     return StateConfig(
         block_size=block, mask_id=model.mask_id, eos_id=model.eos_id,
         layout="block_causal" if model.family.block_causal else "semi_ar", state_order=cfg.states.state_order,
         random_ratio=cfg.states.random_ratio, random_vocab=(low, high), path_k_steps=cfg.states.path_k_steps,
-        absolute_blocks=model.family.absolute_blocks, supervise_padding=cfg.states.supervise_padding,
+        absolute_blocks=model.family.absolute_blocks, supervise_padding=states.supervise_padding,
+        random_count=states.random_count, path_mode=states.path_mode, padding_shows=states.padding_shows,
+        pad_id=model.pad_id, pad_columns=extra,
     )  # fmt: skip
 
 
 def build_optimizer(net: torch.nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (norm gains and biases are not shrunk)."""
     params = [p for p in net.parameters() if p.requires_grad]
+    decay_vectors = cfg.optim.weight_decay if cfg.optim.decay_all else 0.0
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.optim.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": decay_vectors},
     ]
     fused = next(net.parameters()).is_cuda
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DistillConfig) -> Any:
-    """Linear warm-up then cosine decay to 0 at max_steps (transformers' implementation)."""
-    from transformers import get_cosine_schedule_with_warmup
+    """Linear warm-up then cosine decay to min_lr_ratio x lr at max_steps (transformers' implementation)."""
+    from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
+    if cfg.optim.min_lr_ratio:
+        return get_cosine_with_min_lr_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps,
+                                                           min_lr_rate=cfg.optim.min_lr_ratio)  # fmt: skip
     return get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
+
+
+def resolve_epochs(cfg: DistillConfig, loader: TrajectoryDataset) -> DistillConfig:
+    """--epochs E > 0: --max-steps = ceil(E x rows / global batch) (the rows this run's workers can read)."""
+    if not cfg.train.epochs:
+        return cfg
+    rows = loader.batches_per_epoch * cfg.train.batch_size * cfg.dist.num_workers
+    steps = max(1, math.ceil(cfg.train.epochs * rows / cfg.rows_per_step))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
 
 
 def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> Trainer:
@@ -243,6 +267,7 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
     resume_from = ckpt.resume_point(out) if cfg.train.resume else None
     student = build_model(cfg, device, resume_from)
     loader = build_loader(cfg, student, dist, log if dist.is_main else _quiet)
+    cfg = resolve_epochs(cfg, loader)
     reference = _build_reference(cfg, student, device, resume_from)
     optimizer = build_optimizer(student.net, cfg)
     trainer = Trainer(
@@ -463,6 +488,9 @@ def _in_sections(tensor: torch.Tensor | None, states: TrainingStates, device: to
     if tensor is None:
         return None
     tensor = tensor.to(device, non_blocking=True)
+    extra = states.targets.shape[1] - tensor.shape[1]  # StateConfig.pad_columns
+    if extra:
+        tensor = torch.nn.functional.pad(tensor, (0, 0, 0, extra))
     return response_to_sections(tensor, states.shift) if bool(states.shift.any()) else tensor
 
 
@@ -620,6 +648,7 @@ def train(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> Run
     """A whole run on this worker: build, describe, train, checkpoint, export the student."""
     say = log if dist.is_main else _quiet
     trainer = build_trainer(cfg, dist, say)
+    cfg = trainer.cfg  # with --epochs resolved to steps
     describe(trainer, say)
     out = Path(cfg.train.out)
     metrics_log = MetricsLog(out / METRICS_FILE, trainer.step, dist.is_main)

@@ -40,6 +40,14 @@ supervised) and every block of the copies is a whole absolute block. `shift` (r 
 row) maps column c to response position c - shift; without absolute blocks it is 0 and
 columns are response positions.
 
+- `state_order="paper"`: the official code's rule exactly (Tyrion58/T3D
+  train/prepare.py): one ratio r (weights r**8) per *sequence*, and in each block the
+  int(n·r) first-decoded of its n *valid* (decoded, not padding) positions are masked.
+  Its companions, set together by `--preset paper`: `random_count="exact"` (exactly
+  max(1, floor(random_ratio·|M|)) random tokens per sequence, uniformly among M),
+  `path_mode="levels"` (`paper_path_weights`), `padding_shows="pad"` (the pad token stays
+  visible after EOS in both copies, so the model sees where an answer ends: a quirk).
+
 Two views, one per attention layout (`layout`):
 - "block_causal": every block is trained at once, each at its own state step; the
   input is [prompt | clean response | noisy response] with a mask where each noisy
@@ -94,6 +102,17 @@ class StateConfig:
     """Blocks at absolute positions from the first prompt token (SDAR; block_causal layout only)."""
     supervise_padding: bool = False
     """Supervise padding after EOS with EOS as its target (LLaDA's SFT habit); default: never."""
+    random_count: Literal["share", "exact"] = "share"
+    """"share": each position of M is random with probability random_ratio; "exact": max(1, floor(ratio·|M|)) per row."""
+    path_mode: Literal["steps", "levels"] = "steps"
+    """"steps": CE on what the teacher reveals in [s, s + K); "levels": the official level-averaged path (K tokens)."""
+    padding_shows: Literal["eos", "pad"] = "eos"
+    """What padding after EOS shows when not masked: EOS (what a decoder shows) or the pad token (the official code)."""
+    pad_id: int = 0
+    """The pad token (shown on padding with padding_shows="pad")."""
+    pad_columns: int = 0
+    """Padding columns appended to every response before cutting (a training block that does not divide L,
+    or absolute blocks larger than the rollout's)."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.path_k_steps < 1:
@@ -106,6 +125,10 @@ class StateConfig:
             raise ValueError(f"layout in {sorted(_LAYOUTS)}, state_order in {sorted(_ORDERS)}")
         if self.absolute_blocks and self.layout != "block_causal":
             raise ValueError("absolute_blocks needs the block_causal layout")
+        if self.random_count not in ("share", "exact") or self.path_mode not in ("steps", "levels"):
+            raise ValueError("random_count in (share, exact), path_mode in (steps, levels)")
+        if self.padding_shows not in ("eos", "pad") or self.pad_columns < 0:
+            raise ValueError("padding_shows in (eos, pad), pad_columns >= 0")
 
 
 @dataclass(frozen=True)
@@ -148,7 +171,9 @@ class TrainingStates:
     tail: Tensor
     """(N, L) bool, the prompt's tail columns (shown as is, never supervised)."""
     path_weight: Tensor | None = None
-    """(N, L) float32 per-position weights of the path loss (`paper`), None: a token mean over `path`."""
+    """(N, L) float32 per-position weights of the path loss (path_mode="levels"), None: a token mean over `path`."""
+    mask_ratio: Tensor | None = None
+    """(N,) float32 the mask ratio drawn for each row (state_order="paper")."""
 
 
 def response_targets(x0: Tensor, reveal_step: Tensor, eos_id: int) -> Tensor:
@@ -239,9 +264,53 @@ def _reference_order(reveal: Tensor, padding: Tensor, tail: Tensor, generator) -
     return rank < n_masked, lo
 
 
-_ORDERS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+def decode_rank(reveal: Tensor, valid: Tensor) -> Tensor:
+    """(N, nb, B) rank of each valid position in its block's decode order (reveal step, ties by
+    position); invalid positions rank after every valid one."""
+    size = reveal.shape[-1]
+    key = torch.where(valid, reveal, torch.iinfo(reveal.dtype).max)
+    order = torch.argsort(key, dim=-1, stable=True)  # (N, nb, B) first decoded first
+    return torch.empty_like(order).scatter_(-1, order, torch.arange(size, device=reveal.device).expand_as(order))
+
+
+def _paper_order(reveal: Tensor, padding: Tensor, tail: Tensor, generator) -> tuple[Tensor, Tensor, Tensor]:
+    """The official rule: one ratio r ~ r**8 per row; per block mask the int(n·r) first-decoded
+    of its n valid positions. -> masked (N, nb, B), state step (N, nb) (lo), ratio (N,)."""
+    n = reveal.shape[0]
+    ratios = torch.tensor(_REFERENCE_RATIOS, device=_generator_device(generator, reveal.device))
+    ratio = ratios[torch.multinomial(ratios**8, n, replacement=True, generator=generator)].to(reveal.device)  # (N,)
+    valid = ~padding & ~tail  # (N, nb, B)
+    n_masked = (ratio[:, None] * valid.sum(-1)).long()  # (N, nb): int(n·r); r is dyadic, so exact
+    masked = valid & (decode_rank(reveal, valid) < n_masked[..., None])
+    lo, _ = block_step_range(reveal, padding, tail)
+    return masked, lo, ratio
+
+
+def paper_path_weights(reveal: Tensor, valid: Tensor, k_tokens: int) -> Tensor:
+    """The official path loss as per-position weights, (N, nb, B) reveal/valid -> (N, L) float32.
+
+    Levels s = 0 .. S-1, S = ceil(B / k): level s holds, in every block, the first
+    min((s+1)·k, n) valid positions in decode order; its loss is the token mean of the CE
+    against x0 over those positions of the row, and the row's path loss the mean over its
+    non-empty levels. So the weight of position i is Σ_s [i in level s] / |level s| / S'.
+    """
+    n, nb, size = reveal.shape
+    rank = decode_rank(reveal, valid)  # (N, nb, B)
+    count = valid.sum(-1, keepdim=True)  # (N, nb, 1)
+    weight = torch.zeros(n, nb, size, dtype=torch.float32, device=reveal.device)
+    levels = torch.zeros(n, dtype=torch.float32, device=reveal.device)
+    for s in range(-(-size // k_tokens)):
+        level = valid & (rank < torch.minimum(count, torch.tensor((s + 1) * k_tokens)))  # (N, nb, B)
+        tokens = level.sum(dim=(1, 2)).float()  # (N,)
+        weight += level / tokens.clamp(min=1)[:, None, None]
+        levels += (tokens > 0).float()
+    return (weight / levels.clamp(min=1)[:, None, None]).flatten(1)
+
+
+_ORDERS: dict[str, Callable[..., tuple]] = {
     "trajectory": _trajectory_order,
     "reference": _reference_order,
+    "paper": _paper_order,
 }
 
 
@@ -250,12 +319,13 @@ class _View(NamedTuple):
     supervised: Tensor  # (N, L) bool
     state_step: Tensor  # (N, nb)
     current_block: Tensor | None  # (N,)
+    trained: Tensor  # (N, L) bool, the columns of the blocks this view trains
 
 
 def _block_view(masked: Tensor, step: Tensor, real_blocks: Tensor, generator) -> _View:
     """Every block at its own state, all supervised."""
     flat = masked.flatten(1)  # (N, L)
-    return _View(flat, flat, step, None)
+    return _View(flat, flat, step, None, torch.ones_like(flat))
 
 
 def _semi_ar_view(masked: Tensor, step: Tensor, real_blocks: Tensor, generator) -> _View:
@@ -270,14 +340,25 @@ def _semi_ar_view(masked: Tensor, step: Tensor, real_blocks: Tensor, generator) 
     later = (blocks > current[:, None]).unsqueeze(-1).expand(n, nb, size)  # (N, nb, B)
     supervised = masked & is_current  # (N, nb, B)
     step = step.gather(1, current[:, None]).expand(n, nb)  # (N, nb)
-    return _View((supervised | later).flatten(1), supervised.flatten(1), step, current)
+    trained = is_current.expand(n, nb, size).flatten(1)
+    return _View((supervised | later).flatten(1), supervised.flatten(1), step, current, trained)
 
 
 def _randomise(noisy: Tensor, supervised: Tensor, cfg: StateConfig, generator) -> tuple[Tensor, Tensor]:
-    """Replace a random_ratio share of supervised positions by random tokens. -> noisy, flags (N, L)."""
+    """Replace a random_ratio share of supervised positions by random tokens. -> noisy, flags (N, L).
+
+    "share": each supervised position independently; "exact": max(1, floor(ratio·|M|)) of a
+    row's |M| positions (at most |M|), a uniform subset (the smallest uniform scores)."""
     if cfg.random_ratio == 0.0:
         return noisy, torch.zeros_like(supervised)
-    flags = supervised & (_uniform(tuple(noisy.shape), generator, noisy.device) < cfg.random_ratio)
+    scores = _uniform(tuple(noisy.shape), generator, noisy.device)  # (N, L)
+    if cfg.random_count == "share":
+        flags = supervised & (scores < cfg.random_ratio)
+    else:
+        size = supervised.sum(-1)  # (N,)
+        want = torch.minimum((size * cfg.random_ratio).long().clamp(min=1), size)  # (N,)
+        rank = torch.argsort(torch.argsort(torch.where(supervised, scores, 2.0), dim=-1), dim=-1)  # (N, L)
+        flags = supervised & (rank < want[:, None])
     low, high = cfg.random_vocab
     tokens = _randint(low, high, tuple(noisy.shape), generator, noisy.device)  # (N, L)
     return torch.where(flags, tokens, noisy), flags
@@ -458,6 +539,9 @@ def build_states(
     cfg.block_size. `dtype`: of the attention bias (the model's dtype). Draws, in
     order: block states, current block (semi_ar), random flags, random tokens.
     """
+    if cfg.pad_columns:
+        x0 = torch.nn.functional.pad(x0, (0, cfg.pad_columns), value=cfg.pad_id)
+        reveal_step = torch.nn.functional.pad(reveal_step, (0, cfg.pad_columns), value=-1)
     n, length = x0.shape
     if length % cfg.block_size:
         raise ValueError(f"response length {length} is not a multiple of block_size {cfg.block_size}")
@@ -469,16 +553,32 @@ def build_states(
     reveal = torch.where(sec.tail, -1, effective_reveal_step(sec.reveal_step, cfg.block_size))  # (N, L)
     layout = _LAYOUTS[cfg.layout]
     order = _ORDERS[cfg.state_order]
-    masked, step = order(reveal.reshape(shape), padding.reshape(shape), sec.tail.reshape(shape), generator)
+    masked, step, *ratio = order(reveal.reshape(shape), padding.reshape(shape), sec.tail.reshape(shape), generator)
     view = layout.view(masked, step, _real_blocks(padding, shape, cfg.supervise_padding), generator)
     supervised = view.supervised if cfg.supervise_padding else view.supervised & ~padding  # (N, L)
-    noisy = torch.where(view.masked, cfg.mask_id, targets)  # (N, L)
+    shown = targets if cfg.padding_shows == "eos" else torch.where(padding, cfg.pad_id, targets)  # (N, L)
+    noisy = torch.where(view.masked, cfg.mask_id, shown)  # (N, L)
     noisy, randomized = _randomise(noisy, supervised, cfg, generator)
-    position_step = view.state_step.repeat_interleave(cfg.block_size, dim=1)  # (N, L)
-    path = path_mask(reveal, position_step, cfg.path_k_steps) & supervised
-    inputs = layout.inputs(prompt_ids, sec.head_mask, targets, noisy, cfg.block_size, dtype, cfg.absolute_blocks)
+    path, path_weight = _path(reveal, padding, sec.tail, view, supervised, cfg, shape)
+    inputs = layout.inputs(prompt_ids, sec.head_mask, shown, noisy, cfg.block_size, dtype, cfg.absolute_blocks)
     return TrainingStates(
         **inputs._asdict(), targets=targets, noisy=noisy, supervised=supervised,
         randomized=randomized, path=path, padding=padding, state_step=view.state_step,
-        current_block=view.current_block, shift=shift, tail=sec.tail,
+        current_block=view.current_block, shift=shift, tail=sec.tail, path_weight=path_weight,
+        mask_ratio=ratio[0] if ratio else None,
     )  # fmt: skip
+
+
+def _path(reveal, padding, tail, view: _View, supervised, cfg: StateConfig, shape) -> tuple[Tensor, Tensor | None]:
+    """The path window (N, L) and, for path_mode="levels", its weights (N, L).
+
+    "steps": the supervised positions the teacher reveals in [s, s + K). "levels": every
+    valid position of the trained blocks of a row with a non-empty M (the official code
+    drops rows with an empty M), weighted by `paper_path_weights` with K tokens a level.
+    """
+    if cfg.path_mode == "steps":
+        position_step = view.state_step.repeat_interleave(cfg.block_size, dim=1)  # (N, L)
+        return path_mask(reveal, position_step, cfg.path_k_steps) & supervised, None
+    valid = ~padding & ~tail & view.trained & supervised.any(-1, keepdim=True)  # (N, L)
+    weight = paper_path_weights(reveal.reshape(shape), valid.reshape(shape), cfg.path_k_steps)
+    return valid, weight
