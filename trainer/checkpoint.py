@@ -123,12 +123,14 @@ def save_checkpoint(
     cfg: DistillConfig,
     reference: Reference | None = None,
     meta: dict[str, Any] | None = None,
+    reference_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint `step` (rank 0 only), point `latest` at it, prune old ones.
 
     model: the student `DiffusionLM` (unwrapped network); trainer_state: optimizer,
     scheduler, data and RNG states from the loop; reference: a `Reference` or None;
-    meta: extra t3d.json fields (block size, the dataset's teacher).
+    meta: extra t3d.json fields (block size, the dataset's teacher); reference_state: the
+    gathered weights of a sharded reference (FSDP), written in its place.
     """
     root = out / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,7 @@ def save_checkpoint(
     torch.save(trainer_state | {"step": step}, tmp / TRAINER_STATE)
     save_config(cfg, tmp / CONFIG)
     if reference is not None:
-        reference.save(tmp)
+        reference.save(tmp, reference_state)
     final = root / step_name(step)
     _publish(tmp, final)
     _write_text_atomic(root / LATEST, final.name + "\n")

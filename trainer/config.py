@@ -205,7 +205,9 @@ class DistConfig:
     """Data-parallel workers."""
 
     num_workers: int = 1
-    """Training processes; more than 1 runs Ray Train (DDP; gloo on CPU, NCCL on GPU)."""
+    """Training processes; more than 1 runs Ray Train (gloo on CPU, NCCL on GPU)."""
+    strategy: str = "ddp"
+    """With more than 1 worker: `ddp` (a whole copy per worker) or `fsdp` (FSDP2: weights, gradients, optimizer state and the reference sharded)."""
     address: str | None = None
     """Ray cluster to join (e.g. `auto` or `10.0.0.1:6379`); default: start a local Ray."""
     cpus_per_worker: int = 1
@@ -215,6 +217,7 @@ class DistConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
+        _check(self.strategy in ("ddp", "fsdp"), f"--strategy must be ddp or fsdp, got {self.strategy!r}")
         _check(self.cpus_per_worker >= 1, f"--cpus-per-worker must be >= 1, got {self.cpus_per_worker}")
         _check(self.gpus_per_worker in (-1, 0, 1), "--gpus-per-worker must be -1, 0 or 1")
 
@@ -277,7 +280,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "keep_checkpoints": ("train", "keep_checkpoints"), "resume": ("train", "resume"), "device": ("train", "device"),
     "bf16": ("train", "bf16"), "progress": ("train", "progress"),
     "round_every": ("reference", "round_every"),
-    "num_workers": ("dist", "num_workers"), "address": ("dist", "address"),
+    "num_workers": ("dist", "num_workers"), "address": ("dist", "address"), "strategy": ("dist", "strategy"),
     "cpus_per_worker": ("dist", "cpus_per_worker"), "gpus_per_worker": ("dist", "gpus_per_worker"),
 }  # fmt: skip
 

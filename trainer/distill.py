@@ -55,6 +55,7 @@ def distill(
     round_every: Optional[int] = _opt("round_every"),
     state_order: Optional[str] = _opt("state_order"),
     num_workers: Optional[int] = _opt("num_workers"),
+    strategy: Optional[str] = _opt("strategy"),
     address: Optional[str] = _opt("address"),
     resume: Optional[bool] = _switch("resume"),
     seed: Optional[int] = _opt("seed"),

@@ -32,6 +32,7 @@ from t3d.dllm.errors import UserError
 from t3d.dllm.model import DiffusionLM
 from t3d.dllm.prompt_encoding import dataset_encoding
 from t3d.trainer import checkpoint as ckpt
+from t3d.trainer import sharding
 from t3d.trainer.config import DistillConfig, describe_changes, differences_from_preset
 from t3d.trainer.data import Batch, TrajectoryDataset, row_seeds
 from t3d.trainer.logprobs import ResponseLogProbs
@@ -277,12 +278,24 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
         scheduler=build_scheduler(optimizer, cfg), loader=loader,
         states=build_state_config(cfg, student, loader), device=device, dist=dist,
     )  # fmt: skip
+    if dist.world > 1 and cfg.dist.strategy == "fsdp":
+        _shard(trainer)
     if resume_from is not None:
         restore(trainer, resume_from, log if dist.is_main else _quiet)
-    if dist.world > 1:
+    if dist.world > 1 and cfg.dist.strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         trainer.net = torch.nn.parallel.DistributedDataParallel(trainer.net, device_ids=ids)
     return trainer
+
+
+def _shard(trainer: Trainer) -> None:
+    """FSDP2 over the workers: student and reference sharded; the optimizer rebuilt on the shards."""
+    bf16 = trainer.cfg.train.bf16
+    trainer.net = sharding.shard_module(trainer.net, trainer.student.net, trainer.device, bf16)
+    if trainer.ref_net is not None:
+        trainer.ref_net = sharding.shard_module(trainer.ref_net, trainer.reference.net, trainer.device, bf16)
+    trainer.optimizer = build_optimizer(trainer.student.net, trainer.cfg)
+    trainer.scheduler = build_scheduler(trainer.optimizer, trainer.cfg)
 
 
 def _build_reference(cfg: DistillConfig, student: DiffusionLM, device, resume_from: Path | None) -> Reference | None:
@@ -309,7 +322,10 @@ def restore(trainer: Trainer, path: Path, log: Callable = print) -> None:
     changes = [c for c in changes if not c.startswith("train.resume")]
     if changes:
         log(f"resuming {path} with changed settings: {'; '.join(changes)}")
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    if sharding.is_sharded(trainer.student.net):
+        sharding.load_full_optimizer_state(trainer.student.net, trainer.optimizer, state["optimizer"])
+    else:
+        trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.loader.load_state_dict(state["data"])
     if trainer.reference is not None:
@@ -381,7 +397,8 @@ def step_normalizers(states: list[TrainingStates], dist: Dist) -> dict[str, torc
 
 
 def _autocast(trainer: Trainer):
-    if trainer.device.type == "cuda" and trainer.cfg.train.bf16:
+    fsdp = trainer.cfg.dist.strategy == "fsdp" and trainer.dist.world > 1  # FSDP's own mixed precision instead
+    if trainer.device.type == "cuda" and trainer.cfg.train.bf16 and not fsdp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -439,6 +456,8 @@ def micro_loss(trainer: Trainer, states: TrainingStates, batch: Batch, norms: di
             with torch.no_grad():
                 prop = trainer.ref_net(*inputs, targets=targets, temperature=trainer.cfg.loss.fake_temperature,
                                        generator=_fake_generator(trainer, micro))  # fmt: skip
+            if hasattr(trainer.ref_net, "reshard"):  # FSDP keeps a root unsharded after forward; no backward here
+                trainer.ref_net.reshard()
             in_m = states.supervised[select]  # (N,) the fake is the reference's answer on M only
             fake_sel = torch.where(in_m, prop.fake, targets)
             ref_logp = _scatter(torch.stack([prop.logp_target, torch.where(in_m, prop.logp_fake, prop.logp_target)], -1), select)
@@ -461,7 +480,11 @@ def micro_step(trainer: Trainer, states: TrainingStates, batch: Batch, norms: di
 
     DDP all-reduces gradients only on the last micro-batch of the step (`sync`).
     """
-    sync_ctx = contextlib.nullcontext() if sync or trainer.dist.world == 1 else trainer.net.no_sync()
+    sync_ctx = contextlib.nullcontext()
+    if hasattr(trainer.net, "set_requires_gradient_sync"):  # FSDP2
+        trainer.net.set_requires_gradient_sync(sync)
+    elif not sync and trainer.dist.world > 1:
+        sync_ctx = trainer.net.no_sync()
     with sync_ctx:
         loss, metrics = micro_loss(trainer, states, batch, norms, micro)
         (loss * trainer.dist.world).backward()
@@ -514,7 +537,7 @@ def reduce_metrics(parts: list[dict], dist: Dist) -> dict[str, float]:
 def _clip(trainer: Trainer) -> float:
     params = [p for p in trainer.student.net.parameters() if p.grad is not None]
     max_norm = trainer.cfg.optim.grad_clip or float("inf")
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return sharding.grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
 def _sizes(states: list[TrainingStates], batches: list[Batch]) -> dict[str, int]:
@@ -608,9 +631,16 @@ def describe(trainer: Trainer, log: Callable = print) -> None:
 def save(trainer: Trainer) -> Path | None:
     """Checkpoint the current step (rank 0 writes; every worker waits for it)."""
     path = None
+    student, optimizer_state, reference_state = trainer.student, None, None
+    if sharding.is_sharded(trainer.student.net):  # every worker joins in gathering the full states (to rank 0)
+        weights = sharding.full_state(trainer.student.net)
+        student = sharding.export_model(trainer.student, weights) if trainer.dist.is_main else None
+        optimizer_state = sharding.full_optimizer_state(trainer.student.net, trainer.optimizer)
+        if trainer.reference is not None and trainer.reference.refreshed_at:
+            reference_state = sharding.full_state(trainer.reference.net)
     if trainer.dist.is_main:
         state = {
-            "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+            "optimizer": optimizer_state or trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
             "data": trainer.loader.state_dict(), "rng": ckpt.rng_state(),
             "reference_refreshed_at": trainer.reference.refreshed_at if trainer.reference else 0,
         }  # fmt: skip
@@ -618,7 +648,8 @@ def save(trainer: Trainer) -> Path | None:
         meta = {"block_size": trainer.states.block_size, "absolute_blocks": trainer.states.absolute_blocks,
                 "teacher": trainer.loader.manifest.teacher, "data": str(Path(trainer.cfg.data.path).resolve()),
                 "prompt_encoding": dataset_encoding(trainer.loader.manifest.collect_config).to_dict()}  # fmt: skip
-        path = ckpt.save_checkpoint(out, trainer.step, trainer.student, state, trainer.cfg, trainer.reference, meta)
+        path = ckpt.save_checkpoint(out, trainer.step, student, state, trainer.cfg, trainer.reference, meta,
+                                    reference_state=reference_state)  # fmt: skip
     trainer.dist.barrier()
     trainer.saved_step = trainer.step
     trainer.last_checkpoint = path or trainer.last_checkpoint

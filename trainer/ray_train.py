@@ -1,4 +1,4 @@
-"""`--num-workers N > 1`: the same loop on N Ray Train workers with DDP.
+"""`--num-workers N > 1`: the same loop on N Ray Train workers, with DDP or FSDP2 (`--strategy`).
 
 Ray Train's `TorchTrainer` starts the workers and the process group (gloo on CPU, NCCL
 on GPU); each worker then runs `loop.train` with its rank, so the data split (every
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from t3d.dllm.errors import UserError
+from t3d.trainer import sharding
 from t3d.trainer.config import DistillConfig, from_dict, to_dict
 from t3d.trainer.loop import Dist, RunResult
 
@@ -33,10 +34,11 @@ WORKERS = "workers"
 ERROR_FILE = "error.txt"
 
 
-def weights_digest(net: torch.nn.Module) -> str:
+def weights_digest(net: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     """sha256 over the state dict's names and bytes: equal digests mean bit-identical weights."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(net.state_dict().items()):
+    state = net if isinstance(net, dict) else net.state_dict()
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -68,7 +70,9 @@ def _worker(config: dict[str, Any]) -> None:
         (out / WORKERS).mkdir(parents=True, exist_ok=True)
         (out / WORKERS / ERROR_FILE).write_text(str(err).splitlines()[0] + "\n")
         raise
-    _write_worker_report(out, dist, result, weights_digest(result.model.net))
+    net = result.model.net
+    state = sharding.full_state(net, everywhere=True) if sharding.is_sharded(net) else net  # FSDP: every worker gathers
+    _write_worker_report(out, dist, result, weights_digest(state))
 
 
 def _use_gpu(cfg: DistillConfig) -> bool:

@@ -56,17 +56,28 @@ class Reference:
             return True
         return False
 
-    def save(self, directory: Path) -> None:
-        """Write the weights only when they are no longer the starting model's."""
-        if self.refreshed_at:
-            from safetensors.torch import save_model
+    def save(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the weights only when they are no longer the starting model's; `state`: the
+        gathered full state dict of a sharded reference."""
+        if not self.refreshed_at:
+            return
+        from safetensors.torch import save_file, save_model
 
+        if state is None:
             save_model(self.net, str(directory / REFERENCE_WEIGHTS))
+        else:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / REFERENCE_WEIGHTS))
 
     def load(self, directory: Path, refreshed_at: int) -> None:
         """Restore a checkpoint's reference (the starting model when refreshed_at is 0)."""
         self.refreshed_at = refreshed_at
-        if refreshed_at:
-            from safetensors.torch import load_model
+        if not refreshed_at:
+            return
+        from safetensors.torch import load_file, load_model
 
+        from t3d.trainer import sharding
+
+        if sharding.is_sharded(self.net):
+            sharding.load_full_state(self.net, load_file(str(directory / REFERENCE_WEIGHTS)))
+        else:
             load_model(self.net, str(directory / REFERENCE_WEIGHTS), device=str(self.model.device))

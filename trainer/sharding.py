@@ -1,0 +1,108 @@
+"""`--strategy fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) over the Ray Train workers.
+
+Each decoder layer is one FSDP unit and the head module (`ResponseLogProbs`: embeddings,
+final norm, LM head) the root, for the student and the frozen reference alike, so no
+worker holds a whole model, its gradients or its AdamW state. On CUDA with --bf16 the
+layers compute in bfloat16 and reduce gradients in float32 (`MixedPrecisionPolicy`); the
+sharded master weights stay in the training dtype. Gradients are reduce-scattered and
+averaged over workers like DDP's all-reduce, so the loop's loss scaling is the same, and
+gradient sync is skipped on all but the last micro-batch of a step.
+
+Checkpoints stay in the student format: every worker joins in gathering the full state
+dicts (`torch.distributed.checkpoint.state_dict`, offloaded to CPU), and rank 0 writes
+them through `checkpoint.save_checkpoint` from a meta-device shell of the network, so the
+files are exactly those of an unsharded run. Resume loads the full optimizer state on
+every worker and shards it again.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from t3d.dllm.model import DiffusionLM
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
+
+
+def _layers(net: nn.Module) -> list[nn.Module]:
+    """The decoder layers of a transformers model (`model.layers`), or none."""
+    layers = getattr(getattr(net, "model", None), "layers", None)
+    return list(layers) if layers is not None else []
+
+
+def shard_module(head: nn.Module, net: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
+    """fully_shard each decoder layer of `net`, then `head` (which holds `net`) as the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if device.type == "cuda" and bf16:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in _layers(net):
+        fully_shard(layer, **kwargs)
+    return fully_shard(head, **kwargs)
+
+
+def is_sharded(net: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in net.parameters())
+
+
+def full_state(net: nn.Module, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """The whole network's state dict (a collective: every worker calls it): on rank 0's CPU
+    only ({} elsewhere), or with `everywhere` on every worker's device."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if everywhere:
+        return get_model_state_dict(net, options=StateDictOptions(full_state_dict=True))
+    return get_model_state_dict(net, options=_options())
+
+
+def load_full_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict into a sharded network (every worker holds `state`)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(net, state, options=_options())
+
+
+def full_optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state with whole tensors, keyed by parameter name, on rank 0 (a collective)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(net, optimizer, options=_options())
+
+
+def load_full_optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(net, optimizer, state, options=_options())
+
+
+def export_model(model: DiffusionLM, state: dict[str, torch.Tensor]) -> DiffusionLM:
+    """A `DiffusionLM` whose network is a meta-device shell holding `state` (for writing a checkpoint)."""
+    with torch.device("meta"):
+        shell = type(model.net)(model.net.config)
+    missing, unexpected = shell.load_state_dict(state, assign=True, strict=False)
+    if unexpected or any(not name.endswith("lm_head.weight") for name in missing):
+        raise RuntimeError(f"gathered state does not fit the network: missing {missing}, unexpected {unexpected}")
+    if missing:  # tied LM head
+        shell.tie_weights()
+    exported = copy.copy(model)
+    exported.net = shell
+    return exported
+
+
+def grad_norm(total: torch.Tensor) -> float:
+    """clip_grad_norm_'s result as a float (a DTensor under FSDP)."""
+    return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
