@@ -175,3 +175,23 @@ def test_step_metrics_count_supervised_tokens_and_the_padding_share(kit, teacher
         assert metrics["supervised_tokens"] > 0 and metrics["response_padding_tokens"] > 0
         shares[flag] = metrics["padding_share"]
     assert shares[False] == 0.0 and shares[True] > 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (BUILTIN_DIR / "config.json").is_file(), reason="shipped teacher not in dllm/builtin/ yet")
+def test_no_flags_on_a_fresh_builtin_dataset_lowers_the_loss_within_100_steps(kit, tmp_path):
+    """`t3d-distill` with no flags (only where the data is and where to write): the builtin preset trains."""
+    from t3d.dllm.task import BuiltinTask
+    from t3d.trainer.config import load_config
+
+    prompts = BuiltinTask(seed=0).prompts("train")[:48]
+    data = kit.collect(tmp_path / "data", BUILTIN, prompts=prompts, shards=2, cfg=SamplerConfig())
+    cfg = load_config(None, {"data": str(data), "out": str(tmp_path / "out"), "device": "cpu"})
+    assert cfg.preset == "builtin"
+    trainer = build_trainer(cfg, log=lambda *a: None)
+    fixed = [trainer.loader.load_rows(np.arange(trainer.loader.num_rows), epoch=0)]
+    before = evaluate(trainer, fixed)
+    for _ in range(100):
+        train_step(trainer, [trainer.loader.next_batch()])
+    after = evaluate(trainer, fixed)
+    assert after["loss"] < before["loss"] - 0.1, (before["loss"], after["loss"])
