@@ -210,15 +210,17 @@ class OptionTree:
 
     # --- the command line ----------------------------------------------------------------
 
-    def parameters(self, prefix: str = "", panel: Callable[[Option], str] | None = None) -> list[inspect.Parameter]:
-        """One keyword-only typer parameter per option, default None ("not given").
+    def parameters(
+        self, prefix: str = "", panel: Callable[[Option], str] | None = None, skip: Iterable[str] = ()
+    ) -> list[inspect.Parameter]:
+        """One keyword-only typer parameter per option (but those in `skip`), default None ("not given").
 
         prefix: `distill.` gives `--distill.max-steps` (parameter `distill__max_steps`).
         """
         import typer
 
         params = []
-        for opt in self.options:
+        for opt in (o for o in self.options if o.name not in set(skip)):
             flag = f"--{prefix}{opt.name.replace('_', '-')}"
             decls = [f"{flag}/--{prefix}no-{opt.name.replace('_', '-')}"] if opt.kind is bool else [flag]
             annotation = Optional[list[_flag_type(opt)]] if opt.repeated else Optional[_flag_type(opt)]
