@@ -23,7 +23,6 @@ after it. run.json records every stage's config, timings, outputs and tables.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from typing import Any, Optional
 
 from t3d.dllm.cli import load_config_file, register_user_error, run_cli
 from t3d.dllm.errors import UserError
-from t3d.dllm.options import config_parameter, with_signature
+from t3d.dllm.options import with_signature
 from t3d.pipeline import run_config as rc
 from t3d.pipeline.run_config import STAGES, RoundPaths, RunSpec
 from t3d.storage_schemas import DatasetError, Manifest
@@ -153,14 +152,17 @@ def stage_resources(spec: RunSpec) -> dict[str, dict[str, float]]:
 def collect_state(spec: RunSpec, r: int) -> tuple[str, Any, str | None]:
     """(done | resume | fresh, plan, why it cannot be reused) for round r's collect, from the dataset's own manifest."""
     from t3d.pipeline.collect import plan_run
-    from t3d.pipeline.output import _incompatibility
+    from t3d.pipeline.output import first_difference
 
     plan = plan_run(rc.collect_config(spec, r))
     out = Path(plan.cfg.out)
     if not (out / "manifest.json").is_file():
         return "fresh", plan, None
-    problem = _incompatibility(out, plan.manifest_config()["dataset_key"], plan.teacher.identity)
-    done = len(Manifest.load(out).shards) == len(plan.units)
+    manifest = Manifest.load(out)
+    theirs, ours = manifest.teacher.get("fingerprint"), plan.teacher.identity["fingerprint"]
+    problem = f"teacher fingerprint: {theirs} there, {ours} now" if theirs != ours else None
+    problem = problem or first_difference(manifest.collect_config.get("dataset_key", {}), plan.manifest_config()["dataset_key"])
+    done = len(manifest.shards) == len(plan.units)
     return ("done" if done else "resume"), plan, problem
 
 
