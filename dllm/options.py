@@ -10,9 +10,10 @@ every leaf field into one option:
   its default the field's default, shown in `--help`;
 - values come from defaults < config file < flags; a flag that was not given is None;
 - a config file (TOML or YAML, `t3d.dllm.cli.load_config_file`) holds the same keys,
-  flat or grouped in tables named after the dataclass sections (`[rollout] batch_size`),
-  with `-` or `_`; a key the tree does not know, or a value of the wrong type, is a
-  one-line `UserError` naming the key and the file.
+  flat or grouped in tables named after the dataclass sections (`[rollout] batch_size`;
+  a renamed field also under its field name, `[data] path`), with `-` or `_`; a key the
+  tree does not know, or a value of the wrong type, is a one-line `UserError` naming
+  the key and the file.
 
 `t3d-run` reads one file with a table per command: each table is exactly what that
 command's `--config` file holds, parsed by the same tree.
@@ -159,6 +160,8 @@ class OptionTree:
                 continue
             opt = self.by_name.get(key)
             if opt is None or opt.path[: len(section)] != section:
+                opt = self.by_key.get(where)  # a renamed field under its own name: `[data] path`
+            if opt is None:
                 raise UserError(f"unknown option {where!r} in {source}")
             if value is not None:
                 flat[opt.name] = coerce(opt, value, f"{where!r} in {source}")

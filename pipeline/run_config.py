@@ -27,8 +27,6 @@ from t3d.dllm.options import OptionTree
 from t3d.pipeline.config import TREE as COLLECT_TREE
 
 STAGES = ("collect", "distill", "eval")
-# t3d-distill's flat option names for its renamed fields (trainer.config.OPTIONS spells them the same way)
-DISTILL_RENAMES = {"data.path": "data", "model.path": "model", "loss.kind": "loss"}
 WIRED = {
     "collect": {"out": "[run] out", "address": "[run] address", "overwrite": "--redo collect"},
     "distill": {"data": "the round's collect stage", "out": "[run] out", "resume": "t3d-run (it resumes by itself)",
@@ -74,9 +72,9 @@ RUN_TREE = OptionTree(RunConfig, metavars={"out": "PATH"})
 
 @cache
 def distill_tree() -> OptionTree:
-    from t3d.trainer.config import DistillConfig
+    from t3d.trainer.config import TREE
 
-    return OptionTree(DistillConfig, rename=DISTILL_RENAMES)
+    return TREE
 
 
 @cache

@@ -3,9 +3,10 @@
 The dataclasses are the single source of truth: defaults, ranges (checked in
 `__post_init__`) and help (the one-line docstring under each field, which the CLI
 shows). A config file (TOML or YAML) and the command-line flags fill the same
-dataclass, in that order, so a flag overrides the file and the file overrides the
-default. Keys are the command-line option names (`max-steps` or `max_steps`), either
-flat or grouped in section tables (`[optim] lr = 1e-5`).
+dataclass through the mechanism every command shares (`TREE`, a `t3d.dllm.options`
+tree), in that order, so a flag overrides the file and the file overrides the default.
+Keys are the command-line option names (`max-steps` or `max_steps`), either flat or
+grouped in section tables (`[optim] lr = 1e-5`).
 
 Presets are such files shipped in `trainer/presets/` (`--preset NAME`), the lowest layer
 above the defaults: defaults < preset < config file < flags. `builtin` (the built-in
@@ -15,12 +16,10 @@ recipe; `none` is the dataclass defaults alone (the default for any other model)
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from t3d.dllm.cli import load_config_file
 from t3d.dllm.errors import UserError
 from t3d.dllm.families import get_family
 from t3d.dllm.loading import DTYPES
+from t3d.dllm.options import OptionTree
 from t3d.trainer.losses import ObjectiveConfig
 
 
@@ -243,7 +243,7 @@ class DistillConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     """Workers."""
     preset: str = "none"
-    """The preset the values were filled from (`presets()`), recorded with the resolved values."""
+    """Named recipe under the config file and flags (trainer/presets/); default: builtin for --model builtin, else none. Recorded with the resolved values."""
 
     @property
     def rows_per_step(self) -> int:
@@ -251,96 +251,12 @@ class DistillConfig:
         return self.train.batch_size * self.train.grad_accum * self.dist.num_workers
 
 
-SECTIONS: dict[str, type] = {
-    f.name: f.default_factory for f in dataclasses.fields(DistillConfig) if f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
-}
 PRESETS_DIR = Path(__file__).parent / "presets"
 NO_PRESET = "none"
 
-# command-line option (and config-file key) -> (section, field)
-OPTIONS: dict[str, tuple[str, str]] = {
-    "data": ("data", "path"), "filter": ("data", "filter"), "max_prompt_len": ("data", "max_prompt_len"),
-    "max_response_len": ("data", "max_response_len"), "skip_bad_shards": ("data", "skip_bad_shards"),
-    "verify": ("data", "verify"), "shuffle_shards": ("data", "shuffle_shards"),
-    "model": ("model", "path"), "family": ("model", "family"), "dtype": ("model", "dtype"),
-    "trust_remote_code": ("model", "trust_remote_code"),
-    "gradient_checkpointing": ("model", "gradient_checkpointing"), "block_size": ("model", "block_size"),
-    "state_order": ("states", "state_order"), "random_ratio": ("states", "random_ratio"),
-    "path_k_steps": ("states", "path_k_steps"), "supervise_padding": ("states", "supervise_padding"),
-    "random_count": ("states", "random_count"), "path_mode": ("states", "path_mode"),
-    "padding_shows": ("states", "padding_shows"), "fixed_states": ("states", "fixed_states"),
-    "min_lr_ratio": ("optim", "min_lr_ratio"), "decay_all": ("optim", "decay_all"),
-    "global_batch": ("train", "global_batch"), "epochs": ("train", "epochs"),
-    "loss": ("loss", "kind"), "alpha": ("loss", "alpha"), "beta": ("loss", "beta"),
-    "lambda_path": ("loss", "lambda_path"), "fake_temperature": ("loss", "fake_temperature"),
-    "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"), "beta1": ("optim", "beta1"),
-    "beta2": ("optim", "beta2"), "warmup_steps": ("optim", "warmup_steps"), "grad_clip": ("optim", "grad_clip"),
-    "out": ("train", "out"), "max_steps": ("train", "max_steps"), "batch_size": ("train", "batch_size"),
-    "grad_accum": ("train", "grad_accum"), "seed": ("train", "seed"), "save_every": ("train", "save_every"),
-    "keep_checkpoints": ("train", "keep_checkpoints"), "resume": ("train", "resume"), "device": ("train", "device"),
-    "bf16": ("train", "bf16"), "progress": ("train", "progress"),
-    "round_every": ("reference", "round_every"),
-    "num_workers": ("dist", "num_workers"), "address": ("dist", "address"), "strategy": ("dist", "strategy"),
-    "cpus_per_worker": ("dist", "cpus_per_worker"), "gpus_per_worker": ("dist", "gpus_per_worker"),
-}  # fmt: skip
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of dataclass `cls` (the help text of its option)."""
-    tree = ast.parse(inspect.getsource(cls))
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[attr-defined]
-    return docs
-
-
-def option_help(option: str) -> str:
-    """Help line of a command-line option, with its default."""
-    section, name = OPTIONS[option]
-    default = getattr(SECTIONS[section](), name)
-    return f"{field_docs(SECTIONS[section]).get(name, '')} [default: {default}]"
-
-
-def _coerce(value: Any, hint: str, key: str) -> Any:
-    """A config-file value as the field's type (TOML/YAML give ints for floats, etc.)."""
-    if value is None and "None" in hint:
-        return None
-    base = hint.replace(" | None", "").strip()
-    try:
-        if base == "bool":
-            if isinstance(value, str):
-                return {"true": True, "false": False, "1": True, "0": False}[value.lower()]
-            return bool(value)
-        return {"int": int, "float": float, "str": str}[base](value)
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"option {key!r} expects {base}, got {value!r}") from None
-
-
-def _section_fields(section: str) -> dict[str, str]:
-    cls = SECTIONS[section]
-    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
-
-
-def _flatten(values: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    """Flat option names and `[section]` tables -> {(section, field): value}."""
-    out: dict[tuple[str, str], Any] = {}
-    for key, value in values.items():
-        key = key.replace("-", "_")
-        if key in SECTIONS and isinstance(value, dict):
-            known = _section_fields(key)
-            for sub, sub_value in value.items():
-                sub = sub.replace("-", "_")
-                if sub not in known:
-                    raise UserError(f"unknown option {key}.{sub} (known: {', '.join(sorted(known))})")
-                out[(key, sub)] = sub_value
-        elif key in OPTIONS:
-            out[OPTIONS[key]] = value
-        else:
-            raise UserError(f"unknown option {key!r} (known: {', '.join(sorted(OPTIONS))})")
-    return out
+# one option per leaf field (t3d.dllm.options); three fields take their section's name as flag
+RENAMES = {"data.path": "data", "model.path": "model", "loss.kind": "loss"}
+TREE = OptionTree(DistillConfig, rename=RENAMES, metavars=dict.fromkeys(("data", "model", "out"), "PATH"))
 
 
 def presets() -> list[str]:
@@ -349,17 +265,18 @@ def presets() -> list[str]:
 
 
 def preset_values(name: str) -> dict[str, Any]:
-    """The option values of preset `name` ({} for `none`); one-line errors for an unknown name or key."""
+    """The flat option values of preset `name` ({} for `none`); one-line errors for an unknown name or key."""
     if name == NO_PRESET:
         return {}
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"unknown preset {name!r} (known: {', '.join(presets())})")
-    values = load_config_file(path)
     try:
-        _flatten(values)
+        values = TREE.flatten(load_config_file(path), str(path))
     except UserError as err:
         raise UserError(f"preset {name}: {err}") from None
+    if "preset" in values:
+        raise UserError(f"preset {name}: a preset cannot name another preset ({path})")
     return values
 
 
@@ -368,27 +285,21 @@ def default_preset(model_path: str) -> str:
     return "builtin" if model_path == "builtin" else NO_PRESET
 
 
-def build_config(*layers: dict[str, Any]) -> DistillConfig:
+def build_config(*layers: Mapping[str, Any], source: str = "config values") -> DistillConfig:
     """Defaults, then each layer of option values in order (later wins): file, then flags.
 
-    A `preset` key in any layer (the last one wins) puts that preset's values under all
-    the layers; without one, no preset applies (`load_config` picks the default one).
+    A layer holds flat option names or `[section]` tables (a config file's keys); None is
+    "not given". A `preset` key in any layer (the last one wins) puts that preset's values
+    under all the layers; without one, no preset applies (`load_config` picks the default one).
     """
+    return _build([TREE.flatten(layer, source) for layer in layers])
+
+
+def _build(flat_layers: list[dict[str, Any]]) -> DistillConfig:
     name = NO_PRESET
-    for layer in layers:
-        name = str(layer.get("preset", name))
-    merged: dict[tuple[str, str], Any] = {}
-    for layer in (preset_values(name), *layers):
-        merged.update(_flatten({k: v for k, v in layer.items() if k != "preset"}))
-    sections: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        hints = _section_fields(section)
-        kwargs = {name: _coerce(v, hints[name], name) for (sec, name), v in merged.items() if sec == section}
-        try:
-            sections[section] = cls(**kwargs)
-        except ValueError as err:  # ObjectiveConfig checks with ValueError
-            raise UserError(str(err)) from None
-    return _resolve_global_batch(DistillConfig(**sections, preset=name))
+    for layer in flat_layers:
+        name = layer.get("preset", name)
+    return _resolve_global_batch(TREE.build(preset_values(name), *flat_layers, {"preset": name}))
 
 
 def _resolve_global_batch(cfg: DistillConfig) -> DistillConfig:
@@ -405,23 +316,25 @@ def _resolve_global_batch(cfg: DistillConfig) -> DistillConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(train, grad_accum=accum))
 
 
-def load_config(config_file: str | Path | None, flags: dict[str, Any]) -> DistillConfig:
-    """The run's config: defaults < config file < flags that were given (None = not given)."""
-    given = {k: v for k, v in flags.items() if v is not None}
-    file = load_config_file(config_file)
+def load_config(config_file: str | Path | None, flags: Mapping[str, Any]) -> DistillConfig:
+    """The run's config: defaults < preset < config file < flags that were given (None = not given).
+
+    Without a `preset` in the file or the flags, the preset is `default_preset` of the model.
+    """
+    file = TREE.flatten(load_config_file(config_file), str(config_file))
+    given = TREE.flatten(flags, "the flags")
     if "preset" not in given and "preset" not in file:
-        model = given.get("model", file.get("model", ModelConfig().path))
-        given["preset"] = default_preset(str(model))
-    return build_config(file, given)
+        given["preset"] = default_preset(str(given.get("model", file.get("model", ModelConfig().path))))
+    return _build([file, given])
 
 
 def to_dict(cfg: DistillConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(values: dict[str, Any]) -> DistillConfig:
+def from_dict(values: Mapping[str, Any]) -> DistillConfig:
     """Inverse of `to_dict` (checkpoints, Ray workers); unknown keys are an error."""
-    return build_config(values)
+    return build_config(values, source="a saved config")
 
 
 def save_config(cfg: DistillConfig, path: Path) -> None:
@@ -430,24 +343,15 @@ def save_config(cfg: DistillConfig, path: Path) -> None:
 
 def differences_from_preset(cfg: DistillConfig) -> list[str]:
     """`option value (preset: value)` for every setting that differs from cfg's preset."""
-    base = to_dict(build_config({"preset": cfg.preset}))
-    mine = to_dict(cfg)
-    option = {where: name.replace("_", "-") for name, where in OPTIONS.items()}
-    return [
-        f"{option[(section, name)]} {mine[section][name]!r} (preset: {value!r})"
-        for section in SECTIONS
-        for name, value in base[section].items()
-        if mine[section][name] != value
-    ]
+    base, mine = TREE.values(build_config({"preset": cfg.preset})), TREE.values(cfg)
+    return [f"{name.replace('_', '-')} {mine[name]!r} (preset: {value!r})" for name, value in base.items() if mine[name] != value]
 
 
 def describe_changes(old: DistillConfig, new: DistillConfig) -> list[str]:
     """`section.field: old -> new` for every setting that differs (said on resume)."""
     changes = [f"preset: {old.preset!r} -> {new.preset!r}"] if old.preset != new.preset else []
-    a, b = to_dict(old), to_dict(new)
-    for section in SECTIONS:
-        for name, value in a[section].items():
-            if b[section][name] != value:
-                changes.append(f"{section}.{name}: {value!r} -> {b[section][name]!r}")
+    a, b = TREE.values(old), TREE.values(new)
+    for opt in TREE.options:
+        if opt.path and a[opt.name] != b[opt.name]:
+            changes.append(f"{opt.key}: {a[opt.name]!r} -> {b[opt.name]!r}")
     return changes
-

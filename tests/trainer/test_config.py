@@ -1,19 +1,22 @@
 """DistillConfig: one source of defaults and help; file and flags fill the same dataclass."""
 
 import dataclasses
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
 from t3d.dllm.errors import UserError
+from t3d.dllm.options import field_docs
 from t3d.trainer.config import (
-    OPTIONS,
-    SECTIONS,
+    TREE,
     DistillConfig,
     build_config,
-    field_docs,
+    describe_changes,
     from_dict,
     load_config,
-    option_help,
     presets,
     differences_from_preset,
     to_dict,
@@ -28,14 +31,60 @@ def test_defaults_match_the_design():
     assert cfg.rows_per_step == cfg.train.batch_size * cfg.train.grad_accum * cfg.dist.num_workers
 
 
+def _leaf_fields(cls, path=()):
+    for f in dataclasses.fields(cls):
+        sub = getattr(cls(), f.name)
+        if dataclasses.is_dataclass(sub):
+            yield from _leaf_fields(type(sub), (*path, f.name))
+        else:
+            yield cls, ".".join((*path, f.name)), f.name
+
+
 def test_every_field_has_a_one_line_doc_and_an_option():
-    mapped = set(OPTIONS.values())
-    for section, cls in SECTIONS.items():
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            assert docs.get(f.name), f"{section}.{f.name} has no docstring"
-            assert (section, f.name) in mapped, f"{section}.{f.name} has no command-line option"
-    assert "[default: 1000]" in option_help("max_steps")
+    for cls, key, name in _leaf_fields(DistillConfig):
+        assert field_docs(cls).get(name), f"{key} has no docstring"
+        assert key in TREE.by_key, f"{key} has no command-line option"
+    assert {TREE.by_key[k].name for k in ("data.path", "model.path", "loss.kind")} == {"data", "model", "loss"}
+
+
+def test_help_shows_every_option_with_its_dataclass_default():
+    result = subprocess.run([sys.executable, "-m", "t3d.trainer.distill", "--help"], capture_output=True, text=True,
+                            env=os.environ | {"COLUMNS": "200"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    entries = {}  # flag -> its help text on one line
+    for entry in re.split(r"\n(?=  --)", result.stdout):
+        words = entry.split()
+        entries[words[0]] = " ".join(words)
+    for opt in TREE.options:
+        entry = entries.get(opt.flag) or entries.get(f"{opt.flag}/--no-{opt.flag[2:]}")
+        assert entry is not None, opt.flag
+        assert " ".join(opt.help.split()[:4]) in entry, (opt.flag, entry)  # the field's docstring is the help
+        if opt.name == "preset":  # its default depends on --model: said in words
+            assert "default: builtin for --model builtin" in entry
+        else:
+            assert f"[default: ({opt.shown_default})]" in entry, (opt.flag, entry)
+    assert "[default: (1000)]" in entries["--max-steps"]
+
+
+def test_precedence_default_then_preset_then_file_then_flag(tmp_path):
+    # builtin preset: max_steps 800, lr 3e-4, beta 1.0, path_k_steps 4 (defaults 1000, 1e-4, 0.1, 1)
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "builtin"\nlr = 2e-4\nbeta = 0.5\n[states]\npath_k_steps = 2\n')
+    cfg = load_config(path, {"beta": 0.7, "lr": None})
+    assert cfg.train.batch_size == DistillConfig().train.batch_size == 8  # default (no layer sets it)
+    assert cfg.train.max_steps == 800  # preset over default
+    assert cfg.optim.lr == 2e-4 and cfg.states.path_k_steps == 2  # file over preset
+    assert cfg.loss.beta == 0.7  # flag over file
+    assert differences_from_preset(cfg) == ["path-k-steps 2 (preset: 4)", "beta 0.7 (preset: 1.0)", "lr 0.0002 (preset: 0.0003)"]
+    assert describe_changes(load_config(None, {}), cfg) == [
+        "states.path_k_steps: 4 -> 2", "loss.beta: 1.0 -> 0.7", "optim.lr: 0.0003 -> 0.0002"]  # fmt: skip
+
+
+def test_a_section_table_may_name_a_renamed_field_by_its_own_name(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  path: /d\nmodel:\n  path: /m\nloss:\n  kind: ce\n")
+    cfg = load_config(path, {})
+    assert (cfg.data.path, cfg.model.path, cfg.loss.kind, cfg.preset) == ("/d", "/m", "ce", "none")
 
 
 @pytest.mark.parametrize("suffix", [".toml", ".yaml"])
@@ -63,8 +112,9 @@ def test_flags_override_the_file_which_overrides_defaults(tmp_path, suffix):
         ({"loss": "mse"}, "mse"),
         ({"beta": 0}, "beta"),
         ({"max_stepz": 3}, "unknown option"),
-        ({"max_steps": "many"}, "expects int"),
-        ({"optim": {"learning_rate": 1}}, "unknown option optim.learning_rate"),
+        ({"max_steps": "many"}, "must be int"),
+        ({"optim": {"learning_rate": 1}}, "unknown option 'optim.learning_rate'"),
+        ({"max_steps": 2.5}, "must be int"),
     ],
 )
 def test_bad_values_are_one_line_user_errors(values, words):
