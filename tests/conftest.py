@@ -99,3 +99,89 @@ def real_fixtures(realckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("realckpt")
     subprocess.run([sys.executable, str(builder), "--out", str(out), "--small-vocab"], check=True, capture_output=True)
     return out
+
+
+# ---- the families' own code (the `-compat` fixtures), the reference t3d is compared against ----
+
+
+def _rope_fix(net, config: dict) -> None:
+    """transformers 5 leaves remote code's RoPE inv_freq uninitialised: give it its analytic value."""
+    import torch
+
+    heads = config.get("num_attention_heads") or config.get("n_heads")
+    head_dim = config.get("head_dim") or (config.get("hidden_size") or config["d_model"]) // heads
+    true = 1.0 / float(config["rope_theta"]) ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    for module in net.modules():
+        if hasattr(module, "inv_freq"):
+            module.inv_freq = true
+            if hasattr(module, "original_inv_freq"):
+                module.original_inv_freq = true
+
+
+def upstream_net(model_dir, compat_dir=None, work=None):
+    """`model_dir` loaded by the family's own code, fp32, eval mode.
+
+    A `-compat` fixture runs as it is. A student in its teacher's format carries the
+    published .py files, which do not import here: then pass `compat_dir` and `work`, and a
+    copy of it with the `-compat` variant's .py files (import shims only) is what runs.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    if compat_dir is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        for file in model_dir.iterdir():
+            shutil.copy2(file, work / file.name)
+        for file in compat_dir.glob("*.py"):
+            shutil.copy2(file, work / file.name)
+        model_dir = work
+    config = json.loads((model_dir / "config.json").read_text())
+    cls = AutoModelForCausalLM if "AutoModelForCausalLM" in config.get("auto_map", {}) else AutoModel
+    net = cls.from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32, local_files_only=True).eval()
+    _rope_fix(net, config)
+    return net
+
+
+def upstream_logits(model, net, ids, block_size: int = 4):
+    """The family's own forward on one unpadded row (1, T) -> (T, V), row i predicting token i.
+
+    How each family's code is called is read from t3d's family object (its capabilities), so a
+    block-causal family gets its own 0/1 keep-mask (True = attend) at absolute blocks.
+    """
+    import torch
+
+    length = ids.shape[1]
+    kwargs = {}
+    if model.family.block_causal:
+        blocks = torch.arange(length) // block_size
+        kwargs = {"attention_mask": (blocks[None, :] <= blocks[:, None])[None, None],
+                  "position_ids": torch.arange(length)[None]}  # fmt: skip
+    with torch.no_grad():
+        logits = net(input_ids=ids, **kwargs).logits[0]
+    return model.family.align(logits[None])[0]
+
+
+def student_parity(model, net, lengths=(5, 8, 11), seed: int = 0) -> float:
+    """Max |t3d logits - the family's own logits| over a few random rows of these lengths."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for n in lengths:
+        ids = torch.randint(0, min(model.vocab_size, 300), (1, n), generator=g)
+        with torch.no_grad():
+            ours = model.logits(ids, prompt_len=n, block_size=4)[0]
+        theirs = upstream_logits(model, net, ids)
+        first = 1 if model.family.shifted else 0  # a shifted family has no predictor for token 0
+        worst = max(worst, float((ours[first:] - theirs[first:]).abs().max()))
+    return worst
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    """The helpers above, for test modules."""
+    import types
+
+    return types.SimpleNamespace(net=upstream_net, logits=upstream_logits, parity=student_parity)

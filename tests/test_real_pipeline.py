@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from t3d.dllm import load_model
 from t3d.storage_schemas import Dataset
@@ -43,51 +41,6 @@ def cli(name: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
     return result
 
 
-def _rope_fix(net: torch.nn.Module, config: dict) -> None:
-    """transformers 5 leaves remote code's RoPE inv_freq uninitialised: give it its analytic value."""
-    heads = config.get("num_attention_heads") or config.get("n_heads")
-    head_dim = config.get("head_dim") or (config.get("hidden_size") or config["d_model"]) // heads
-    true = 1.0 / float(config["rope_theta"]) ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    for module in net.modules():
-        if hasattr(module, "inv_freq"):
-            module.inv_freq = true
-            if hasattr(module, "original_inv_freq"):
-                module.original_inv_freq = true
-
-
-def own_code(student: Path, compat: Path, work: Path) -> torch.nn.Module:
-    """The student loaded by its family's own code: a copy with the `-compat` .py files, fp32, eval mode."""
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    shutil.copytree(student, work)
-    for file in compat.glob("*.py"):
-        shutil.copy2(file, work / file.name)
-    config = json.loads((work / "config.json").read_text())
-    cls = AutoModelForCausalLM if "AutoModelForCausalLM" in config.get("auto_map", {}) else AutoModel
-    net = cls.from_pretrained(work, trust_remote_code=True, dtype=torch.float32, local_files_only=True).eval()
-    _rope_fix(net, config)
-    return net
-
-
-def parity(model, net: torch.nn.Module, lengths=(5, 9, 12)) -> float:
-    """Max |t3d - own code| logits over unpadded rows; a block-causal family's code gets its 0/1 keep-mask."""
-    g = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for n in lengths:
-        ids = torch.randint(0, 300, (1, n), generator=g)
-        kwargs = {}
-        if model.family.block_causal:
-            blocks = torch.arange(n) // BLOCK
-            kwargs = {"attention_mask": (blocks[None, :] <= blocks[:, None])[None, None],
-                      "position_ids": torch.arange(n)[None]}  # fmt: skip
-        with torch.no_grad():
-            ours = model.logits(ids, prompt_len=n, block_size=BLOCK)[0]
-            theirs = model.family.align(net(input_ids=ids, **kwargs).logits)[0]
-        first = 1 if model.family.shifted else 0
-        worst = max(worst, float((ours[first:] - theirs[first:]).abs().max()))
-    return worst
-
-
 def check_alignment(data: Path, teacher) -> None:
     """Absolute blocks: row i decoded [0, L - r_i) (r_i = prompt length mod B), the rest is padding."""
     rows = Dataset.open(data).scan().collect()
@@ -101,7 +54,7 @@ def check_alignment(data: Path, teacher) -> None:
 
 @pytest.mark.parametrize("name", ["sdar", "llada", "dream"])
 def test_collect_inspect_distill_eval_and_the_student_runs_in_its_familys_own_code(
-    real_fixtures, ray_session, tmp_path, name
+    real_fixtures, ray_session, upstream, tmp_path, name
 ):
     teacher_dir = real_fixtures / name
     teacher = load_model(teacher_dir)
@@ -128,6 +81,7 @@ def test_collect_inspect_distill_eval_and_the_student_runs_in_its_familys_own_co
     assert {r["model"] for r in json.loads(report.read_text())["records"]} == {"teacher", "student"}
     reloaded = load_model(student)
     assert reloaded.family.name == name and reloaded.native
-    worst = parity(reloaded, own_code(student, real_fixtures / f"{name}-compat", tmp_path / "own"))
+    own = upstream.net(student, real_fixtures / f"{name}-compat", tmp_path / "own")
+    worst = upstream.parity(reloaded, own, lengths=(5, 9, 12))
     print(f"{name}: student logits, t3d vs the family's own code: max |diff| {worst:.3g}")
     assert worst <= 1e-5, f"{name}: max |diff| {worst}"
