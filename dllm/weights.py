@@ -213,31 +213,44 @@ def save_like(tensors: dict[str, torch.Tensor], out: Path, layout_of: Path) -> N
     """Write `tensors` into `out` in the shard layout of the checkpoint `layout_of`.
 
     Each tensor goes to the file that held the tensor of the same name in `layout_of`
-    (a sharded checkpoint stays sharded with the same index); an unsharded one stays a
-    single `model.safetensors`.
+    (a sharded checkpoint stays sharded, with the same index when it had one); an
+    unsharded one stays a single file.
     """
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     index = layout_of / INDEX
-    if not index.is_file():
-        files = weight_files(layout_of)
-        save_file(tensors, str(out / files[0].name), metadata={"format": "pt"})
-        return
-    weight_map = json.loads(index.read_text())["weight_map"]
+    weight_map = _weight_map(layout_of)
     missing = sorted(set(tensors) - set(weight_map))
-    if missing:
-        raise UserError(f"{index} has no shard for {_names(missing)}")
+    if missing and len(set(weight_map.values())) > 1:
+        raise UserError(f"{layout_of} has no shard for {_names(missing)}")
+    single = weight_files(layout_of)[0].name  # unsharded: every tensor in the one file
     shards: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
-        shards.setdefault(weight_map[name], {})[name] = tensor
+        shards.setdefault(weight_map.get(name, single), {})[name] = tensor
     for file, part in sorted(shards.items()):
         save_file(part, str(out / file), metadata={"format": "pt"})
+    if not index.is_file():
+        return
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     new_index = {"metadata": {"total_size": total}, "weight_map": {n: weight_map[n] for n in sorted(tensors)}}
     tmp = out / f".{INDEX}.tmp"
     tmp.write_text(json.dumps(new_index, indent=2) + "\n")
     os.replace(tmp, out / INDEX)
+
+
+def _weight_map(path: Path) -> dict[str, str]:
+    """Tensor name -> file name of a checkpoint: its index, else read from the files themselves."""
+    from safetensors import safe_open
+
+    index = path / INDEX
+    if index.is_file():
+        return json.loads(index.read_text())["weight_map"]
+    weight_map = {}
+    for file in weight_files(path):
+        with safe_open(str(file), framework="pt") as fh:
+            weight_map |= {name: file.name for name in fh.keys()}
+    return weight_map
 
 
 def write_shards(tensors: dict[str, torch.Tensor], out: Path, shards: int) -> None:

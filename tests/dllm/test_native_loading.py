@@ -172,3 +172,17 @@ def test_a_students_t3d_json_gives_its_family_and_block_size(layouts, tmp_path):
     model = load_model(path)
     assert model.family.name == "block_causal" and model.block_size == 8
     assert load_model(path, family="llada").family.name == "llada"  # --family still wins
+
+
+def test_save_like_keeps_a_multi_file_layout_without_an_index(tmp_path):
+    """Shards with no index file: each tensor goes back to the file that held it."""
+    from t3d.dllm.weights import save_like
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({"a": torch.zeros(2)}, str(src / "part-1.safetensors"))
+    save_file({"b": torch.ones(3)}, str(src / "part-2.safetensors"))
+    save_like({"a": torch.full((2,), 5.0), "b": torch.full((3,), 7.0)}, tmp_path / "out", src)
+    assert set(load_file(str(tmp_path / "out" / "part-1.safetensors"))) == {"a"}
+    assert set(load_file(str(tmp_path / "out" / "part-2.safetensors"))) == {"b"}
+    assert not (tmp_path / "out" / "model.safetensors.index.json").exists()
