@@ -20,7 +20,9 @@ The uncached paths grow with L (quadratically) and run only up to --slow-max-len
 (the previous sampler, ~1 s a step here, up to --previous-max-len).
 `network_share` is the time inside the network's forward (hooks) over the total;
 `outside_network_share` = 1 - that: everything the sampler adds.
-Then, for a bidirectional model of the same shape, the three cache modes of `sample`.
+Then, for a bidirectional model of the same shape, the three cache modes of `sample`; and,
+at a real size (Qwen3-0.6B: hidden 1024, 28 layers, same vocabulary), t3d against the
+bare loop at a short L, where the network, not the sampler, is the cost.
 Prints one JSON object. Targets (issue 10): t3d >= 0.9x the bare loop at every L;
 tok/s at L=1024 >= 0.8x tok/s at L=64; outside the network <= 5 %.
 """
@@ -49,13 +51,14 @@ BATCH, PROMPT, BLOCK = 8, 64, 4
 PREVIOUS_SAMPLER = "ca3a2f1"
 
 
-def build_net(seed: int = 0) -> torch.nn.Module:
+SMALL = dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64, intermediate_size=768)
+QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072)
+
+
+def build_net(seed: int = 0, shape: dict = SMALL) -> torch.nn.Module:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=VOCAB, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=64, intermediate_size=768, max_position_embeddings=2048, tie_word_embeddings=False,
-    )
+    config = Qwen3Config(vocab_size=VOCAB, max_position_embeddings=2048, tie_word_embeddings=False, **shape)
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(config).eval()
@@ -188,6 +191,20 @@ def block_causal_rows(net, lengths: list[int], slow_max: int, previous_max: int)
     return rows
 
 
+def real_shape_row(length: int) -> dict:
+    """t3d against the bare loop on a Qwen3-0.6B-shaped model (hidden 1024, 28 layers): the sampler's share at a real size."""
+    net = build_net(shape=QWEN3_06B)
+    model = wrap(net, get_family("sdar"))
+    prompts, seeds = prompts_and_seeds()
+    sample(model, prompts[:2], config(BLOCK), seeds[:2])  # warm-up
+    row = {"shape": "Qwen3-0.6B", "L": length, "batch": BATCH, "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1)}
+    row["t3d"] = timed(net, lambda: sample(model, prompts, config(length), seeds).response_length.sum())
+    row["bare_cached_loop"] = timed(net, lambda: bare_cached_loop(net, prompts, length))
+    row["t3d_vs_bare"] = round(row["t3d"]["tok_s"] / row["bare_cached_loop"]["tok_s"], 3)
+    print(json.dumps(row), file=sys.stderr)
+    return row
+
+
 def bidirectional_rows(net, lengths: list[int]) -> list[dict]:
     model = wrap(net, get_family("bidirectional"))
     prompts, seeds = prompts_and_seeds()
@@ -207,6 +224,7 @@ def main() -> None:
     parser.add_argument("--slow-max-len", type=int, default=256, help="longest L for the two uncached paths")
     parser.add_argument("--previous-max-len", type=int, default=64, help="longest L for the previous sampler (~1 s a step)")
     parser.add_argument("--bidirectional-lengths", default="64,256", help="L for the cache modes of a bidirectional model")
+    parser.add_argument("--real-shape-length", type=int, default=16, help="L for the Qwen3-0.6B-shaped row (0: skip it)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -216,13 +234,16 @@ def main() -> None:
     by_len = {r["L"]: r["t3d"]["tok_s"] for r in block_rows}
     result = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "load_average_1m": round(os.getloadavg()[0], 2)},
-        "model": {"shape": "Qwen3", "vocab": VOCAB, "hidden": 256, "layers": 2, "heads": 4, "kv_heads": 2,
+        "model": {"shape": "Qwen3", "vocab": VOCAB, "hidden": SMALL["hidden_size"], "layers": SMALL["num_hidden_layers"], "heads": 4, "kv_heads": 2,
                   "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1)},
         "workload": {"batch": BATCH, "prompt": PROMPT, "block": BLOCK, "tokens_per_step": 1, "temperature": 1.0, "logits_top_k": 8},
         "block_causal": block_rows,
         "t3d_tok_s_longest_over_shortest": round(by_len[max(by_len)] / by_len[min(by_len)], 3),
         "bidirectional_cache_modes": bidirectional_rows(net, [int(v) for v in args.bidirectional_lengths.split(",")]),
     }
+    if args.real_shape_length:
+        del net
+        result["real_shape"] = real_shape_row(args.real_shape_length)
     print(json.dumps(result, indent=1))
 
 

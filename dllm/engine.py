@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from t3d.dllm import noise
+from t3d.dllm import noise, vocab
 from t3d.dllm.model import DiffusionLM
 from t3d.dllm.reveal import get_strategy
 
@@ -64,6 +64,7 @@ class Engine:
         self._init_results(len(prompts))
         self.pending = deque(range(len(prompts)))
         self.nfe = 0
+        self._probs: torch.Tensor | None = None  # (S, B, V) softmax buffer, reused every step
 
     # --- state -----------------------------------------------------------------------------
 
@@ -177,7 +178,7 @@ class Engine:
         cols = torch.where(resp >= 0, resp, lay.length)  # (R, B) response column; prompt slots -> scratch
         rows = active[:, None].expand_as(cols)
         masked = (resp >= 0) & (self.reveal[rows, cols] < 0)  # (R, B)
-        probs = logits.softmax(dim=-1)  # (R, B, V) untempered, one fused pass: what the model believes
+        probs = self._softmax(logits)  # (R, B, V) untempered, one fused pass: what the model believes
         step = self.step[active]  # (R,)
         proposal = noise.propose(logits, probs, cfg, self.seed[active], step, cols)  # (R, B)
         confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # (R, B)
@@ -188,11 +189,29 @@ class Engine:
         self.reveal[rows, cols] = torch.where(chosen, step[:, None], self.reveal[rows, cols])
         self.confidence[rows, cols] = torch.where(chosen, confidence, self.confidence[rows, cols])
         if self.k:
-            top = probs.topk(self.k, dim=-1)  # (R, B, k)
-            keep = chosen[..., None]
-            self.topk_logprobs[rows, cols] = torch.where(keep, top.values.log(), self.topk_logprobs[rows, cols])
-            self.topk_ids[rows, cols] = torch.where(keep, top.indices, self.topk_ids[rows, cols])
+            self._record_topk(probs, chosen, rows, cols)
         return self._advance(active, masked & ~chosen)
+
+    def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax into one buffer kept across steps: a fresh (R, B, V) tensor per step costs more than the
+        softmax itself on the CPU (page faults on ~20 MB at batch 8, SDAR's vocabulary)."""
+        r, b, v = logits.shape
+        if self._probs is None or self._probs.shape[1:] != (b, v):
+            self._probs = torch.empty((self.num_slots, b, v), dtype=torch.float32, device=logits.device)
+        return torch.softmax(logits, dim=-1, out=self._probs[:r])
+
+    def _record_topk(self, probs: torch.Tensor, chosen: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Top-k log-probs of the revealed positions only: at most `max_reveals` of the block's B per row."""
+        n = min(get_strategy(self.cfg.strategy).max_reveals(self.cfg), chosen.shape[1])
+        if n < chosen.shape[1]:  # the chosen positions first (a stable sort of a (R, B) bool: cheap)
+            pick = chosen.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n]  # (R, n)
+            flat = (pick + torch.arange(len(pick), device=pick.device)[:, None] * chosen.shape[1]).flatten()
+            probs = probs.flatten(0, 1).index_select(0, flat).unflatten(0, pick.shape)  # (R, n, V): whole rows copied
+            chosen, rows, cols = chosen.gather(1, pick), rows[:, :n], cols.gather(1, pick)
+        values, ids = vocab.topk(probs, self.k)  # (R, n, k)
+        keep = chosen[..., None]
+        self.topk_logprobs[rows, cols] = torch.where(keep, values.log(), self.topk_logprobs[rows, cols])
+        self.topk_ids[rows, cols] = torch.where(keep, ids, self.topk_ids[rows, cols])
 
     def _advance(self, active: torch.Tensor, still_masked: torch.Tensor) -> torch.Tensor:
         """Count the step, move rows with a complete block on, stop rows that are finished."""

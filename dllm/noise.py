@@ -6,15 +6,18 @@ draw is a counter-based hash of (seed, step, column), computed with integer tens
 on the device (no generator state, no per-row Python loop, no host round trip).
 
 One uniform per position is enough: the token is drawn by inverting the cumulative
-distribution of the tempered, top-k / top-p filtered softmax (`torch.searchsorted`
-over its cumsum), so the cost is one pass over the vocabulary, not one uniform per
-vocabulary entry as Gumbel-max would need. The uniform has 24 bits: tokens whose
-proposal probability is below ~6e-8 are drawn slightly less often than they should be.
+distribution of the tempered, top-k / top-p filtered softmax (`t3d.dllm.vocab.inverse_cdf`:
+chunk sums, then a cumsum inside one chunk), so the cost is one streaming pass over the
+vocabulary, not one uniform per vocabulary entry as Gumbel-max would need. The uniform
+has 24 bits: tokens whose proposal probability is below ~6e-8 are drawn slightly less
+often than they should be.
 """
 
 from __future__ import annotations
 
 import torch
+
+from t3d.dllm import vocab
 
 _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
@@ -42,7 +45,7 @@ def keyed_uniforms(seed: torch.Tensor, step: torch.Tensor, column: torch.Tensor)
 def filter_scores(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Top-k then nucleus filtering of (..., V) scores; the most likely token always survives."""
     if top_k and top_k < scores.shape[-1]:
-        kth = scores.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        kth = vocab.topk(scores, top_k)[0][..., -1:]  # (..., 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if top_p < 1.0:
         sorted_scores, order = scores.sort(dim=-1, descending=True)
@@ -65,10 +68,7 @@ def proposal_weights(logits: torch.Tensor, probs: torch.Tensor, cfg) -> torch.Te
 
 def draw(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw: weights (R, B, V) >= 0, uniforms (R, B) -> token ids (R, B); zero weights are never drawn."""
-    cdf = weights.cumsum(dim=-1)  # (R, B, V)
-    target = (uniforms * cdf[..., -1]).unsqueeze(-1)  # (R, B, 1): no normalisation needed, float error cannot overshoot
-    token = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    return token.clamp(max=weights.shape[-1] - 1)
+    return vocab.inverse_cdf(weights, uniforms)
 
 
 def propose(
@@ -79,5 +79,5 @@ def propose(
     Greedy (argmax) at temperature 0; otherwise one keyed uniform per (row, column).
     """
     if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
+        return vocab.argmax(logits)
     return draw(proposal_weights(logits, probs, cfg), keyed_uniforms(seed, step, column))

@@ -19,6 +19,10 @@ class RevealStrategy(Protocol):
         """
         ...
 
+    def max_reveals(self, cfg) -> int:
+        """The most positions one step can choose in a row (the engine records top-k for that many only)."""
+        ...
+
 
 def static_schedule(block_size: int, steps: int) -> list[int]:
     """Tokens revealed at each step of a block: B // S each, the remainder on the first steps."""
@@ -53,6 +57,11 @@ class StaticStrategy:
         counts = torch.where(leftover, masked.sum(dim=1), counts)
         return _top_confident(confidence, masked, counts)
 
+    def max_reveals(self, cfg):
+        # Every step reveals min(scheduled, masked), so at the last scheduled step at most
+        # its own count is left: no step exceeds the largest scheduled count.
+        return max(static_schedule(cfg.block_size, cfg.steps_per_block))
+
 
 class ThresholdStrategy:
     """Reveal every masked position whose confidence exceeds the threshold, at least one (Fast-dLLM)."""
@@ -61,6 +70,9 @@ class ThresholdStrategy:
         above = (confidence > cfg.threshold) & masked  # (R, B)
         best = _top_confident(confidence, masked, torch.ones(len(masked), dtype=torch.long, device=masked.device))
         return above | best
+
+    def max_reveals(self, cfg):
+        return cfg.block_size
 
 
 STRATEGIES: dict[str, RevealStrategy] = {"static": StaticStrategy(), "threshold": ThresholdStrategy()}

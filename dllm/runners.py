@@ -78,8 +78,9 @@ def _slots_arg(engine, active: torch.Tensor, live: list[int]) -> torch.Tensor | 
 
 
 def _gather_positions(raw: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """raw (R, K, V), index (R, B) -> (R, B, V) float32."""
-    return raw.gather(1, index[:, :, None].expand(-1, -1, raw.shape[-1])).float()
+    """raw (R, K, V), index (R, B) -> (R, B, V) float32 (whole rows copied, not an index per logit)."""
+    flat = (index + torch.arange(len(index), device=index.device)[:, None] * raw.shape[1]).flatten()
+    return raw.flatten(0, 1).index_select(0, flat).unflatten(0, index.shape).float()
 
 
 class Uncached(Runner):

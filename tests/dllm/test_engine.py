@@ -227,3 +227,27 @@ def test_bfloat16_runs_on_cpu(tmp_path):
     assert model.dtype == torch.bfloat16
     out = sample(model, PROMPTS[:3], SamplerConfig(strategy="threshold", threshold=0.1), SEEDS[:3])
     assert np.isfinite(out.confidence).all() and not (out.tokens == model.mask_id).any()
+
+
+@pytest.mark.parametrize("strategy, steps", [("static", 4), ("static", 2), ("static", 3), ("threshold", 4)])
+def test_recorded_topk_is_the_models_topk_at_the_reveal_state(block_models, monkeypatch, strategy, steps):
+    """Top-k is computed only for the positions a step reveals (and in chunks of 4 ids here): it must
+    still equal the model's own top-k log-probs (mask excluded) of the state each token was revealed in."""
+    from t3d.dllm import vocab
+
+    monkeypatch.setattr(vocab, "CHUNK", 4)
+    model = block_models["relative"]
+    cfg = SamplerConfig(strategy=strategy, threshold=0.0205, steps_per_block=steps, logits_top_k=3, record_states=True, stop_at_eos=False)
+    out = sample(model, PROMPTS[:4], cfg, SEEDS[:4])
+    for i, prompt in enumerate(PROMPTS[:4]):
+        p = len(prompt)
+        for s in range(out.num_steps[i]):
+            ids = torch.tensor([prompt + out.states[i, s].tolist()])
+            with torch.no_grad():
+                logits = model.logits(ids, prompt_len=p)[0, p:].float()  # (L, V)
+            logits[:, model.mask_id] = float("-inf")
+            top = logits.log_softmax(dim=-1).topk(3, dim=-1)
+            cols = np.flatnonzero(out.reveal_step[i] == s)
+            assert len(cols), f"row {i} revealed nothing at step {s}"
+            np.testing.assert_allclose(out.topk_logprobs[i, cols], top.values[cols].numpy(), atol=1e-5)
+            np.testing.assert_array_equal(out.topk_ids[i, cols], top.indices[cols].numpy())
