@@ -14,6 +14,10 @@ Prints one JSON object:
   (`collect_1_worker_breakdown_s` splits it); the bare loop runs before and after the
   Ray runs and their mean is used, since a shared machine's load drifts;
 - `overhead_steady_state`: the same without the worker start (first actor ready);
+- `overhead_beyond_sampling_in_run`: within the 1-worker run, the steady-state time that is
+  not the actor's sampling (shard builds, commits, manifest, driver, scheduling) over the
+  actor's sampling time: what collect adds, free of the drift between separate runs (but
+  blind to the sampler itself running slower beside Ray's daemons, which the two above see);
 - `bytes_per_response_token`: on disk, per stored array (and Parquet), from the 1-worker run;
 - `throughput_*`: response tokens per second, and the 2-vs-1 speed-up;
 - `collect_1_worker_cpu_s_by_process`: CPU seconds of the driver and of every process
@@ -193,6 +197,7 @@ def main() -> None:
             "ray_start_s": round(one.ray_start_seconds, 2),
             "overhead_excl_ray_start": round((one.seconds - bare) / bare, 4),
             "overhead_steady_state": round((steady - bare) / bare, 4),
+            "overhead_beyond_sampling_in_run": round((steady - one.sample_seconds) / one.sample_seconds, 4),
             "bytes_per_response_token": {k: round(v, 2) for k, v in bytes_per_token.items()},
             "topk_bytes_per_response_token": round(bytes_per_token.get("topk_logprobs", 0) + bytes_per_token.get("topk_ids", 0), 2),
             "throughput_1_worker_tok_s": round(one.response_tokens / one.seconds, 1),
