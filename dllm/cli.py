@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,3 +58,20 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a table of options")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def check_ray_address(address: str | None) -> None:
+    """A HOST:PORT with nothing listening is a one-line error at once (ray.init would retry for minutes).
+
+    None, `auto`, `local` and URLs (ray://, http(s)://) are left to Ray.
+    """
+    if address in (None, "auto", "local") or address.startswith(("ray://", "http://", "https://")):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            pass
+    except ValueError:
+        raise UserError(f"--address must be HOST:PORT or auto, got {address!r}") from None
+    except OSError as err:
+        raise UserError(f"no Ray cluster at {address}: {err.strerror or err}") from None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from t3d.dllm.cli import check_ray_address
 from t3d.dllm.errors import UserError
 from t3d.pipeline.config import ClusterConfig
 
@@ -24,6 +25,7 @@ def ray_connection(address: str | None) -> Iterator[float]:
     A Ray already initialised in this process (a test session, a notebook) is used as is.
     """
     if address is not None:
+        check_ray_address(address)
         enable_token_auth_if_available()
     import ray
 

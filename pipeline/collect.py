@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from t3d.dllm.cli import register_user_error
+from t3d.dllm.cli import check_ray_address
 from t3d.pipeline.cluster import gpus_per_worker, ray_connection, resource_warning
 from t3d.pipeline.config import CollectConfig, cli_command, to_dict
 from t3d.pipeline.output import SKIPPED_TOO_LONG, OutputState, open_output
@@ -106,6 +107,7 @@ def _builtin_score(task_seed: int) -> Any:
 def collect(cfg: CollectConfig) -> CollectSummary:
     """Plan, open the output, run the missing units on Ray, report. Returns the summary."""
     plan = plan_run(cfg)
+    check_ray_address(cfg.cluster.address)  # before anything is written
     state = open_output(
         cfg.out,
         collect_config=plan.manifest_config(),

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from t3d.dllm.cli import load_config_file, register_user_error, run_cli
+from t3d.dllm.cli import check_ray_address, load_config_file, register_user_error, run_cli
 from t3d.dllm.errors import UserError
 from t3d.dllm.options import with_signature
 from t3d.pipeline import run_config as rc
@@ -100,20 +100,6 @@ def preflight(spec: RunSpec) -> Any:
     if model not in (None, "builtin") and not Path(model).is_dir():
         raise UserError(f"{spec.where('distill', 'model')}: model directory not found: {model}")
     return plan
-
-
-def check_address(address: str | None) -> None:
-    """A HOST:PORT with nothing listening is a one-line error at once (ray.init would retry for minutes)."""
-    if address in (None, "auto", "local") or address.startswith(("ray://", "http://", "https://")):
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
-            pass
-    except ValueError:
-        raise UserError(f"--address must be HOST:PORT or auto, got {address!r}") from None
-    except OSError as err:
-        raise UserError(f"no Ray cluster at {address}: {err.strerror or err}") from None
 
 
 def stage_resources(spec: RunSpec) -> dict[str, dict[str, float]]:
@@ -371,7 +357,7 @@ def execute(spec: RunSpec, redo: str | None, command: list[str]) -> dict[str, An
 
     preflight(spec)
     address = spec.run.address or os.environ.get("RAY_ADDRESS")
-    check_address(address)
+    check_ray_address(address)
     root = rc.run_root(spec)
     with ray_connection(address):
         resources = stage_resources(spec)

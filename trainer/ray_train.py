@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from t3d.dllm.cli import check_ray_address
 from t3d.dllm.errors import UserError
 from t3d.trainer import sharding
 from t3d.trainer.config import DistillConfig, from_dict, to_dict
@@ -89,6 +90,7 @@ def _connect(cfg: DistillConfig) -> None:
 
     if ray.is_initialized():
         return
+    check_ray_address(cfg.dist.address)
     try:
         dashboard = False if cfg.dist.address is None else None  # a private Ray needs no dashboard
         ray.init(address=cfg.dist.address, logging_level="WARNING", include_dashboard=dashboard)

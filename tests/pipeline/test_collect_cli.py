@@ -5,6 +5,7 @@ runs the installed console script to check the same behaviour end to end.
 """
 
 import dataclasses
+import socket
 
 import numpy as np
 import pytest
@@ -12,6 +13,12 @@ from typer.testing import CliRunner
 
 from t3d.pipeline.collect import build_app
 from t3d.storage_schemas import Manifest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run(args):
@@ -50,6 +57,7 @@ def bad_files(tmp_path):
         ("no_model", "model directory not found: "),
         ("bad_option", "unknown option 'temprature' in "),
         ("scorer_misfit", "--scorer builtin judges only the built-in task's prompts"),
+        ("no_cluster", "no Ray cluster at 127.0.0.1:"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, collect_cmd, bad_files, case, message):
@@ -65,6 +73,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, collect_cmd, bad_fil
         args[args.index("--model") + 1] = str(tmp_path / "no-such-model")
     elif case == "scorer_misfit":
         args += ["--scorer", "builtin"]
+    elif case == "no_cluster":  # nothing listens there: refused at once, not after ray.init's minutes of retries
+        args += ["--address", f"127.0.0.1:{free_port()}"]
     elif case == "bad_option":
         config = tmp_path / "cfg.toml"
         config.write_text("temprature = 0.5\n")

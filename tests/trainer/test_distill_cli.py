@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,16 @@ def test_config_file_and_flags(kit, teachers, datasets, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and lines[0]["rows"] == 2 and "ce" in lines[0]  # flag over file; file over default
     assert "global batch 2 rows" in result.stdout and "tokens per step" in result.stdout
+
+
+def test_an_address_with_no_cluster_is_refused_at_once(teachers, datasets, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "o"
+    result = invoke(datasets["bidirectional"], teachers["bidirectional"], out, "--num-workers", "2", "--address", f"127.0.0.1:{port}")
+    assert_one_line_error(result, f"no Ray cluster at 127.0.0.1:{port}")
+    assert not out.exists()
 
 
 def test_missing_and_empty_data_directories(teachers, tmp_path):
