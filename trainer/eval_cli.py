@@ -177,8 +177,8 @@ def run_grade(path: Path, scorer: str, json_path: Optional[Path], samples: Optio
 class ModelsConfig:
     """Which models are compared and how they load."""
 
-    model: tuple[str, ...] = ("teacher=builtin",)
-    """label=PATH|builtin, repeatable; the model labelled `teacher` is the anchor."""
+    model: tuple[str, ...] = ()
+    """label=PATH|builtin, repeatable; the model labelled `teacher` is the anchor. None given: teacher=builtin (with --grade: no model)."""
     device: str = "cpu"
     """torch device for the models."""
     trust_remote_code: bool = False
@@ -267,9 +267,8 @@ TREE = OptionTree(EvalCommandConfig, exclude={"run.keep_samples"})
 def run_config(cfg: EvalCommandConfig) -> ev.EvalReport | None:
     """The command's body on a config (t3d-run calls it too); returns the report (None with --grade)."""
     m, p, d, r, o = cfg.models, cfg.prompts, cfg.decode, cfg.run, cfg.output
-    graded_only = o.grade is not None and m.model == ModelsConfig().model  # --grade loads no model
     return run(
-        model=[] if graded_only else list(m.model), teacher=r.teacher, prompts=p.prompts, limit=p.limit, block_size=d.block_size,
+        model=list(m.model), teacher=r.teacher, prompts=p.prompts, limit=p.limit, block_size=d.block_size,
         max_new_tokens=d.max_new_tokens, steps_per_block=d.steps_per_block, strategy=d.strategy, threshold=d.threshold,
         temperature=d.temperature, cache=d.cache, samples_per_prompt=r.samples_per_prompt, seed=r.seed,
         batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,

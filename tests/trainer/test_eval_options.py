@@ -20,7 +20,7 @@ def test_defaults_come_from_the_dataclasses_once():
     cfg = parse([])
     assert cfg == EvalCommandConfig()
     assert cfg.decode.threshold == SamplerConfig().threshold and cfg.decode.cache == SamplerConfig().cache
-    assert cfg.run == ev.EvalConfig() and cfg.models.model == ("teacher=builtin",)
+    assert cfg.run == ev.EvalConfig() and cfg.models.model == ()  # none given: teacher=builtin, or none with --grade
 
 
 def test_file_then_flags(tmp_path):
@@ -42,7 +42,7 @@ def test_help_shows_every_option_with_its_default():
              "--user-template"]  # fmt: skip
     assert {o.flag for o in TREE.options} >= set(flags)
     for flag, default in (("--threshold", SamplerConfig().threshold), ("--samples-per-prompt", 4), ("--device", "cpu"),
-                          ("--model", "teacher=builtin"), ("--code-timeout", 10.0)):  # fmt: skip
+                          ("--model", "none"), ("--code-timeout", 10.0)):  # fmt: skip
         line = next(line for line in text.splitlines() if f" {flag} " in line)
         assert f"[default: ({default})]" in line, (flag, line)
 

@@ -82,6 +82,8 @@ def test_grade_code_names_the_failing_test_and_the_timeout(tmp_path):
         ('{"prompt": "q", "response": "r", "tests": ["assert f(1) =="]}\n', [], "r.jsonl line 1: tests[0] is not valid Python"),
         ('{"prompt": "q", "response": "r", "answer": "1"}\n', ["--scorer", "code"], "r.jsonl line 1: --scorer code needs"),
         ('{"prompt": "q", "response": "r", "answer": "1"}\n', ["--model", "builtin"], "--grade grades the responses in a file"),
+        # the default's own value, given explicitly, is refused too (it used to be dropped without a word)
+        ('{"prompt": "q", "response": "r", "answer": "1"}\n', ["--model", "teacher=builtin"], "--grade grades the responses in a file"),
     ],
 )
 def test_bad_responses_files_are_one_line_errors(tmp_path, content, args, message):
