@@ -185,3 +185,18 @@ def upstream():
     import types
 
     return types.SimpleNamespace(net=upstream_net, logits=upstream_logits, parity=student_parity)
+
+
+def _assert_one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture
+def one_line_error():
+    """Check a CliRunner result: exit 2, one `error: ...` line on stderr holding every given word, no traceback."""
+    return _assert_one_line_error

@@ -26,15 +26,6 @@ def invoke(data, model, out, *extra):
     return CliRunner().invoke(app, args)
 
 
-def assert_one_line_error(result, *words):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-
-
 def test_help_lists_every_option_of_the_issue():
     result = subprocess.run([sys.executable, "-m", "t3d.trainer.distill", "--help"], capture_output=True, text=True,
                             env=os.environ | {"COLUMNS": "200"})  # fmt: skip
@@ -54,20 +45,20 @@ def test_config_file_and_flags(kit, teachers, datasets, tmp_path):
     assert "global batch 2 rows" in result.stdout and "tokens per step" in result.stdout
 
 
-def test_an_address_with_no_cluster_is_refused_at_once(teachers, datasets, tmp_path):
+def test_an_address_with_no_cluster_is_refused_at_once(one_line_error, teachers, datasets, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "o"
     result = invoke(datasets["bidirectional"], teachers["bidirectional"], out, "--num-workers", "2", "--address", f"127.0.0.1:{port}")
-    assert_one_line_error(result, f"no Ray cluster at 127.0.0.1:{port}")
+    one_line_error(result, f"no Ray cluster at 127.0.0.1:{port}")
     assert not out.exists()
 
 
-def test_missing_and_empty_data_directories(teachers, tmp_path):
-    assert_one_line_error(invoke(tmp_path / "nope", teachers["bidirectional"], tmp_path / "o"), "not found", "nope")
+def test_missing_and_empty_data_directories(one_line_error, teachers, tmp_path):
+    one_line_error(invoke(tmp_path / "nope", teachers["bidirectional"], tmp_path / "o"), "not found", "nope")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(invoke(tmp_path / "empty", teachers["bidirectional"], tmp_path / "o"), "empty")
+    one_line_error(invoke(tmp_path / "empty", teachers["bidirectional"], tmp_path / "o"), "empty")
 
 
 def test_missing_directory_in_a_real_process(teachers, tmp_path):
@@ -77,12 +68,12 @@ def test_missing_directory_in_a_real_process(teachers, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_schema_version_mismatch(dataset_copy, teachers, tmp_path):
+def test_schema_version_mismatch(one_line_error, dataset_copy, teachers, tmp_path):
     data = dataset_copy()
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["schema_version"] = 999
     (data / "manifest.json").write_text(json.dumps(manifest))
-    assert_one_line_error(invoke(data, teachers["bidirectional"], tmp_path / "o"), "schema version 999")
+    one_line_error(invoke(data, teachers["bidirectional"], tmp_path / "o"), "schema version 999")
 
 
 def _corrupt(path: Path) -> None:
@@ -91,27 +82,27 @@ def _corrupt(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
-def test_corrupted_shard_is_named_and_can_be_skipped(dataset_copy, teachers, tmp_path):
+def test_corrupted_shard_is_named_and_can_be_skipped(one_line_error, dataset_copy, teachers, tmp_path):
     data = dataset_copy()
     _corrupt(data / "shard-00001.parquet")
-    assert_one_line_error(invoke(data, teachers["bidirectional"], tmp_path / "a"), "shard-00001", "checksum")
+    one_line_error(invoke(data, teachers["bidirectional"], tmp_path / "a"), "shard-00001", "checksum")
     result = invoke(data, teachers["bidirectional"], tmp_path / "b", "--skip-bad-shards")
     assert result.exit_code == 0, result.output
     assert "skipping bad shard shard-00001" in result.output
     assert "32 rows in 2 shards" in result.output
 
 
-def test_student_vocabulary_must_match_the_teacher(datasets, tmp_path):
+def test_student_vocabulary_must_match_the_teacher(one_line_error, datasets, tmp_path):
     other = build_checkpoint(tmp_path / "wide", "bidirectional", vocab_size=80, max_position_embeddings=32)
-    assert_one_line_error(invoke(datasets["bidirectional"], other, tmp_path / "o"), "vocabulary", "80")
+    one_line_error(invoke(datasets["bidirectional"], other, tmp_path / "o"), "vocabulary", "80")
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(teachers, datasets, tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(one_line_error, teachers, datasets, tmp_path):
     out = tmp_path / "o"
     # a learning rate of 1e30 makes the weights explode after the first step
     result = invoke(datasets["bidirectional"], teachers["bidirectional"], out, "--lr", "1e30", "--save-every", "1",
                     "--max-steps", "5")  # fmt: skip
-    assert_one_line_error(result, "at step 2", "last good checkpoint", ckpt.step_name(1))
+    one_line_error(result, "at step 2", "last good checkpoint", ckpt.step_name(1))
     assert any(w in result.stderr for w in ("nan", "inf"))
     assert ckpt.latest_checkpoint(out).name == ckpt.step_name(1)
     assert not (out / "checkpoints" / ckpt.step_name(2)).exists() and not (out / "student").exists()
@@ -119,12 +110,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(teachers, datasets, t
 
 
 @pytest.mark.parametrize("flags, words", [(["--loss", "mse"], "mse"), (["--resume"], "no checkpoint")])
-def test_bad_options(teachers, datasets, tmp_path, flags, words):
-    assert_one_line_error(invoke(datasets["bidirectional"], teachers["bidirectional"], tmp_path / "o", *flags), words)
+def test_bad_options(one_line_error, teachers, datasets, tmp_path, flags, words):
+    one_line_error(invoke(datasets["bidirectional"], teachers["bidirectional"], tmp_path / "o", *flags), words)
 
 
-def test_multi_worker_runs_check_the_inputs_before_starting_ray(datasets, tmp_path):
+def test_multi_worker_runs_check_the_inputs_before_starting_ray(one_line_error, datasets, tmp_path):
     other = build_checkpoint(tmp_path / "wide", "bidirectional", vocab_size=80, max_position_embeddings=32)
     result = invoke(datasets["bidirectional"], other, tmp_path / "o", "--num-workers", "2")
-    assert_one_line_error(result, "vocabulary")
+    one_line_error(result, "vocabulary")
     assert not (tmp_path / "o").exists()  # failed before any worker (or Ray) started
