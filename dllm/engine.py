@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from t3d.dllm import noise, vocab
-from t3d.dllm.model import DiffusionLM
+from t3d.dllm.model import DiffusionLM, take_rows
 from t3d.dllm.reveal import get_strategy
 
 
@@ -76,6 +76,7 @@ class Engine:
         self.host_block = np.zeros(s, dtype=np.int64)
         self.host_shift = np.zeros(s, dtype=np.int64)
         self.host_steps = np.zeros(s, dtype=np.int64)
+        self.host_masked = np.zeros(s, dtype=np.int64)  # masks left in each slot's current block
         self.ids = torch.full((s, t), self.model.pad_id, dtype=torch.long, device=dev)  # (S, T)
         self.real = torch.zeros((s, t), dtype=torch.bool, device=dev)  # (S, T) False on padding
         self.pos = torch.zeros((s, t), dtype=torch.long, device=dev)  # (S, T) from the row's first token
@@ -146,6 +147,7 @@ class Engine:
             tensor[slot] = 0
         self.shift[slot], self.seed[slot] = shift, self.seeds[row]
         self.slot_row[slot], self.host_block[slot], self.host_shift[slot], self.host_steps[slot] = row, 0, shift, 0
+        self.host_masked[slot] = lay.block - shift  # the prompt's tail fills the rest of the first block
 
     def retire(self, slots: list[int], steps: list[int]) -> None:
         """Hand finished slots' results to their rows and free the slots."""
@@ -166,68 +168,93 @@ class Engine:
 
     # --- one step ----------------------------------------------------------------------------
 
-    def decode(self, active: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Propose, choose, reveal and advance the active slots, given their block logits (R, B, V).
+    def selection(self, active: torch.Tensor, live: list[int]) -> torch.Tensor | None:
+        """(R, m) positions in each active slot's block that are still masked, m = the most any slot has.
 
-        Returns (3, R) int64 on the device: done flag, block, steps taken.
+        Only these get the LM head, the softmax and a proposal; rows with fewer masks are
+        filled up with revealed positions (whose results are never used). None: the
+        whole block (every slot has all B masked, as at a block's first step).
+        """
+        lay = self.layout
+        m = int(self.host_masked[live].max())
+        if m >= lay.block:
+            return None
+        resp = self.block_columns(active) - lay.prompt_len  # (R, B)
+        cols = torch.where(resp >= 0, resp, lay.length)
+        masked = (resp >= 0) & (self.reveal[active[:, None].expand_as(cols), cols] < 0)  # (R, B)
+        return (~masked).to(torch.int8).argsort(dim=1, stable=True)[:, :m]  # masked positions first, distinct
+
+    def decode(self, active: torch.Tensor, logits: torch.Tensor, sel: torch.Tensor | None = None) -> torch.Tensor:
+        """Propose, choose, reveal and advance the active slots, given their logits (R, m, V) at block positions
+        `sel` (R, m) (None: all B positions, m = B).
+
+        Returns (4, R) int64 on the device: done flag, block, steps taken, masks left in the current block.
         """
         cfg, lay = self.cfg, self.layout
         logits[..., self.model.mask_id] = float("-inf")  # the mask token is never a proposal
-        seq = self.block_columns(active)  # (R, B)
+        block = self.block_columns(active)  # (R, B)
+        seq = block if sel is None else block.gather(1, sel)  # (R, m)
         resp = seq - lay.prompt_len
-        cols = torch.where(resp >= 0, resp, lay.length)  # (R, B) response column; prompt slots -> scratch
+        cols = torch.where(resp >= 0, resp, lay.length)  # (R, m) response column; prompt slots -> scratch
         rows = active[:, None].expand_as(cols)
-        masked = (resp >= 0) & (self.reveal[rows, cols] < 0)  # (R, B)
-        probs = self._softmax(logits)  # (R, B, V) untempered, one fused pass: what the model believes
+        masked = (resp >= 0) & (self.reveal[rows, cols] < 0)  # (R, m)
+        probs = self._softmax(logits)  # (R, m, V) untempered, one fused pass: what the model believes
         step = self.step[active]  # (R,)
-        proposal = noise.propose(logits, probs, cfg, self.seed[active], step, cols)  # (R, B)
-        confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # (R, B)
+        proposal = noise.propose(logits, probs, cfg, self.seed[active], step, cols)  # (R, m)
+        confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # (R, m)
         if self.states is not None:
             self.states[active, step] = self.ids[active, lay.prompt_len :]
-        chosen = get_strategy(cfg.strategy).choose(confidence, masked, self.step_in_block[active], cfg)  # (R, B)
+        chosen = get_strategy(cfg.strategy).choose(confidence, masked, self.step_in_block[active], cfg)  # (R, m)
         self.ids[rows, seq] = torch.where(chosen, proposal, self.ids[rows, seq])
         self.reveal[rows, cols] = torch.where(chosen, step[:, None], self.reveal[rows, cols])
         self.confidence[rows, cols] = torch.where(chosen, confidence, self.confidence[rows, cols])
         if self.k:
             self._record_topk(probs, chosen, rows, cols)
-        return self._advance(active, masked & ~chosen)
+        return self._advance(active, block)
 
     def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """Softmax into one buffer kept across steps: a fresh (R, B, V) tensor per step costs more than the
+        """Softmax into one buffer kept across steps: a fresh (R, m, V) tensor per step costs more than the
         softmax itself on the CPU (page faults on ~20 MB at batch 8, SDAR's vocabulary)."""
-        r, b, v = logits.shape
-        if self._probs is None or self._probs.shape[1:] != (b, v):
-            self._probs = torch.empty((self.num_slots, b, v), dtype=torch.float32, device=logits.device)
-        return torch.softmax(logits, dim=-1, out=self._probs[:r])
+        r, m, v = logits.shape
+        need = r * m * v
+        if self._probs is None or self._probs.numel() < need:
+            self._probs = torch.empty(self.num_slots * self.layout.block * v, dtype=torch.float32, device=logits.device)
+        return torch.softmax(logits, dim=-1, out=self._probs[:need].view(r, m, v))
 
     def _record_topk(self, probs: torch.Tensor, chosen: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        """Top-k log-probs of the revealed positions only: at most `max_reveals` of the block's B per row."""
+        """Top-k log-probs of the revealed positions only: at most `max_reveals` of the m per row."""
         n = min(get_strategy(self.cfg.strategy).max_reveals(self.cfg), chosen.shape[1])
-        if n < chosen.shape[1]:  # the chosen positions first (a stable sort of a (R, B) bool: cheap)
+        if n < chosen.shape[1]:  # the chosen positions first (a stable sort of a (R, m) bool: cheap)
             pick = chosen.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n]  # (R, n)
-            flat = (pick + torch.arange(len(pick), device=pick.device)[:, None] * chosen.shape[1]).flatten()
-            probs = probs.flatten(0, 1).index_select(0, flat).unflatten(0, pick.shape)  # (R, n, V): whole rows copied
+            probs = take_rows(probs, pick)  # (R, n, V)
             chosen, rows, cols = chosen.gather(1, pick), rows[:, :n], cols.gather(1, pick)
         values, ids = vocab.topk(probs, self.k)  # (R, n, k)
         keep = chosen[..., None]
         self.topk_logprobs[rows, cols] = torch.where(keep, values.log(), self.topk_logprobs[rows, cols])
         self.topk_ids[rows, cols] = torch.where(keep, ids, self.topk_ids[rows, cols])
 
-    def _advance(self, active: torch.Tensor, still_masked: torch.Tensor) -> torch.Tensor:
-        """Count the step, move rows with a complete block on, stop rows that are finished."""
+    def _advance(self, active: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """Count the step, move rows with a complete block on, stop rows that are finished.
+
+        block: (R, B) sequence columns of each row's current block (all of them, not only the selection).
+        """
         lay = self.layout
         steps = self.step[active] + 1
         self.step[active] = steps
+        resp = block - lay.prompt_len
+        cols = torch.where(resp >= 0, resp, lay.length)
+        still_masked = (resp >= 0) & (self.reveal[active[:, None].expand_as(cols), cols] < 0)  # (R, B)
         response = self.ids[active, lay.prompt_len :]  # (R, L)
         revealed = self.reveal[active, : lay.length] >= 0  # (R, L)
         finished = eos_complete(response, revealed, self.eos) & self.cfg.stop_at_eos  # (R,)
         moved = ~still_masked.any(dim=1) & ~finished  # (R,) block complete
-        block = self.block[active] + moved.long()
-        self.block[active] = block
+        index = self.block[active] + moved.long()
+        self.block[active] = index
         self.step_in_block[active] = torch.where(moved, 0, self.step_in_block[active] + 1)
-        done = finished | (block >= lay.num_blocks)
+        done = finished | (index >= lay.num_blocks)
         self.done[active] = done
-        return torch.stack([done.long(), block, steps])  # (3, R)
+        left = torch.where(moved, lay.block, still_masked.sum(dim=1))  # a new block starts fully masked
+        return torch.stack([done.long(), index, steps, left])  # (4, R)
 
     def grow_states(self, steps_so_far: int) -> None:
         """Make room for one more recorded state per slot (doubling, so amortised)."""
@@ -253,11 +280,12 @@ def run(engine: Engine, runner) -> None:
         if live != active_key:  # the index tensor changes only when slots change
             active_key, active = live, torch.tensor(live, device=engine.device)
         engine.grow_states(int(engine.host_steps[live].max()))
-        logits = runner.block_logits(engine, active, live)  # (R, B, V) float32
-        synced = engine.decode(active, logits).cpu().numpy()  # the one host sync of the step
+        sel = engine.selection(active, live)  # (R, m) the masked positions of each block, or None: all B
+        logits = runner.block_logits(engine, active, live, sel)  # (R, m, V) float32
+        synced = engine.decode(active, logits, sel).cpu().numpy()  # the one host sync of the step
         engine.nfe += 1
         done, engine.host_block[live], steps = synced[0].astype(bool), synced[1], synced[2]
-        engine.host_steps[live] = steps
+        engine.host_steps[live], engine.host_masked[live] = steps, synced[3]
         finished = [s for s, d in zip(live, done) if d]
         if finished:
             engine.retire(finished, [int(n) for n, d in zip(steps, done) if d])

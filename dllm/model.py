@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -136,22 +137,63 @@ class DiffusionLM:
         position_ids: torch.Tensor,
         columns: torch.Tensor | None = None,
         cache: Any = None,
+        rows_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Unaligned network logits at input `columns` only (B, K, V), or all columns (B, T, V) when None.
 
         The LM head runs only on `columns` when the network takes `logits_to_keep`; `cache`
         (a transformers `Cache`) is passed under the network's own argument name.
+        rows_keep (B, m): of those K columns, the m each row needs (a row's own positions);
+        the LM head then runs on (B, m) hidden states only (its input is gathered by a
+        pre-hook on the output embeddings for this call), and (B, m, V) is returned.
         """
         kwargs: dict[str, Any] = {}
         if cache is not None:
             kwargs = {self.cache_argument: cache, "use_cache": True}
         if columns is not None and self.accepts_logits_to_keep:
             kwargs["logits_to_keep"] = columns
-        out = self.net(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids, **kwargs)
+        head_rows = rows_keep if "logits_to_keep" in kwargs else None  # the head's input is then (B, K, H)
+        with _head_rows(self.net, head_rows, len(columns) if head_rows is not None else 0) as gathered:
+            out = self.net(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
         if columns is not None and "logits_to_keep" not in kwargs:
             logits = logits[:, columns]
+        if rows_keep is not None and not gathered:
+            logits = take_rows(logits, rows_keep)
         return logits
+
+
+@contextlib.contextmanager
+def _head_rows(net: torch.nn.Module, rows_keep: torch.Tensor | None, width: int):
+    """While active, the LM head sees only hidden states rows_keep (B, m) of its (B, K = width, H) input.
+
+    Yields a list that is non-empty once the gather happened (a network whose head input
+    has another shape is left alone; the caller then picks the rows from the logits).
+    """
+    done: list[bool] = []
+    head = net.get_output_embeddings() if rows_keep is not None and hasattr(net, "get_output_embeddings") else None
+    if head is None:
+        yield done
+        return
+
+    def gather(module, args):
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[:2] != (rows_keep.shape[0], width):
+            return None
+        done.append(True)
+        return (take_rows(hidden, rows_keep), *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield done
+    finally:
+        handle.remove()
+
+
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, K, D), index (B, m) -> (B, m, D): whole rows copied, not an index per element."""
+    flat = (index + torch.arange(len(index), device=index.device)[:, None] * x.shape[1]).flatten()
+    return x.flatten(0, 1).index_select(0, flat).unflatten(0, index.shape)
 
 
 @functools.cache

@@ -42,8 +42,8 @@ class Runner:
     def admit(self, engine, slots: list[int]) -> None:
         """New rows were placed in `slots`."""
 
-    def block_logits(self, engine, active: torch.Tensor, live: list[int]) -> torch.Tensor:
-        """(R, B, V) float32 logits of each active slot's current block."""
+    def block_logits(self, engine, active: torch.Tensor, live: list[int], sel: torch.Tensor | None) -> torch.Tensor:
+        """(R, m, V) float32 logits of each active slot's current block at its positions `sel` (R, m) (None: all B)."""
         raise NotImplementedError
 
     def visible_width(self, engine, live: list[int]) -> int:
@@ -52,11 +52,14 @@ class Runner:
             return engine.layout.width
         return int(engine.host_block_columns(live)[:, -1].max()) + 1
 
-    def full_forward(self, engine, active: torch.Tensor, live: list[int], cache: SlotCache | None = None) -> torch.Tensor:
-        """Run the visible sequence of the active slots; logits (R, B, V) at their blocks.
+    def full_forward(
+        self, engine, active: torch.Tensor, live: list[int], sel: torch.Tensor | None, cache: SlotCache | None = None
+    ) -> torch.Tensor:
+        """Run the visible sequence of the active slots; logits (R, m, V) at their block positions `sel`.
 
-        With `cache`, every column's keys are written to it. The LM head runs on the
-        union of the rows' block columns (mapped through the family's alignment).
+        With `cache`, every column's keys are written to it. The network keeps the
+        union of the rows' block columns (mapped through the family's alignment); the
+        LM head runs on each row's own m positions only.
         """
         width = self.visible_width(engine, live)
         real = engine.real[active, :width]  # (R, W)
@@ -67,9 +70,13 @@ class Runner:
         if cache is not None:
             every = torch.arange(width, device=engine.device)[None, :].expand(len(live), -1)  # (R, W)
             cache.plan = ForwardPlan(slots=_slots_arg(engine, active, live), columns=every, width=width)
-        raw = self.model.raw_logits_at(engine.ids[active, :width], bias, engine.pos[active, :width], self.source[keep], cache)
         index = torch.as_tensor(np.searchsorted(union, cols), device=engine.device)  # (R, B) into keep
-        return _gather_positions(raw, index)
+        if sel is not None:
+            index = index.gather(1, sel)  # (R, m)
+        raw = self.model.raw_logits_at(
+            engine.ids[active, :width], bias, engine.pos[active, :width], self.source[keep], cache, rows_keep=index
+        )  # (R, m, V)
+        return raw.float()
 
 
 def _slots_arg(engine, active: torch.Tensor, live: list[int]) -> torch.Tensor | None:
@@ -77,17 +84,11 @@ def _slots_arg(engine, active: torch.Tensor, live: list[int]) -> torch.Tensor | 
     return None if len(live) == engine.num_slots and live == list(range(engine.num_slots)) else active
 
 
-def _gather_positions(raw: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """raw (R, K, V), index (R, B) -> (R, B, V) float32 (whole rows copied, not an index per logit)."""
-    flat = (index + torch.arange(len(index), device=index.device)[:, None] * raw.shape[1]).flatten()
-    return raw.flatten(0, 1).index_select(0, flat).unflatten(0, index.shape).float()
-
-
 class Uncached(Runner):
     """The whole visible sequence every step (the reference every cache is measured against)."""
 
-    def block_logits(self, engine, active, live):
-        return self.full_forward(engine, active, live)
+    def block_logits(self, engine, active, live, sel):
+        return self.full_forward(engine, active, live, sel)
 
 
 class CachedRunner(Runner):
@@ -112,11 +113,13 @@ class CachedRunner(Runner):
             self.key_block[index] = masks.block_index(engine.real[index], lay.prompt_len, lay.block, lay.absolute)
 
     def partial_forward(
-        self, engine, slots: torch.Tensor, live: list[int], cols: torch.Tensor, width: int, logits: bool, head: int | None = None
-    ):
+        self, engine, slots: torch.Tensor, live: list[int], cols: torch.Tensor, width: int, logits: bool,
+        head: int | None = None, sel: torch.Tensor | None = None,
+    ):  # fmt: skip
         """Run tokens at `cols` (R, q) of `slots` over cached columns [0, width).
 
-        Returns logits of the first `head` queries (all q when None), or None when `logits` is False.
+        Returns logits (R, m, V) of queries `sel` (R, m) among the first `head` (all q when
+        None; sel None: all of those), or None when `logits` is False.
         """
         rows = slots[:, None]
         key_block = self.key_block[slots, :width] if self.block_causal else None
@@ -124,7 +127,8 @@ class CachedRunner(Runner):
         self.cache.plan = ForwardPlan(slots=_slots_arg(engine, slots, live), columns=cols, width=width)
         q = cols.shape[1]
         keep = torch.arange(head or q, device=engine.device) if logits else torch.tensor([q - 1], device=engine.device)
-        out = self.model.raw_logits_at(engine.ids[rows, cols], bias, engine.pos[rows, cols], keep, self.cache)
+        out = self.model.raw_logits_at(engine.ids[rows, cols], bias, engine.pos[rows, cols], keep, self.cache,
+                                       rows_keep=sel if logits else None)  # fmt: skip
         return out.float() if logits else None
 
 
@@ -149,10 +153,10 @@ class ExactBlockCache(CachedRunner):
             cols = torch.arange(width, device=engine.device)[None, :].expand(len(slots), -1)  # (R, W)
             self.partial_forward(engine, index, slots, cols, width, logits=False)
 
-    def block_logits(self, engine, active, live):
+    def block_logits(self, engine, active, live, sel):
         self._commit(engine, live)
         cols = engine.block_columns(active)  # (R, B)
-        return self.partial_forward(engine, active, live, cols, self.visible_width(engine, live), logits=True)
+        return self.partial_forward(engine, active, live, cols, self.visible_width(engine, live), logits=True, sel=sel)
 
     def _commit(self, engine, live: list[int]) -> None:
         """One KV-storing forward of the final tokens of each block finished since the slot's last step."""
@@ -179,23 +183,23 @@ class ApproximateCache(CachedRunner):
         super().admit(engine, slots)
         self.refreshed[slots] = -1
 
-    def block_logits(self, engine, active, live):
+    def block_logits(self, engine, active, live, sel):
         fresh = [r for r, s in enumerate(live) if self.refreshed[s] != engine.host_block[s]]
         cached = [r for r, s in enumerate(live) if self.refreshed[s] == engine.host_block[s]]
         parts = {}
         if fresh:
             slots = [live[r] for r in fresh]
-            parts["fresh"] = self.full_forward(engine, active[fresh], slots, self.cache)
+            parts["fresh"] = self.full_forward(engine, active[fresh], slots, None if sel is None else sel[fresh], self.cache)
             self.refreshed[slots] = engine.host_block[slots]
         if cached:
-            parts["cached"] = self._cached_step(engine, active[cached], [live[r] for r in cached])
+            parts["cached"] = self._cached_step(engine, active[cached], [live[r] for r in cached], None if sel is None else sel[cached])
         if len(parts) == 1:
             return next(iter(parts.values()))
         out = torch.empty((len(live),) + parts["fresh"].shape[1:], dtype=torch.float32, device=engine.device)
         out[fresh], out[cached] = parts["fresh"], parts["cached"]
         return out
 
-    def _cached_step(self, engine, slots: torch.Tensor, live: list[int]) -> torch.Tensor:
+    def _cached_step(self, engine, slots: torch.Tensor, live: list[int], sel: torch.Tensor | None) -> torch.Tensor:
         """Block (and, for the prefix cache, everything after it) over the cached columns."""
         lay = engine.layout
         width = self.visible_width(engine, live)
@@ -204,7 +208,7 @@ class ApproximateCache(CachedRunner):
             starts = engine.host_block_columns(live)[:, 0]
             span = width - int(starts.min())
             cols = (cols[:, :1] + torch.arange(span, device=engine.device)[None, :]).clamp(max=width - 1)  # (R, span)
-        return self.partial_forward(engine, slots, live, cols, width, logits=True, head=lay.block)  # LM head on the block only
+        return self.partial_forward(engine, slots, live, cols, width, logits=True, head=lay.block, sel=sel)  # LM head on the block only
 
 
 class DualCache(ApproximateCache):

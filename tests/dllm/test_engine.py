@@ -76,15 +76,20 @@ def test_cached_step_runs_only_the_block(block_models):
 
 
 @pytest.mark.parametrize("cache", ["auto", "none"])
-def test_lm_head_runs_only_on_decoded_positions(block_models, tiny_models, cache):
+def test_lm_head_runs_only_on_the_masked_positions(block_models, tiny_models, cache):
+    """One token per step in blocks of 4: each step's LM head sees the 4, 3, 2, then 1 positions still masked
+    per row (the cache's prefill and commits keep one column, the network's least)."""
     for model in (block_models["relative"], tiny_models["bidirectional"]):
         rows = []
-        hook = model.net.lm_head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[1]))
+        hook = model.net.get_output_embeddings().register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[1]))
         try:
-            sample(model, PROMPTS[:3], SamplerConfig(cache=cache, stop_at_eos=False), SEEDS[:3])
+            out = sample(model, PROMPTS[:3], SamplerConfig(cache=cache, stop_at_eos=False), SEEDS[:3])
         finally:
             hook.remove()
-        assert max(rows) == 4, f"the LM head saw {max(rows)} positions per row, the block has 4"
+        assert out.nfe == 16
+        cached = cache == "auto" and model.family.block_causal
+        expected = ([1] + [4, 3, 2, 1]) * 4 if cached else [4, 3, 2, 1] * 4  # prefill / commit, then the block's steps
+        assert rows == expected, f"{model.family.name}, cache {cache}: the LM head saw {rows}"
 
 
 @pytest.mark.parametrize("layout", ["relative", "absolute"])
