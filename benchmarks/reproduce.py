@@ -346,9 +346,13 @@ step on the 72 val prompts x 8 samples. `train s` is wall time with two trials s
 - The reference code's state sampling (`state_order=reference`, ~91% fully masked blocks)
   helps t3d at one step per block; CE gains less from it and loses at 2 tokens per step.
 - Sampled fakes (`fake_temperature=1`) did not beat the argmax fake; 3000 steps did not beat
-  1500 by much. (This sweep ran before padding after EOS left the loss; the `builtin` preset
-  keeps its choices with the README's 800 steps.)
+  1500 by much. (These trials ran before padding after EOS left the loss.)
 - CE varies more with the training seed than t3d (`L_ce_traj_s0/s1`).
+- After padding left the loss (the `P_*` trials, from the `builtin` preset, on trajectories
+  collected with `--seed 0`): 1600 steps gained a little over 800; nothing else tried (batch 16,
+  beta 2, lambda_path 2, no random tokens, alpha 1, lr 1e-3, the reference refreshed every 200
+  or 50 steps) beat the preset at one step per block, and refreshing the reference lost most.
+  The preset keeps its choices and the README's 800 steps.
 
 {sweep_table(sweep)}
 
