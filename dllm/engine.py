@@ -175,14 +175,19 @@ class Engine:
         filled up with revealed positions (whose results are never used). None: the
         whole block (every slot has all B masked, as at a block's first step).
         """
-        lay = self.layout
         m = int(self.host_masked[live].max())
-        if m >= lay.block:
+        if m >= self.layout.block:
             return None
-        resp = self.block_columns(active) - lay.prompt_len  # (R, B)
-        cols = torch.where(resp >= 0, resp, lay.length)
-        masked = (resp >= 0) & (self.reveal[active[:, None].expand_as(cols), cols] < 0)  # (R, B)
+        _, masked = self.response_columns(active, self.block_columns(active))  # (R, B)
         return (~masked).to(torch.int8).argsort(dim=1, stable=True)[:, :m]  # masked positions first, distinct
+
+    def response_columns(self, active: torch.Tensor, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence columns (R, q) of the active slots -> their response columns (prompt columns -> the
+        scratch column L) and whether each is still masked, both (R, q)."""
+        lay = self.layout
+        resp = seq - lay.prompt_len
+        cols = torch.where(resp >= 0, resp, lay.length)
+        return cols, (resp >= 0) & (self.reveal[active[:, None].expand_as(cols), cols] < 0)
 
     def decode(self, active: torch.Tensor, logits: torch.Tensor, sel: torch.Tensor | None = None) -> torch.Tensor:
         """Propose, choose, reveal and advance the active slots, given their logits (R, m, V) at block positions
@@ -194,10 +199,8 @@ class Engine:
         logits[..., self.model.mask_id] = float("-inf")  # the mask token is never a proposal
         block = self.block_columns(active)  # (R, B)
         seq = block if sel is None else block.gather(1, sel)  # (R, m)
-        resp = seq - lay.prompt_len
-        cols = torch.where(resp >= 0, resp, lay.length)  # (R, m) response column; prompt slots -> scratch
+        cols, masked = self.response_columns(active, seq)  # (R, m)
         rows = active[:, None].expand_as(cols)
-        masked = (resp >= 0) & (self.reveal[rows, cols] < 0)  # (R, m)
         probs = self._softmax(logits)  # (R, m, V) untempered, one fused pass: what the model believes
         step = self.step[active]  # (R,)
         proposal = noise.propose(logits, probs, cfg, self.seed[active], step, cols)  # (R, m)
@@ -241,9 +244,7 @@ class Engine:
         lay = self.layout
         steps = self.step[active] + 1
         self.step[active] = steps
-        resp = block - lay.prompt_len
-        cols = torch.where(resp >= 0, resp, lay.length)
-        still_masked = (resp >= 0) & (self.reveal[active[:, None].expand_as(cols), cols] < 0)  # (R, B)
+        _, still_masked = self.response_columns(active, block)  # (R, B)
         response = self.ids[active, lay.prompt_len :]  # (R, L)
         revealed = self.reveal[active, : lay.length] >= 0  # (R, L)
         finished = eos_complete(response, revealed, self.eos) & self.cfg.stop_at_eos  # (R,)
