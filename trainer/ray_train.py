@@ -88,9 +88,9 @@ def _connect(cfg: DistillConfig) -> None:
     """Join --address, start a local Ray, or use the Ray this process already runs."""
     import ray
 
+    check_ray_address(cfg.dist.address)  # even beside a Ray this process already runs: the address was asked for
     if ray.is_initialized():
         return
-    check_ray_address(cfg.dist.address)
     try:
         dashboard = False if cfg.dist.address is None else None  # a private Ray needs no dashboard
         ray.init(address=cfg.dist.address, logging_level="WARNING", include_dashboard=dashboard)
