@@ -1,38 +1,16 @@
 """`--preset paper`: the official T3D recipe (Tyrion58/T3D train/prepare.py, self_ddo_sdar_full.py)."""
 
 import math
-import random
 
 import pytest
 import torch
+from t3d_test_support import random_trajectories
 
 from t3d.trainer.config import build_config, load_config
 from t3d.trainer.losses import t3d_from_logprobs
 from t3d.trainer.states import StateConfig, build_states
 
 MASK, EOS, PAD, VOCAB = 99, 2, 0, (10, 50)
-
-
-def rollouts(n, blocks, size, seed):
-    """Rollouts decoded in blocks of `size` (1-2 tokens a step), EOS then padding in some rows."""
-    rng = random.Random(seed)
-    x0, reveal = [], []
-    for _ in range(n):
-        tokens = [rng.randrange(*VOCAB) for _ in range(blocks * size)]
-        steps, start = [], 0
-        for _ in range(blocks):
-            per_step, perm = rng.randint(1, 2), list(range(size))
-            rng.shuffle(perm)
-            steps += [start + p // per_step for p in perm]
-            start = max(steps) + 1
-        if rng.random() < 0.6:
-            eos = rng.randrange(blocks * size)
-            tokens[eos] = EOS
-            for i in range(eos + 1, blocks * size):
-                tokens[i], steps[i] = PAD, -1
-        x0.append(tokens)
-        reveal.append(steps)
-    return torch.tensor(x0), torch.tensor(reveal, dtype=torch.int16)
 
 
 def paper_cfg(**kw):
@@ -68,7 +46,7 @@ def official_row(x0, reveal, ratio, block=8, k=4):
 
 
 def test_paper_states_equal_the_official_rule_by_brute_force():
-    x0, reveal = rollouts(600, 4, 4, seed=0)  # rollouts of block 4, trained in blocks of 8
+    x0, reveal = random_trajectories(600, 4, 4, seed=0)  # rollouts of block 4, trained in blocks of 8
     prompt, pmask = torch.tensor([[5, 6, 7]]).repeat(600, 1), torch.ones(600, 3, dtype=torch.bool)
     st = build_states(prompt, pmask, x0, reveal, paper_cfg(), torch.Generator().manual_seed(0))
     ratios = {}

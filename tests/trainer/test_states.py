@@ -4,34 +4,11 @@ import random
 
 import pytest
 import torch
+from t3d_test_support import random_trajectories
 
 from t3d.trainer.states import StateConfig, build_states
 
 MASK, EOS, PAD, VOCAB = 99, 2, 0, (10, 50)
-
-
-def random_trajectories(n, blocks, size, seed, max_per_step=2):
-    """Semi-AR teacher rollouts: per block a random permutation gives the reveal order,
-    1..max_per_step tokens per step; some rows stop at an EOS (pad, -1 after it)."""
-    rng = random.Random(seed)
-    x0, reveal = [], []
-    for _ in range(n):
-        tokens = [rng.randrange(*VOCAB) for _ in range(blocks * size)]
-        steps, start = [], 0
-        for _ in range(blocks):
-            per_step = rng.randint(1, max_per_step)
-            perm = list(range(size))
-            rng.shuffle(perm)
-            steps += [start + p // per_step for p in perm]
-            start = max(steps) + 1
-        if rng.random() < 0.6:  # finished with EOS somewhere
-            eos = rng.randrange(blocks * size)
-            tokens[eos] = EOS
-            for i in range(eos + 1, blocks * size):
-                tokens[i], steps[i] = PAD, -1
-        x0.append(tokens)
-        reveal.append(steps)
-    return torch.tensor(x0), torch.tensor(reveal, dtype=torch.int16)
 
 
 def prompts(n, length, seed):
