@@ -64,7 +64,7 @@ class Engine:
         self._init_results(len(prompts))
         self.pending = deque(range(len(prompts)))
         self.nfe = 0
-        self._probs: torch.Tensor | None = None  # (S, B, V) softmax buffer, reused every step
+        self._probs: torch.Tensor | None = None  # flat softmax buffer of S * B * V floats, reused every step
 
     # --- state -----------------------------------------------------------------------------
 

@@ -107,7 +107,7 @@ def _builtin_score(task_seed: int) -> Any:
 def collect(cfg: CollectConfig) -> CollectSummary:
     """Plan, open the output, run the missing units on Ray, report. Returns the summary."""
     plan = plan_run(cfg)
-    check_ray_address(cfg.cluster.address)  # before anything is written
+    check_ray_address(cfg.cluster.address)  # ray_connection checks too, but only after the output is opened
     state = open_output(
         cfg.out,
         collect_config=plan.manifest_config(),

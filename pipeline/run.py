@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from t3d.dllm.cli import check_ray_address, load_config_file, register_user_error, run_cli
+from t3d.dllm.cli import load_config_file, register_user_error, run_cli
 from t3d.dllm.errors import UserError
 from t3d.dllm.options import with_signature
 from t3d.pipeline import run_config as rc
@@ -357,7 +357,6 @@ def execute(spec: RunSpec, redo: str | None, command: list[str]) -> dict[str, An
 
     preflight(spec)
     address = spec.run.address or os.environ.get("RAY_ADDRESS")
-    check_ray_address(address)
     root = rc.run_root(spec)
     with ray_connection(address):
         resources = stage_resources(spec)
