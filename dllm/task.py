@@ -41,6 +41,8 @@ from t3d.dllm.errors import UserError
 from t3d.dllm.tokenizer import EOS, MASK, PAD, SPECIAL_TOKENS
 
 SPLITS = ("train", "val", "test")
+FAULTS = ("length", "no marker", "two markers", "foreign token")
+"""What `BuiltinTask.faults` names: the response's shape, or a word's marker pair or other tokens."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,6 +224,31 @@ class BuiltinTask:
 
     def is_valid(self, prompt: Sequence[int], response: Sequence[int]) -> bool:
         return self.log_likelihood(prompt, response) > -math.inf
+
+    def faults(self, prompt: Sequence[int], response: Sequence[int]) -> list[str]:
+        """Why a response is invalid, one of `FAULTS` per faulty word (or one for its shape); [] when valid.
+
+        A word's fault is the first that applies: `two markers` or `no marker` in its first
+        two positions, else `foreign token` (a token outside its alphabet anywhere else).
+        """
+        cats = self.categories(prompt)
+        body = self.content(response)
+        w = self.config.word_length
+        if body is None or len(body) != w * len(cats):
+            return ["length"]
+        found = []
+        for i, c in enumerate(cats):
+            rule, word = self._rules[c], body[i * w : (i + 1) * w]
+            markers = [t == rule.marker for t in word[:2]]
+            if all(markers):
+                found.append("two markers")
+            elif not any(markers):
+                found.append("no marker")
+            else:
+                partner = word[1] if markers[0] else word[0]
+                if any(t not in rule.alphabet for t in (partner, *word[2:])):
+                    found.append("foreign token")
+        return found
 
     def canonical(self, body: Sequence[int]) -> list[int]:
         """Words + `<eos>` padding to max_new_tokens: the form the teacher is trained on."""

@@ -9,6 +9,7 @@ import pytest
 
 from t3d.dllm import UserError
 from t3d.dllm.task import (
+    FAULTS,
     BuiltinTask,
     TaskConfig,
     distinct_responses,
@@ -77,6 +78,38 @@ def test_invalid_responses(task, response, why):
     prompt, ids = task.encode("c0 c1"), task.encode(response)
     assert not task.is_valid(prompt, ids), why
     assert task.log_likelihood(prompt, ids) == -math.inf
+
+
+@pytest.mark.parametrize(
+    "response, faults",
+    [
+        ("M0 a b d M1 d f g <eos>", []),
+        ("a M0 b d M1 d f g <eos> <eos>", []),
+        ("M0 M0 b d M1 d f g <eos>", ["two markers"]),
+        ("a b b d d M1 f g <eos>", ["no marker"]),
+        ("a b M0 d M1 M1 f g <eos>", ["no marker", "two markers"]),
+        ("M0 c b d M1 d f g <eos>", ["foreign token"]),  # the marker's partner
+        ("j M0 b d M1 d f g <eos>", ["foreign token"]),
+        ("M0 a b d M1 d f M1 <eos>", ["foreign token"]),  # a marker in the tail
+        ("M1 a b d M0 d f g <eos>", ["no marker", "no marker"]),  # markers of the wrong categories
+        ("M0 a b d M1 d f g", ["length"]),
+        ("M0 a b d <eos>", ["length"]),
+    ],
+)
+def test_faults_name_what_breaks_each_word(task, response, faults):
+    prompt, ids = task.encode("c0 c1"), task.encode(response)
+    assert task.faults(prompt, ids) == faults
+    assert set(faults) <= set(FAULTS)
+
+
+def test_faults_are_empty_exactly_for_valid_responses(small):
+    """Every sequence of 4 vocabulary tokens + <eos>, and one token short: no fault <=> valid."""
+    prompt = small.encode("c1")
+    for word in itertools.product(range(len(small.vocabulary)), repeat=4):
+        for response in (list(word) + [small.eos_id], list(word[:3]) + [small.eos_id]):
+            faults = small.faults(prompt, response)
+            assert (faults == []) == small.is_valid(prompt, response), small.decode(response)
+            assert len(faults) <= 1
 
 
 def test_enumerated_likelihoods_sum_to_one(small):
