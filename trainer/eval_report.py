@@ -105,25 +105,33 @@ def save_plot(report: EvalReport, path: str | Path) -> Path:
     """Quality (agreement when there is no task metric) against tokens per step, one line per model.
 
     Static settings are joined by a line; other strategies are single hollow markers in
-    the model's colour. Uses the Agg canvas directly, so no display and no pyplot state.
+    the model's colour, with one legend entry per strategy. Past 6 models the legend
+    goes beside the axes. Uses the Agg canvas directly, so no display and no pyplot state.
     """
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FormatStrFormatter
 
     metric = report.quality_metric or "agreement"
     value = (lambda r: r.quality) if report.quality_metric else (lambda r: r.agreement)
-    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    many = len(report.models) > 6
+    fig = Figure(figsize=(8.8 if many else 6.4, 4.2 + 0.1 * max(0, len(report.models) - 16)), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    palette = colormaps["tab20"] if len(report.models) > 10 else colormaps["tab10"]
+    strategies: dict[str, Line2D] = {}
     for index, label in enumerate(report.models):
-        color = f"C{index}"
+        color = palette(index % palette.N)
         rows = [r for r in report.records if r.model == label and value(r) is not None]
         static = sorted((r for r in rows if r.strategy == "static"), key=lambda r: r.tokens_per_step)
         ax.plot([r.tokens_per_step for r in static], [value(r) for r in static], "o-", color=color, label=label)
         for r in rows:
             if r.strategy != "static":
-                ax.plot([r.tokens_per_step], [value(r)], "D", mfc="none", color=color, label=f"{label} ({r.strategy})")
+                ax.plot([r.tokens_per_step], [value(r)], "D", mfc="none", color=color)
+                strategies.setdefault(r.strategy, Line2D([], [], marker="D", mfc="none", color="0.4", linestyle="none",
+                                                         label=f"{r.strategy} (hollow, the model's colour)"))  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.set_ylim(-0.03, 1.03)  # every plotted metric is a rate
@@ -131,7 +139,11 @@ def save_plot(report: EvalReport, path: str | Path) -> Path:
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs tokens per step ({report.prompt_source})")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    handles = ax.get_legend_handles_labels()[0] + list(strategies.values())
+    if many:
+        ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(handles) // 24)
+    else:
+        ax.legend(handles=handles, fontsize="small")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
