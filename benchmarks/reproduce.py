@@ -1,6 +1,6 @@
 """Reproduce the headline result on the built-in task, from the shipped teacher, in one command.
 
-    python benchmarks/reproduce.py            # ~12 min on a 2-core CPU; writes docs/RESULTS.md
+    python benchmarks/reproduce.py            # ~27 min on a 2-core CPU; writes docs/RESULTS.md
 
 1. `t3d-collect`: the shipped teacher decodes the task's *train* prompts at one token per
    step (`--rollouts-per-prompt` samples each), with a collect seed (5) different from the
@@ -10,10 +10,13 @@
    what `t3d-distill` alone runs), `ce` (naive trajectory distillation) and `ddo` (DDO
    alone), both on the same preset's budget. Also `--preset paper` (the official recipe)
    on a dataset collected the official way (1 rollout per prompt at temperature 0.1).
+   Then a second on-policy round of t3d and of CE per training seed (`--rounds`, what
+   `t3d-run --run.rounds 2` does): each round-1 student collects the train prompts again and
+   starts a second distillation on its own trajectories.
 3. `t3d-eval`: teacher and students on the held-out *test* prompts at 1, 2 and 4 tokens
    per step and with the threshold sampler.
-4. `docs/RESULTS.md` (table, plot, exact commands, seeds, machine, the validation sweep
-   that chose the options) and `docs/results.json` (every number).
+4. `docs/RESULTS.md` (table, plot, what the invalid answers are, exact commands, seeds,
+   machine, the validation sweep that chose the options) and `docs/results.json` (every number).
 
 The distillation options (`TUNED`) were chosen on the *val* split with
 `benchmarks/sweep.py` (its results: `docs/sweep_val.jsonl`); the test prompts were never
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -54,6 +58,10 @@ COLLECT = {"rollouts-per-prompt": 8, "seed": 5}
 # The official recipe end to end: its data (1 rollout per prompt at T = 0.1) and `--preset paper`.
 PAPER_COLLECT = {"rollouts-per-prompt": 1, "temperature": 0.1, "seed": 5}
 PAPER = {"preset": "paper", "save-every": 0}
+# On-policy rounds, what `t3d-run --run.rounds N` does: round r's student collects round r+1's
+# trajectories (COLLECT, the same prompts and seed) and starts round r+1's training (the same
+# loss, preset and training seed). Run for these losses, each from its own round-1 student.
+ROUND_LOSSES = ("t3d", "ce")
 EVAL = {"steps-per-block": "4,2,1", "strategy": "static,threshold", "threshold": 0.9, "temperature": 1.0,
         "samples-per-prompt": 8, "seed": 0, "timing-repeats": 2}  # fmt: skip
 
@@ -139,6 +147,44 @@ def find(records: list[dict[str, Any]], model: str, strategy: str = "static", sp
     return None
 
 
+def round_label(loss: str, r: int, seed: int, first_seed: int) -> str:
+    """A student's label: `t3d` (round 1, first training seed), `t3d_s1`, `t3d_r2`, `t3d_r2_s1`, ..."""
+    name = loss if r == 1 else f"{loss}_r{r}"
+    return name if seed == first_seed else f"{name}_s{seed}"
+
+
+def last_round(records: list[dict[str, Any]]) -> int:
+    """The highest round with students in `records` (1 when there are no on-policy rounds)."""
+    found = (re.fullmatch(r".+_r(\d+)(_s\d+)?", r["model"]) for r in records)
+    return max((int(m.group(1)) for m in found if m), default=1)
+
+
+def word_faults(samples: Path) -> dict[str, dict[str, float]]:
+    """Per model, at one step per block: the share of words with each `BuiltinTask.faults` kind, and the words counted."""
+    from t3d.dllm.task import FAULTS, BuiltinTask
+
+    task, counts = BuiltinTask(), {}
+    for line in samples.read_text().splitlines():
+        row = json.loads(line)
+        if not (row["setting"].startswith("static ") and row["setting"].endswith(" spb=1")):
+            continue
+        count = counts.setdefault(row["model"], dict.fromkeys(FAULTS, 0) | {"words": 0})
+        count["words"] += len(task.categories(task.encode(row["prompt"])))
+        for fault in task.faults(task.encode(row["prompt"]), row["tokens"]):
+            count[fault] += 1
+    return {model: {k: (v if k == "words" else round(v / max(c["words"], 1), 4)) for k, v in c.items()} for model, c in counts.items()}
+
+
+def faults_table(faults: dict[str, dict[str, float]]) -> str:
+    """Markdown: what the invalid answers at one step per block are, per model."""
+    from t3d.dllm.task import FAULTS
+
+    lines = ["| model | " + " | ".join(FAULTS) + " | words |", "|---|" + "---|" * (len(FAULTS) + 1)]
+    for model, share in faults.items():
+        lines.append(f"| {model} | " + " | ".join(f"{share[f]:.1%}" for f in FAULTS) + f" | {share['words']} |")
+    return "\n".join(lines)
+
+
 def seed_labels(records: list[dict[str, Any]], loss: str) -> list[str]:
     """The students of one loss, one per training seed: `t3d` (first seed), `t3d_s1`, ..."""
     return list(dict.fromkeys(r["model"] for r in records if r["model"] == loss or r["model"].startswith(f"{loss}_s")))
@@ -162,20 +208,26 @@ def verdicts(records: list[dict[str, Any]], teacher: str, block: int) -> list[st
     def each(values: list[float], spec: str = ".2f") -> str:
         return "" if len(values) < 2 else f"; per seed {', '.join(format(v, spec) for v in values)}"
 
-    gaps = at("t3d", 1, "gap_closure")
-    if gaps:
-        g = _mean(gaps)
-        spread = f", spread {min(gaps):.2f}-{max(gaps):.2f}" if len(gaps) > 1 else ""
-        line(g >= GAP_CLOSURE_TARGET, f"gap closure of t3d at {block} tokens/step = {g:.2f}{spread}{each(gaps)} "
-             f"(target >= {GAP_CLOSURE_TARGET}, stretch {GAP_CLOSURE_STRETCH}: {'met' if g >= GAP_CLOSURE_STRETCH else 'missed'})")  # fmt: skip
-    for spb in (1, 2):
-        a, b = at("t3d", spb, "quality"), at("ce", spb, "quality")
-        if a and b:
-            seeds, wins = "", sum(x > y for x, y in zip(a, b))
-            if len(a) > 1:
-                seeds = f"; per seed {', '.join(f'{x:.3f} vs {y:.3f}' for x, y in zip(a, b))}: t3d ahead in {wins} of {len(a)}"
-            line(wins == min(len(a), len(b)), f"t3d beats ce at {block // spb} tokens/step on every seed: validity "
-                 f"{_mean(a):.3f} vs {_mean(b):.3f}{seeds}")  # fmt: skip
+    def fidelity(t3d: str, ce: str) -> None:
+        gaps = at(t3d, 1, "gap_closure")
+        if gaps:
+            g = _mean(gaps)
+            spread = f", spread {min(gaps):.2f}-{max(gaps):.2f}" if len(gaps) > 1 else ""
+            line(g >= GAP_CLOSURE_TARGET, f"gap closure of {t3d} at {block} tokens/step = {g:.2f}{spread}{each(gaps)} "
+                 f"(target >= {GAP_CLOSURE_TARGET}, stretch {GAP_CLOSURE_STRETCH}: {'met' if g >= GAP_CLOSURE_STRETCH else 'missed'})")  # fmt: skip
+        for spb in (1, 2):
+            a, b = at(t3d, spb, "quality"), at(ce, spb, "quality")
+            if a and b:
+                seeds, wins = "", sum(x > y for x, y in zip(a, b))
+                if len(a) > 1:
+                    seeds = f"; per seed {', '.join(f'{x:.3f} vs {y:.3f}' for x, y in zip(a, b))}: {t3d} ahead in {wins} of {len(a)}"
+                line(wins == min(len(a), len(b)), f"{t3d} beats {ce} at {block // spb} tokens/step on every seed: validity "
+                     f"{_mean(a):.3f} vs {_mean(b):.3f}{seeds}")  # fmt: skip
+
+    fidelity("t3d", "ce")
+    rounds = last_round(records)
+    if rounds > 1:
+        fidelity(f"t3d_r{rounds}", f"ce_r{rounds}")
     full = find(records, teacher, spb=block)
     distinct = at("t3d", 1, "distinct_valid")
     if distinct and full:
@@ -194,7 +246,8 @@ def verdicts(records: list[dict[str, Any]], teacher: str, block: int) -> list[st
 def seeds_table(records: list[dict[str, Any]], block: int) -> str:
     """Validity and gap closure of every student, one row per (loss, training seed)."""
     lines = [f"| student | validity @{block} / @2 / @1 tok/step | gap closure @{block} / @2 |", "|---|---|---|"]
-    for loss in [*TUNED, "paper"]:
+    rounds = [f"{loss}_r{r}" for r in range(2, last_round(records) + 1) for loss in ROUND_LOSSES]
+    for loss in [*TUNED, *rounds, "paper"]:
         for label in seed_labels(records, loss):
             rows = {spb: find(records, label, spb=spb) for spb in (1, 2, block)}
             q = " / ".join(_f(r["quality"] if r else None) for r in rows.values())
@@ -224,6 +277,8 @@ def sweep_table(path: Path) -> str:
         last = row.get("last_metrics", {})
         ratios = f"{_f(last.get('real_log_ratio'), '.2f')} / {_f(last.get('fake_log_ratio'), '.2f')}"
         opts = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+        if row.get("data"):
+            opts += f"{'; ' if opts else ''}data: {row['data']}"
         lines.append(f"| {row['name']} | {opts} | {q} | {g} | {mf} | {ratios} | {row.get('train_seconds', '-')} |")
     teacher = path.with_name(f"{path.stem}_teacher.json")  # sweep.py's teacher.json, copied beside the results
     if teacher.exists():
@@ -239,7 +294,7 @@ def true_marker_first_rate() -> float:
     return 1 - BuiltinTask().config.marker_second_prob
 
 
-def observations(records: list[dict[str, Any]], teacher: str, block: int) -> str:
+def observations(records: list[dict[str, Any]], teacher: str, block: int, faults: dict[str, dict[str, float]]) -> str:
     """What the table says beyond the targets, with its numbers (computed, not written by hand)."""
     def rate(label: str, spb: int) -> str:
         r = find(records, label, spb=spb)
@@ -268,10 +323,15 @@ def observations(records: list[dict[str, Any]], teacher: str, block: int) -> str
                      f"differ only by timing noise: {min(one_step):.0f} to {max(one_step):.0f} on this machine. Read the "
                      "speed-up ratio to about +-0.2.")  # fmt: skip
     if t3d:
-        parts.append(f"- What is left at one step per block ({1 - t3d['quality']:.0%} invalid for t3d): on the val split the "
-                     "remaining errors were symbols outside the word's alphabet and words without a marker, i.e. the "
-                     "per-position marginals of a fully masked block are not yet sharp enough. The sweep's 3000-step trial "
-                     "(XL_t3d_ref_s0_3000) against its 1500-step twin (L_t3d_ref_s0) shows what longer training buys.")  # fmt: skip
+        teacher_first = ((find(records, teacher, spb=block) or {}).get("truth_extra") or {}).get("marker_first_rate")
+        share = {k: v for k, v in faults.get("t3d", {}).items() if k != "words" and v > 0}
+        kinds = ", ".join(f"{k} in {v:.1%} of words" for k, v in sorted(share.items(), key=lambda kv: -kv[1])) or "none"
+        parts.append(f"- What is left at one step per block ({1 - t3d['quality']:.0%} invalid for t3d; the faults table "
+                     f"below): {kinds}. A one-round student samples the first "
+                     "position of a fully masked block from a marginal learnt from its trajectories, where the marker "
+                     f"comes first in {_f(teacher_first, '.2f')} of the teacher's words: the rest are words it starts with "
+                     "a symbol and (having learnt that the second position is not the marker) leaves without one. "
+                     "An on-policy round trains on the student's own trajectories, whose marker always comes first.")  # fmt: skip
     return "\n".join(parts)
 
 
@@ -317,11 +377,24 @@ Every student once per training seed (`--seed` of t3d-distill; the data and the 
 
 {seeds_table(records, block)}
 
+Students named `_r2` are the second of the on-policy rounds that `t3d-run --run.rounds 2` runs:
+the round-1 student of the same loss and training seed collects the train prompts again (the
+same collect command) and starts a second distillation from its own trajectories (the same
+options), so `t3d_r2` is t3d twice and `ce_r2` is CE twice.
+
 ![validity against tokens per step](results.png)
+
+## What the invalid answers are, at one step per block
+
+Share of all words (one word per block) with each fault (`BuiltinTask.faults`): the marker pair
+(`no marker`, `two markers`), a token outside the word's alphabet (`foreign token`), or a response
+of the wrong length (counted once per response).
+
+{faults_table(results.get("faults", {}))}
 
 ## Reading the numbers
 
-{observations(records, teacher, block)}
+{observations(records, teacher, block, results.get("faults", {}))}
 
 ## Commands (run in this order; seeds as shown)
 
@@ -353,6 +426,15 @@ step on the 72 val prompts x 8 samples. `train s` is wall time with two trials s
   beta 2, lambda_path 2, no random tokens, alpha 1, lr 1e-3, the reference refreshed every 200
   or 50 steps) beat the preset at one step per block, and refreshing the reference lost most.
   The preset keeps its choices and the README's 800 steps.
+- Sharper data and on-policy rounds (the `Q_*` trials, rows that name their data): trajectories
+  collected at temperature 0.5 or 0.7 lift both t3d and CE to about 0.9 of the gap, with CE ahead
+  (0.95 vs 0.90 at 0.5); no t3d variant tried there (beta 0.3 or 2, alpha 1, lambda_path 3)
+  passed CE: DDO's edge over CE here is sharpening the marker pair, which sharper data already
+  gives CE, so collect keeps the teacher's temperature 1. A second round trained from one t3d
+  student's trajectories reaches 0.91 with t3d and 0.94 with CE (the same data for both: not the
+  CE-twice pipeline of the table), and keeping the teacher as the round-2 reference (a patched
+  trainer, not an option) lowers t3d to 0.84, so round 2 keeps the preset unchanged. Sampled fakes,
+  with or without a refreshed reference, stay below the preset (0.64-0.71).
 
 {sweep_table(sweep)}
 
@@ -395,6 +477,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per student (default: the preset's)")
     parser.add_argument("--train-seeds", default="0,1,2", help="comma list: every student is distilled once per seed")
     parser.add_argument("--no-paper", action="store_true", help="skip the `--preset paper` student")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help=f"on-policy rounds of {' and '.join(ROUND_LOSSES)} (1: none; each round collects from the last round's student)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N train prompts (smoke runs)")
     parser.add_argument("--eval-limit", type=int, default=None, help="use only the first N test prompts (smoke runs)")
     parser.add_argument("--sweep", default=str(REPO / "docs" / "sweep_val.jsonl"), help="val sweep results to report")
@@ -430,6 +514,17 @@ def main() -> None:
             if students[label].exists():
                 shutil.rmtree(students[label])  # a fresh run, not a resume of an older one
             run("t3d-distill", [*argv, "--no-progress"])
+    for r in range(2, args.rounds + 1):
+        for seed in seeds:
+            for loss in ROUND_LOSSES:
+                before, label = round_label(loss, r - 1, seed, seeds[0]), round_label(loss, r, seed, seeds[0])
+                teacher, round_data, students[label] = students[before] / "student", out / f"trajectories_{label}", out / "students" / label
+                run("t3d-collect", ["--out", str(round_data), "--model", str(teacher), *flags(COLLECT), *limit, *address,
+                                    "--overwrite", "--no-progress"])  # fmt: skip
+                shutil.rmtree(students[label], ignore_errors=True)
+                argv = ["--data", str(round_data), "--model", str(teacher), "--out", str(students[label]), "--loss", loss,
+                        *flags({**BUDGET, **steps, "seed": seed}), *flags(COMMON), *flags(TUNED[loss])]  # fmt: skip
+                run("t3d-distill", [*argv, "--no-progress"])
     if not args.no_paper:
         paper_data = out / "trajectories_paper"
         run("t3d-collect", ["--out", str(paper_data), *flags(PAPER_COLLECT), *limit, *address, "--overwrite", "--no-progress"])
@@ -447,12 +542,14 @@ def main() -> None:
     total = time.perf_counter() - start
     results = {
         **json.loads(report_path.read_text()),
+        "faults": word_faults(samples),
         "commands": run.steps,
         "total_seconds": round(total, 1),
         "written_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine_line": machine_line(),
         "options": {"budget": {**BUDGET, **steps, "seed": seeds}, "tuned": TUNED, "common": COMMON, "collect": COLLECT,
-                    "eval": EVAL, "paper": {"collect": PAPER_COLLECT, "distill": PAPER}},
+                    "eval": EVAL, "paper": {"collect": PAPER_COLLECT, "distill": PAPER},
+                    "rounds": {"rounds": args.rounds, "losses": list(ROUND_LOSSES)}},
     }
     (docs / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     path = write_results(docs, results, Path(args.sweep))

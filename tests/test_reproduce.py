@@ -78,6 +78,38 @@ def test_training_seeds_are_averaged_and_listed():
     assert "| t3d: mean over 2 seeds | | 0.66 (sd 0.11, 0.59-0.74) / |" in table
 
 
+def test_round_students_get_their_own_verdicts_and_rows():
+    records = RECORDS + [record("t3d_r2", 1, 0.95, gap=0.93), record("t3d_r2", 2, 0.97), record("ce_r2", 1, 0.96, gap=0.97),
+                         record("ce_r2", 2, 0.96), record("t3d_r2_s1", 1, 0.90, gap=0.88), record("ce_r2_s1", 1, 0.80, gap=0.75)]  # fmt: skip
+    assert reproduce.last_round(records) == 2 and reproduce.last_round(RECORDS) == 1
+    assert [reproduce.round_label("ce", r, s, 0) for r, s in ((1, 0), (1, 2), (2, 0), (3, 1))] == ["ce", "ce_s2", "ce_r2", "ce_r3_s1"]
+    text = "\n".join(reproduce.verdicts(records, "teacher", 4))
+    assert "met: gap closure of t3d_r2 at 4 tokens/step = 0.91, spread 0.88-0.93; per seed 0.93, 0.88" in text
+    assert "MISSED: t3d_r2 beats ce_r2 at 4 tokens/step on every seed: validity 0.925 vs 0.880; per seed 0.950 vs 0.960, " \
+           "0.900 vs 0.800: t3d_r2 ahead in 1 of 2" in text
+    assert "MISSED: gap closure of t3d at 4 tokens/step = 0.59" in text  # round 1 keeps its own lines
+    table = reproduce.seeds_table(records, 4)
+    assert "| t3d_r2_s1 | 0.900 / - / - | 0.88 / - |" in table and "| ce_r2: mean over 2 seeds | | 0.86 (sd 0.16" in table
+
+
+def test_word_faults_count_words_at_one_step_per_block(tmp_path):
+    rows = [("t3d", "static B=4 spb=1", "c0 c1", "M0 a b d M1 d f g <eos>"),
+            ("t3d", "static B=4 spb=1", "c0 c1", "a b b d M1 M1 f g <eos>"),
+            ("t3d", "static B=4 spb=1", "c0 c0 c1", "M0 a b d M0 a b"),
+            ("t3d", "static B=4 spb=4", "c0 c1", "a b b d a b b d <eos>"),
+            ("ce", "static B=4 spb=1", "c0 c1", "M0 c b d M1 d f g <eos>")]  # fmt: skip
+    from t3d.dllm.task import BuiltinTask
+
+    task = BuiltinTask()
+    lines = [json.dumps({"model": m, "setting": s, "prompt": p, "tokens": task.encode(r)}) for m, s, p, r in rows]
+    (tmp_path / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    faults = reproduce.word_faults(tmp_path / "samples.jsonl")
+    assert faults["t3d"] == {"length": round(1 / 7, 4), "no marker": round(1 / 7, 4), "two markers": round(1 / 7, 4),
+                             "foreign token": 0.0, "words": 7}  # fmt: skip
+    assert faults["ce"]["foreign token"] == 0.5 and faults["ce"]["words"] == 2
+    assert "| ce | 0.0% | 0.0% | 0.0% | 50.0% | 2 |" in reproduce.faults_table(faults)
+
+
 def test_results_md_holds_the_table_commands_and_sweep(tmp_path):
     sweep = tmp_path / "sweep.jsonl"
     val = {"spb=1": {"quality": 0.7, "gap_closure": 0.55, "truth_extra": {"marker_first_rate": 0.99}},
@@ -87,7 +119,8 @@ def test_results_md_holds_the_table_commands_and_sweep(tmp_path):
     sweep.write_text(json.dumps(line) + "\n")
     options = {"budget": reproduce.BUDGET, "tuned": reproduce.TUNED, "common": reproduce.COMMON, "eval": reproduce.EVAL}
     results = {"records": RECORDS, "teacher": "teacher", "commands": [{"command": "t3d-collect --out x --seed 0", "seconds": 50.0}],
-               "total_seconds": 600.0, "written_at": "2026-11-28 23:00 UTC", "machine_line": "a test box", "options": options}  # fmt: skip
+               "total_seconds": 600.0, "written_at": "2026-11-28 23:00 UTC", "machine_line": "a test box", "options": options,
+               "faults": {"t3d": {"length": 0.0, "no marker": 0.05, "two markers": 0.0, "foreign token": 0.02, "words": 100}}}  # fmt: skip
     path = reproduce.write_results(tmp_path, results, sweep)
     text = path.read_text()
     assert "t3d-collect --out x --seed 0    # 50 s" in text
@@ -96,6 +129,8 @@ def test_results_md_holds_the_table_commands_and_sweep(tmp_path):
     assert "| trialA | loss=t3d, beta=1.0 | 0.700 / 0.900 / 0.970 | 0.55 / 0.80 | 0.990 | 0.25 / -2.00 | 12.0 |" in text
     assert "MISSED: t3d beats ce at 4 tokens/step" in text and "in 10.0 minutes" in text and "a test box" in text
     assert '"preset": "builtin"' in text  # the options that ran are in the report
+    assert "| t3d | 0.0% | 5.0% | 0.0% | 2.0% | 100 |" in text
+    assert "(30% invalid for t3d; the faults table below): no marker in 5.0% of words, foreign token in 2.0% of words." in text
     assert "## The `paper` preset" in text and "--fixed-states" in text
 
 
@@ -105,13 +140,17 @@ def test_the_whole_script_runs_small(tmp_path, ray_session):
     """Collect 4 prompts, three 2-step students, evaluate 2 test prompts: every output exists and agrees."""
     docs = tmp_path / "docs"
     argv = [sys.executable, str(REPO / "benchmarks" / "reproduce.py"), "--out", str(tmp_path / "work"), "--docs", str(docs),
-            "--limit", "4", "--max-steps", "2", "--eval-limit", "2", "--train-seeds", "0", "--no-paper", "--address", ray_session.address]  # fmt: skip
+            "--limit", "4", "--max-steps", "2", "--eval-limit", "2", "--train-seeds", "0", "--no-paper", "--rounds", "2",
+            "--address", ray_session.address]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads((docs / "results.json").read_text())
     models = {r["model"] for r in data["records"]}
-    assert models == {"teacher", "t3d", "ce", "ddo"}
-    assert [c["command"].split()[0] for c in data["commands"]] == ["t3d-collect", "t3d-distill", "t3d-distill", "t3d-distill", "t3d-eval"]
+    assert models == {"teacher", "t3d", "ce", "ddo", "t3d_r2", "ce_r2"}
+    commands = [c["command"] for c in data["commands"]]
+    assert [c.split()[0] for c in commands] == ["t3d-collect", *["t3d-distill"] * 3, *["t3d-collect", "t3d-distill"] * 2, "t3d-eval"]
+    assert all("work/students/t3d/student --" in commands[i] for i in (4, 5))  # round 2 collects from and starts at round 1
+    assert set(data["faults"]) == models and data["faults"]["t3d"]["words"] > 0
     assert {r["steps_per_block"] for r in data["records"] if r["strategy"] == "static"} == {1, 2, 4}
     assert any(r["strategy"] == "threshold" for r in data["records"])
     assert (docs / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
