@@ -169,8 +169,9 @@ def word_faults(samples: Path) -> dict[str, dict[str, float]]:
         if not (row["setting"].startswith("static ") and row["setting"].endswith(" spb=1")):
             continue
         count = counts.setdefault(row["model"], dict.fromkeys(FAULTS, 0) | {"words": 0})
-        count["words"] += len(task.categories(task.encode(row["prompt"])))
-        for fault in task.faults(task.encode(row["prompt"]), row["tokens"]):
+        prompt = task.encode(row["prompt"])
+        count["words"] += len(task.categories(prompt))
+        for fault in task.faults(prompt, row["tokens"]):
             count[fault] += 1
     return {model: {k: (v if k == "words" else round(v / max(c["words"], 1), 4)) for k, v in c.items()} for model, c in counts.items()}
 
@@ -505,26 +506,26 @@ def main() -> None:
     students = {}
     seeds = [int(x) for x in args.train_seeds.split(",")]
     steps = {"max-steps": args.max_steps} if args.max_steps else {}
+
+    def distil(label: str, source: Path, loss: str, seed: int, start: Path | None = None) -> None:
+        """A fresh student `label` (not a resume of an older one) of `loss` on `source`, from `start` (None: the teacher)."""
+        students[label] = out / "students" / label
+        shutil.rmtree(students[label], ignore_errors=True)
+        model = ["--model", str(start)] if start is not None else []
+        run("t3d-distill", ["--data", str(source), *model, "--out", str(students[label]), "--loss", loss,
+                            *flags({**BUDGET, **steps, "seed": seed}), *flags(COMMON), *flags(TUNED[loss]), "--no-progress"])  # fmt: skip
+
     for seed in seeds:
-        budget = {**BUDGET, **steps, "seed": seed}
-        for loss, options in TUNED.items():
-            label = loss if seed == seeds[0] else f"{loss}_s{seed}"
-            students[label] = out / "students" / label
-            argv = ["--data", str(data), "--out", str(students[label]), "--loss", loss, *flags(budget), *flags(COMMON), *flags(options)]
-            if students[label].exists():
-                shutil.rmtree(students[label])  # a fresh run, not a resume of an older one
-            run("t3d-distill", [*argv, "--no-progress"])
+        for loss in TUNED:
+            distil(round_label(loss, 1, seed, seeds[0]), data, loss, seed)
     for r in range(2, args.rounds + 1):
         for seed in seeds:
             for loss in ROUND_LOSSES:
-                before, label = round_label(loss, r - 1, seed, seeds[0]), round_label(loss, r, seed, seeds[0])
-                teacher, round_data, students[label] = students[before] / "student", out / f"trajectories_{label}", out / "students" / label
+                label, teacher = round_label(loss, r, seed, seeds[0]), students[round_label(loss, r - 1, seed, seeds[0])] / "student"
+                round_data = out / f"trajectories_{label}"
                 run("t3d-collect", ["--out", str(round_data), "--model", str(teacher), *flags(COLLECT), *limit, *address,
                                     "--overwrite", "--no-progress"])  # fmt: skip
-                shutil.rmtree(students[label], ignore_errors=True)
-                argv = ["--data", str(round_data), "--model", str(teacher), "--out", str(students[label]), "--loss", loss,
-                        *flags({**BUDGET, **steps, "seed": seed}), *flags(COMMON), *flags(TUNED[loss])]  # fmt: skip
-                run("t3d-distill", [*argv, "--no-progress"])
+                distil(label, round_data, loss, seed, start=teacher)
     if not args.no_paper:
         paper_data = out / "trajectories_paper"
         run("t3d-collect", ["--out", str(paper_data), *flags(PAPER_COLLECT), *limit, *address, "--overwrite", "--no-progress"])
