@@ -486,6 +486,8 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="Ray cluster for t3d-collect to join (default: a local Ray)")
     parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from an existing results.json, run nothing")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
 
     if args.report_only:
         source = Path(args.docs) / "results.json"

@@ -134,6 +134,13 @@ def test_results_md_holds_the_table_commands_and_sweep(tmp_path):
     assert "## The `paper` preset" in text and "--fixed-states" in text
 
 
+def test_rounds_below_one_are_refused_before_anything_runs(tmp_path):
+    argv = [sys.executable, str(REPO / "benchmarks" / "reproduce.py"), "--out", str(tmp_path / "work"), "--rounds", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--rounds must be >= 1, got 0" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_the_whole_script_runs_small(tmp_path, ray_session):
