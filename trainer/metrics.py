@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+
+import numpy as np
 
 Response = tuple[int, ...]
 
@@ -147,3 +149,79 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
+
+
+# --- uncertainty: the bootstrap over prompts --------------------------------------------------
+
+BOOTSTRAP_LEVEL = 0.95
+
+
+def bootstrap_interval(
+    counts: Sequence[Sequence[float]],
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = BOOTSTRAP_LEVEL,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of `statistic`, resampling prompts with replacement.
+
+    Prompts, not responses, are resampled: the samples of one prompt are not independent
+    of each other, so treating them as such would make the interval too narrow.
+    counts: (P, C) per-prompt counts (e.g. correct and judged responses); each resample
+    sums the rows of P prompts drawn with replacement, and `statistic` maps those sums
+    (R, C) to one value per resample (R,), NaN where it is undefined (those resamples are
+    left out). Seeded: the same input gives the same interval. None when there are no
+    prompts or the statistic is undefined in every resample.
+    """
+    table = np.asarray(counts, dtype=np.float64)  # (P, C)
+    if table.ndim != 2 or len(table) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(table), size=(resamples, len(table)))  # (R, P)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.asarray(statistic(table[picks].sum(axis=1)), dtype=np.float64)  # (R,)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _share(sums: np.ndarray, hits: int, total: int) -> np.ndarray:
+    return np.where(sums[:, total] > 0, sums[:, hits] / np.maximum(sums[:, total], 1), np.nan)
+
+
+def _counts(groups: Sequence[Sequence[bool | None]]) -> list[tuple[int, int]]:
+    """Per prompt: (True verdicts, judged verdicts); None (unjudged) is left out, as `rate` leaves it."""
+    return [(sum(bool(v) for v in g if v is not None), sum(v is not None for v in g)) for g in groups]
+
+
+def rate_interval(groups: Sequence[Sequence[bool | None]], **kwargs) -> tuple[float, float] | None:
+    """Bootstrap interval of the pooled rate (validity, accuracy) over prompts; groups: each prompt's verdicts."""
+    return bootstrap_interval(_counts(groups), lambda s: _share(s, 0, 1), **kwargs)
+
+
+def gap_closure_interval(
+    student_k: Sequence[Sequence[bool | None]],
+    teacher_k: Sequence[Sequence[bool | None]],
+    teacher_full: Sequence[Sequence[bool | None]],
+    eps: float = 1e-9,
+    **kwargs,
+) -> tuple[float, float] | None:
+    """Bootstrap interval of `gap_closure`, the three runs resampled together (the same prompts in each).
+
+    Each argument: per prompt, that run's verdicts. Resamples where the teacher loses
+    nothing at K steps have no gap to close and are left out.
+    """
+    if not len(student_k) == len(teacher_k) == len(teacher_full):
+        raise ValueError("the three runs must hold the same prompts")
+    table = [s + t + f for s, t, f in zip(_counts(student_k), _counts(teacher_k), _counts(teacher_full))]  # (P, 6)
+
+    def closure(sums: np.ndarray) -> np.ndarray:
+        s, k, full = _share(sums, 0, 1), _share(sums, 2, 3), _share(sums, 4, 5)
+        gap = full - k
+        return np.where(np.abs(gap) > eps, (s - k) / np.where(gap == 0, 1, gap), np.nan)
+
+    return bootstrap_interval(table, closure, **kwargs)

@@ -131,3 +131,46 @@ def test_relative_spread_of_repeated_timings():
     assert metrics.relative_spread([3.0, 1.0, 2.0]) == 1.0  # (3 - 1) / median 2
     assert metrics.relative_spread([2.0, 4.0]) == pytest.approx(2 / 3)  # (4 - 2) / 3
     assert metrics.relative_spread([5.0]) == 0.0 and metrics.relative_spread([]) is None
+
+
+# --- bootstrap intervals over prompts ----------------------------------------------------------
+
+
+def test_bootstrap_interval_of_a_rate_on_a_hand_worked_case():
+    # Four prompts, one sample each: three right, one wrong. A resample of four prompts
+    # has mean 1 with chance (3/4)^4 = 0.32 (> 2.5 %), mean 0 with chance (1/4)^4 = 0.004
+    # and mean <= 0.25 with chance 13/256 = 0.05: the 2.5th percentile is 0.25 and the
+    # 97.5th is 1.
+    groups = [[True], [True], [True], [False]]
+    assert metrics.rate_interval(groups, resamples=4000) == (0.25, 1.0)
+    # every prompt alike: nothing varies between resamples
+    assert metrics.rate_interval([[True, False]] * 5) == (0.5, 0.5)
+    assert metrics.rate_interval([]) is None
+
+
+def test_bootstrap_resamples_prompts_not_responses():
+    # Two prompts of 8 samples: one always right, one always wrong. Resampling prompts,
+    # a quarter of resamples draw the right one twice (rate 1) and a quarter the wrong one
+    # twice (rate 0): the interval spans (0, 1). Responses resampled on their own would
+    # give a narrow interval around 0.5.
+    assert metrics.rate_interval([[True] * 8, [False] * 8]) == (0.0, 1.0)
+
+
+def test_bootstrap_is_seeded_and_skips_unjudged():
+    groups = [[True, None], [False, True], [True, True], [False, None]]
+    first = metrics.rate_interval(groups, seed=3)
+    assert first == metrics.rate_interval(groups, seed=3)
+    low, high = first
+    assert low <= metrics.rate([v for g in groups for v in g if v is not None]) <= high
+    assert metrics.rate_interval([[None], [None]]) is None  # nothing judged: undefined
+
+
+def test_gap_closure_interval_resamples_the_three_runs_together():
+    teacher_full = [[True], [True], [False], [True]]
+    teacher_k = [[False], [True], [False], [False]]
+    # a student exactly as good as the teacher at full steps closes the whole gap in every resample
+    assert metrics.gap_closure_interval(teacher_full, teacher_k, teacher_full) == (1.0, 1.0)
+    # a student no better than the teacher at K closes none of it
+    assert metrics.gap_closure_interval(teacher_k, teacher_k, teacher_full) == (0.0, 0.0)
+    # no gap anywhere: undefined
+    assert metrics.gap_closure_interval(teacher_k, teacher_k, teacher_k) is None
