@@ -13,10 +13,12 @@ shard layout, so a trained student drops into the tools that load its teacher.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,21 +42,54 @@ def weight_files(path: Path) -> list[Path]:
         for file in files:
             if not file.is_file():
                 raise UserError(f"{index} names {file.name}, which is not in {path}")
-        return files
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    files = sorted(path.glob("*.safetensors"))
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        files = sorted(path.glob("*.safetensors"))
     if not files:
         raise UserError(f"no safetensors weights in model directory {path} (t3d loads safetensors only)")
+    for file in files:
+        check_complete(file)
     return files
+
+
+def check_complete(file: Path) -> None:
+    """A truncated or corrupt safetensors file (a download cut short) as a one-line error naming it.
+
+    Opening a file parses its header and checks that the data covers every tensor it
+    lists: cheap (a memory map, no tensor is read), and it runs before any weight is
+    loaded, wherever a checkpoint is described or read.
+    """
+    with open_weights(file):
+        pass
+
+
+@contextlib.contextmanager
+def open_weights(file: Path, device: str | torch.device = "cpu") -> Iterator[Any]:
+    """`safetensors.safe_open` whose errors are one-line UserErrors naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as fh:
+            yield fh
+    except (SafetensorError, OSError, RuntimeError) as err:
+        if isinstance(err, UserError):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = reason.removeprefix("Error while deserializing header: ")
+        raise UserError(f"{file} is truncated or corrupt, not a readable safetensors file ({reason})") from None
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file (on CPU), or a one-line error naming the file."""
+    with open_weights(file) as fh:
+        return {name: fh.get_tensor(name) for name in fh.keys()}
 
 
 def checkpoint_dtype(path: Path) -> torch.dtype:
     """The dtype the weights are stored in (of the first floating-point tensor)."""
-    from safetensors import safe_open
-
     for file in weight_files(path):
-        with safe_open(str(file), framework="pt") as fh:
+        with open_weights(file) as fh:
             for name in fh.keys():
                 dtype = fh.get_slice(name).get_dtype()
                 if dtype in _SAFETENSORS_FLOATS:
@@ -67,17 +102,10 @@ _SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torc
 
 def iter_tensors(path: Path, device: str | torch.device = "cpu") -> Iterator[tuple[str, Path, torch.Tensor]]:
     """(name, file, tensor) for every tensor of the checkpoint, one at a time."""
-    from safetensors import safe_open
-
     for file in weight_files(path):
-        try:
-            with safe_open(str(file), framework="pt", device=str(device)) as fh:
-                for name in fh.keys():
-                    yield name, file, fh.get_tensor(name)
-        except (OSError, RuntimeError) as err:
-            if isinstance(err, UserError):
-                raise
-            raise UserError(f"cannot read {file}: {str(err).splitlines()[0]}") from None
+        with open_weights(file, device) as fh:
+            for name in fh.keys():
+                yield name, file, fh.get_tensor(name)
 
 
 def load_into(
@@ -241,14 +269,12 @@ def save_like(tensors: dict[str, torch.Tensor], out: Path, layout_of: Path) -> N
 
 def _weight_map(path: Path) -> dict[str, str]:
     """Tensor name -> file name of a checkpoint: its index, else read from the files themselves."""
-    from safetensors import safe_open
-
     index = path / INDEX
     if index.is_file():
         return json.loads(index.read_text())["weight_map"]
     weight_map = {}
     for file in weight_files(path):
-        with safe_open(str(file), framework="pt") as fh:
+        with open_weights(file) as fh:
             weight_map |= {name: file.name for name in fh.keys()}
     return weight_map
 

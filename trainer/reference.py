@@ -75,8 +75,10 @@ class Reference:
             return
         from safetensors.torch import load_file, load_model
 
+        from t3d.dllm.weights import check_complete
         from t3d.trainer import sharding
 
+        check_complete(directory / REFERENCE_WEIGHTS)  # a cut-short file: one line naming it
         if sharding.is_sharded(self.net):
             sharding.load_full_state(self.net, load_file(str(directory / REFERENCE_WEIGHTS)))
         else:
