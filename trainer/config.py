@@ -29,6 +29,7 @@ from t3d.dllm.families import get_family
 from t3d.dllm.loading import DTYPES
 from t3d.dllm.options import OptionTree
 from t3d.trainer.losses import ObjectiveConfig
+from t3d.trainer.tracking import TrackingConfig
 
 
 def _check(ok: bool, message: str) -> None:
@@ -242,6 +243,8 @@ class DistillConfig:
     """Reference model refresh."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Workers."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment trackers (TensorBoard, W&B, MLflow) beside metrics.jsonl."""
     preset: str = "none"
     """Named recipe under the config file and flags (trainer/presets/); default: builtin for --model builtin, else none. Recorded with the resolved values."""
 

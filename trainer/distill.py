@@ -9,14 +9,17 @@ docstring, its default the field's default.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from t3d.dllm.cli import register_user_error, run_cli
 from t3d.dllm.options import config_parameter, with_signature
+from t3d.dllm.outdir import Output, claim
 from t3d.storage_schemas import DatasetError
 from t3d.trainer.config import TREE, DistillConfig, load_config, presets
+from t3d.trainer.tracking import check_available
 
 register_user_error(DatasetError)
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -41,14 +44,16 @@ app.command(name="distill", help="Distil a few-step student from teacher traject
 
 def run(cfg: DistillConfig) -> None:
     """One process, or Ray Train workers when --num-workers > 1."""
-    if cfg.dist.num_workers > 1:
-        from t3d.trainer.ray_train import run_distributed
+    check_available(cfg.tracking)  # a missing tracker library stops the run before any model loads
+    with claim("t3d-distill", Output(path=Path(cfg.train.out), option="--out")):  # the driver's: workers take none
+        if cfg.dist.num_workers > 1:
+            from t3d.trainer.ray_train import run_distributed
 
-        result = run_distributed(cfg)
-    else:
-        from t3d.trainer.loop import train
+            result = run_distributed(cfg)
+        else:
+            from t3d.trainer.loop import train
 
-        result = train(cfg)
+            result = train(cfg)
     final = {k: round(v, 4) for k, v in result.metrics.items() if k in ("loss", "ddo", "path", "ce", "fkl")}
     print(f"done: {result.step} steps; last step {final}; student in {result.student}")
 

@@ -39,6 +39,7 @@ from t3d.trainer.logprobs import ResponseLogProbs
 from t3d.trainer.losses import OBJECTIVES, LossBatch, combine, normalizer_counts
 from t3d.trainer.reference import Reference
 from t3d.trainer.states import StateConfig, TrainingStates, build_states, response_to_sections
+from t3d.trainer.tracking import open_trackers
 
 # Metrics whose micro-batch values add up to the step's value (divided by step-wide counts).
 SUMMED_METRICS = frozenset({"loss", "ddo", "path", "ce", "fkl", "rows"})
@@ -683,6 +684,7 @@ def train(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> Run
     describe(trainer, say)
     out = Path(cfg.train.out)
     metrics_log = MetricsLog(out / METRICS_FILE, trainer.step, dist.is_main)
+    trackers = open_trackers(cfg.tracking, out, dataclasses.asdict(cfg), dist.is_main)  # the JSONL's names, rank 0
     bar = tqdm(total=cfg.train.max_steps, initial=trainer.step, desc="distill", unit="step",
                disable=not (dist.is_main and cfg.train.progress), dynamic_ncols=True)  # fmt: skip
     last: dict[str, float] = {}
@@ -690,6 +692,7 @@ def train(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> Run
     def on_step(metrics: dict) -> None:
         last.update(metrics)
         metrics_log.write(metrics)
+        trackers.log(metrics, trainer.step)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
 
@@ -701,6 +704,7 @@ def train(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> Run
     finally:
         bar.close()
         metrics_log.close()
+        trackers.close()
     return _finish(trainer, out, last, say)
 
 

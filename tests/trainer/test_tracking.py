@@ -1,0 +1,93 @@
+"""`--report-to`: the JSONL's metrics reach TensorBoard / W&B / MLflow, read back with each library's own reader."""
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from t3d.dllm.errors import UserError
+from t3d.trainer.distill import app
+from t3d.trainer.tracking import TrackingConfig, backend_names
+
+
+def distill(data, model, out, *extra):
+    args = ["--data", str(data), "--model", str(model), "--out", str(out), "--max-steps", "3", "--batch-size", "4",
+            "--no-progress", "--device", "cpu", "--warmup-steps", "0", "--loss", "ce", *map(str, extra)]  # fmt: skip
+    return CliRunner().invoke(app, args)
+
+
+def jsonl(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_events_hold_the_jsonl_scalars(teachers, datasets, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = distill(datasets["bidirectional"], teachers["bidirectional"], out, "--report-to", "tensorboard")
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    lines = jsonl(out)
+    for name in ("loss", "ce", "lr", "grad_norm"):  # the JSONL's names, one point per step, the same values
+        points = events.Scalars(name)
+        assert [p.step for p in points] == [line["step"] for line in lines]
+        assert [p.value for p in points] == pytest.approx([line[name] for line in lines], rel=1e-6)
+    assert "step" not in events.Tags()["scalars"]
+
+
+def test_wandb_offline_writes_its_run_files(teachers, datasets, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb-home").mkdir()
+    out = tmp_path / "run"
+    result = distill(datasets["bidirectional"], teachers["bidirectional"], out, "--report-to", "wandb", "--run-name", "probe")
+    assert result.exit_code == 0, result.output
+    runs = list((tmp_path / "wandb-home" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "wandb-home").rglob("*"))
+    (log,) = runs[0].glob("run-*.wandb")  # the run's record log, what `wandb sync` uploads
+    records = log.read_bytes()
+    for name in (b"loss", b"ce", b"grad_norm", b"lr", b"probe", b"max_steps"):  # the metrics, the name, the config
+        assert name in records, name
+
+
+def test_mlflow_run_holds_the_loss_per_step(teachers, datasets, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow >= 3 wants a database; a file store is enough here
+    out = tmp_path / "run"
+    result = distill(datasets["bidirectional"], teachers["bidirectional"], out, "--report-to", "mlflow", "--project", "probe")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("probe").experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    lines = jsonl(out)
+    assert [m.step for m in history] == [r["step"] for r in lines]
+    assert [m.value for m in history] == pytest.approx([r["loss"] for r in lines])
+
+
+@pytest.mark.parametrize("backend, package", [("tensorboard", "tensorboard"), ("wandb", "wandb"), ("mlflow", "mlflow")])
+def test_a_missing_library_is_one_line_before_anything_loads(one_line_error, teachers, datasets, tmp_path, monkeypatch,
+                                                             backend, package):  # fmt: skip
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
+    out = tmp_path / "run"
+    result = distill(datasets["bidirectional"], teachers["bidirectional"], out, "--report-to", f"{backend}")
+    one_line_error(result, f"--report-to {backend}", f"pip install {package}")
+    assert not out.exists()  # nothing written: the check comes before the model and the output directory
+
+
+def test_report_to_names_are_checked():
+    assert backend_names("tensorboard, wandb") == ("tensorboard", "wandb")
+    assert backend_names("none") == () and TrackingConfig().backends == ()
+    with pytest.raises(UserError, match="'tensorbord' is not a tracker"):
+        TrackingConfig(report_to="tensorbord")
+    with pytest.raises(UserError, match="cannot be combined"):
+        backend_names("none,wandb")

@@ -1,0 +1,184 @@
+"""Experiment tracking: what t3d-distill writes to metrics.jsonl and t3d-eval to its JSON, sent on to
+TensorBoard, Weights & Biases or MLflow (`--report-to tensorboard,wandb`), as TRL and accelerate do.
+
+One class per backend in `BACKENDS`, picked by name. Only rank 0 reports. Metric names are
+the JSONL's keys (`loss`, `ddo`, `path`, `lr`, `grad_norm`, ...) at the optimizer step; eval
+results are `model/setting/field` with the JSON record's field names. Each library reads the
+user's own environment (WANDB_MODE, WANDB_DIR, WANDB_PROJECT, MLFLOW_TRACKING_URI, ...).
+A backend whose library is missing is a one-line error naming the package, raised by
+`check_available` when the command starts: before any model loads and before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from t3d.dllm.errors import UserError
+
+NONE = "none"
+DEFAULT_PROJECT = "t3d"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    """Where metrics go besides the JSON files."""
+
+    report_to: str = NONE
+    """Experiment trackers to send metrics to (rank 0 only): comma list of tensorboard, wandb, mlflow, or none."""
+    run_name: str | None = None
+    """Run name in W&B / MLflow; default: the output directory's name."""
+    project: str | None = None
+    """W&B project and MLflow experiment; default: $WANDB_PROJECT / $MLFLOW_EXPERIMENT_NAME, else t3d."""
+    logging_dir: str | None = None
+    """TensorBoard event directory; default: tensorboard/ in the output directory."""
+
+    def __post_init__(self) -> None:
+        backend_names(self.report_to)  # an unknown name fails here, with the known ones
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return backend_names(self.report_to)
+
+
+class Tracker(Protocol):
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Send the numeric entries of `metrics` at `step`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a metrics record; `step` is the x-axis, not a metric."""
+    out = {}
+    for key, value in metrics.items():
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class TensorBoardTracker:
+    """Event files through torch's own `SummaryWriter` (needs the `tensorboard` package)."""
+
+    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(cfg.logging_dir or out / "tensorboard"))
+        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        for key, value in _scalars(metrics).items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbTracker:
+    """A W&B run (online, offline or disabled as WANDB_MODE says); the config goes to its config panel."""
+
+    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any]) -> None:
+        import wandb
+
+        project = cfg.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        self.run = wandb.init(project=project, name=cfg.run_name or out.name, config=dict(config))
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        self.run.log(_scalars(metrics), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+_MLFLOW_UNSAFE = re.compile(r"[^\w\-. /:]")  # MLflow allows letters, digits, _ - . space / : in names
+
+
+class MlflowTracker:
+    """An MLflow run through its fluent API, at MLFLOW_TRACKING_URI; the config is logged as config.json."""
+
+    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any]) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_experiment(cfg.project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT)
+        self.run = mlflow.start_run(run_name=cfg.run_name or out.name)
+        mlflow.log_dict(json.loads(json.dumps(config, default=str)), "config.json")
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        self.mlflow.log_metrics({_MLFLOW_UNSAFE.sub("_", k): v for k, v in _scalars(metrics).items()}, step=step)
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One tracker: the module that must import, the package that provides it, the class."""
+
+    module: str
+    package: str
+    tracker: type
+
+
+BACKENDS: dict[str, Backend] = {
+    "tensorboard": Backend("tensorboard", "tensorboard", TensorBoardTracker),
+    "wandb": Backend("wandb", "wandb", WandbTracker),
+    "mlflow": Backend("mlflow", "mlflow (or mlflow-skinny)", MlflowTracker),
+}
+
+
+def backend_names(text: str) -> tuple[str, ...]:
+    """`tensorboard,wandb` -> ("tensorboard", "wandb"); `none` or "" -> (); an unknown name is a one-line error."""
+    names = [part.strip().lower() for part in str(text).split(",") if part.strip()]
+    unknown = [n for n in names if n not in BACKENDS and n != NONE]
+    if unknown:
+        raise UserError(f"--report-to {unknown[0]!r} is not a tracker (known: {', '.join(BACKENDS)}, none)")
+    if NONE in names and len(names) > 1:
+        raise UserError(f"--report-to {text!r}: `none` cannot be combined with a tracker")
+    return tuple(dict.fromkeys(n for n in names if n != NONE))
+
+
+def check_available(cfg: TrackingConfig) -> None:
+    """Every asked-for backend's library imports; else one line naming the package to install."""
+    for name in cfg.backends:
+        backend = BACKENDS[name]
+        try:
+            importlib.import_module(backend.module)
+        except ImportError:
+            raise UserError(
+                f"--report-to {name} needs the {backend.package} package: pip install {backend.package.split()[0]} "
+                "(or pip install 't3d[tracking]')"
+            ) from None
+
+
+class Trackers:
+    """The run's open trackers (none when not asked for, or off rank 0): log to all, close all."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log(metrics, step)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+
+
+def open_trackers(cfg: TrackingConfig, out: str | Path, config: Mapping[str, Any], enabled: bool = True) -> Trackers:
+    """Start a run in each backend of `cfg` (only when `enabled`: rank 0); `config` is recorded with it."""
+    if not enabled:
+        return Trackers([])
+    check_available(cfg)
+    out = Path(out).resolve()
+    return Trackers([BACKENDS[name].tracker(cfg, out, config) for name in cfg.backends])
