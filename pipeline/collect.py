@@ -19,9 +19,10 @@ from typing import Any
 
 from t3d.dllm.cli import register_user_error
 from t3d.dllm.cli import check_ray_address
+from t3d.dllm.outdir import Output, claim
 from t3d.pipeline.cluster import gpus_per_worker, ray_connection, resource_warning
 from t3d.pipeline.config import CollectConfig, cli_command, to_dict
-from t3d.pipeline.output import SKIPPED_TOO_LONG, OutputState, open_output
+from t3d.pipeline.output import SKIPPED_TOO_LONG, OutputState, discard_if_unstarted, open_output
 from t3d.dllm.prompt_encoding import applies_chat_template
 from t3d.dllm.scoring import choose_scorer
 from t3d.pipeline.prompts import PreparedPrompts, builtin_prompt_records, prepare_prompts, read_prompt_file, row_scorer
@@ -105,7 +106,12 @@ def _builtin_score(task_seed: int) -> Any:
 
 
 def collect(cfg: CollectConfig) -> CollectSummary:
-    """Plan, open the output, run the missing units on Ray, report. Returns the summary."""
+    """Lock --out (one writer per dataset), then plan, open it, run the missing units on Ray, report."""
+    with claim("t3d-collect", Output(path=Path(cfg.out), option="--out")):
+        return _collect(cfg)
+
+
+def _collect(cfg: CollectConfig) -> CollectSummary:
     plan = plan_run(cfg)
     check_ray_address(cfg.cluster.address)  # ray_connection checks too, but only after the output is opened
     state = open_output(
@@ -119,7 +125,8 @@ def collect(cfg: CollectConfig) -> CollectSummary:
     report_plan(plan, state, pending)
     summary = CollectSummary(out=cfg.out, units_total=len(plan.units), resumed=state.resumed)
     if pending:
-        run_pending(plan, state, pending, summary)
+        with discard_if_unstarted(cfg.out, state):  # a teacher that fails to load leaves no empty dataset
+            run_pending(plan, state, pending, summary)
     report_summary(summary)
     return summary
 

@@ -11,13 +11,16 @@ files and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from t3d.dllm.errors import UserError
+from t3d.dllm.outdir import is_lock_file
 from t3d.storage_schemas import MANIFEST_NAME, DatasetError, Manifest, reconcile, shard_index
 from t3d.storage_schemas.files import is_temporary, remove_path
 
@@ -54,12 +57,30 @@ def open_output(
             raise UserError(f"--out {out} {problem}: pass --overwrite to replace it, or choose another --out")
         for entry in sorted(existing, key=lambda name: name == MANIFEST_NAME):  # the manifest last
             remove_path(out / entry)
-    elif out.is_dir() and any(out.iterdir()) and overwrite:
+    elif out.is_dir() and any(not is_lock_file(p.name) for p in out.iterdir()) and overwrite:
         raise UserError(f"--out {out} holds files that are not a t3d dataset; refusing to delete them")
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(collect_config=collect_config, teacher=teacher, skipped=skipped)
     manifest.save(out)
     return OutputState(manifest=manifest, resumed=False, reconcile_note=None)
+
+
+@contextlib.contextmanager
+def discard_if_unstarted(out: str | Path, state: OutputState) -> Iterator[None]:
+    """On a failure, remove the dataset this run started if not one shard reached the directory.
+
+    A teacher that cannot load fails every actor after `open_output` wrote the manifest;
+    an empty manifest left behind would look like a dataset. Only a dataset this run
+    created is removed (never a resumed one), and only while its manifest is all there
+    is: a shard part or a unit's temporary is left for the next run to resume.
+    """
+    try:
+        yield
+    except Exception:
+        out = Path(out)
+        if not state.resumed and _dataset_entries(out) == [MANIFEST_NAME]:
+            remove_path(out / MANIFEST_NAME)
+        raise
 
 
 def _dataset_entries(out: Path) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Any, Optional
 from t3d.dllm.cli import load_config_file, register_user_error, run_cli
 from t3d.dllm.errors import UserError
 from t3d.dllm.options import with_signature
+from t3d.dllm.outdir import Output, claim
 from t3d.pipeline import run_config as rc
 from t3d.pipeline.run_config import STAGES, RoundPaths, RunSpec
 from t3d.storage_schemas import DatasetError, Manifest
@@ -355,25 +356,26 @@ def execute(spec: RunSpec, redo: str | None, command: list[str]) -> dict[str, An
     """Check, join Ray, run every round's stages that are not done; returns run.json's content."""
     from t3d.pipeline.cluster import ray_connection
 
-    preflight(spec)
-    address = spec.run.address or os.environ.get("RAY_ADDRESS")
-    root = rc.run_root(spec)
-    with ray_connection(address):
-        resources = stage_resources(spec)
-        manifest = RunManifest(root, spec, command)
-        refusal = first_refusal(spec, redo, manifest, resources)
-        if refusal is not None:
-            refuse(spec, *refusal)
-        if redo is not None:
-            remove_outputs(root, spec, redo)
-            manifest.forget_from(1, redo)
-        manifest.save()
-        start = time.perf_counter()
-        for r in range(1, spec.run.rounds + 1):
-            run_round(spec, r, resources, manifest)
-        manifest.data["rounds"] = manifest.data["rounds"][: spec.run.rounds]
-        finish(spec, manifest, time.perf_counter() - start)
-    return manifest.data
+    with claim("t3d-run", Output(path=rc.run_root(spec), option="--run.out")):  # its stages lock their own subdirectories
+        preflight(spec)
+        address = spec.run.address or os.environ.get("RAY_ADDRESS")
+        root = rc.run_root(spec)
+        with ray_connection(address):
+            resources = stage_resources(spec)
+            manifest = RunManifest(root, spec, command)
+            refusal = first_refusal(spec, redo, manifest, resources)
+            if refusal is not None:
+                refuse(spec, *refusal)
+            if redo is not None:
+                remove_outputs(root, spec, redo)
+                manifest.forget_from(1, redo)
+            manifest.save()
+            start = time.perf_counter()
+            for r in range(1, spec.run.rounds + 1):
+                run_round(spec, r, resources, manifest)
+            manifest.data["rounds"] = manifest.data["rounds"][: spec.run.rounds]
+            finish(spec, manifest, time.perf_counter() - start)
+        return manifest.data
 
 
 def eval_device(resources: dict[str, dict[str, float]]) -> str | None:

@@ -15,6 +15,7 @@ import typer
 
 from t3d.dllm import DiffusionLM, SamplerConfig, UserError, load_model
 from t3d.dllm.options import OptionTree
+from t3d.dllm.outdir import Output, claim
 from t3d.dllm.scoring import Limits
 from t3d.dllm.families import get_family
 from t3d.dllm.loading import DTYPES
@@ -267,15 +268,23 @@ TREE = OptionTree(EvalCommandConfig, exclude={"run.keep_samples"})
 def run_config(cfg: EvalCommandConfig) -> ev.EvalReport | None:
     """The command's body on a config (t3d-run calls it too); returns the report (None with --grade)."""
     m, p, d, r, o = cfg.models, cfg.prompts, cfg.decode, cfg.run, cfg.output
-    return run(
-        model=list(m.model), teacher=r.teacher, prompts=p.prompts, limit=p.limit, block_size=d.block_size,
-        max_new_tokens=d.max_new_tokens, steps_per_block=d.steps_per_block, strategy=d.strategy, threshold=d.threshold,
-        temperature=d.temperature, cache=d.cache, samples_per_prompt=r.samples_per_prompt, seed=r.seed,
-        batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,
-        json_path=o.json, plot=o.plot, samples=o.samples, scorer=p.scorer, family=m.family, dtype=m.dtype, like=p.like,
-        chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade,
-        code_timeout=p.code_timeout, warmup=r.warmup,
-    )  # fmt: skip
+    with claim("t3d-eval", *outputs(o)):  # before any model loads: a held or unwritable output is one line
+        return run(
+            model=list(m.model), teacher=r.teacher, prompts=p.prompts, limit=p.limit, block_size=d.block_size,
+            max_new_tokens=d.max_new_tokens, steps_per_block=d.steps_per_block, strategy=d.strategy, threshold=d.threshold,
+            temperature=d.temperature, cache=d.cache, samples_per_prompt=r.samples_per_prompt, seed=r.seed,
+            batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,
+            json_path=o.json, plot=o.plot, samples=o.samples, scorer=p.scorer, family=m.family, dtype=m.dtype, like=p.like,
+            chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade,
+            code_timeout=p.code_timeout, warmup=r.warmup,
+        )  # fmt: skip
+
+
+def outputs(o: OutputConfig) -> list[Output]:
+    """The files this run writes, each locked on its own (the output prefix, not its directory):
+    two evals may write side by side in one folder, or beside a training run, but not the same file."""
+    named = (("--json", o.json), ("--plot", o.plot), ("--samples", o.samples))
+    return [Output(path=Path(path), option=option, is_file=True) for option, path in named if path is not None]
 
 
 def _command(cfg: EvalCommandConfig) -> None:
