@@ -19,6 +19,9 @@ class RevealStrategy(Protocol):
         """
         ...
 
+    scheduled: bool
+    """Whether it follows the steps_per_block schedule (then the block must divide into those steps)."""
+
     def max_reveals(self, cfg) -> int:
         """The most positions one step can choose in a row (the engine records top-k for that many only)."""
         ...
@@ -48,6 +51,8 @@ def _top_confident(confidence: torch.Tensor, masked: torch.Tensor, counts: torch
 class StaticStrategy:
     """Reveal the k most confident masked positions; k follows `static_schedule`."""
 
+    scheduled = True  # follows steps_per_block
+
     def choose(self, confidence, masked, step_in_block, cfg):
         schedule = _schedule_tensor(cfg.block_size, cfg.steps_per_block, confidence.device)
         step = step_in_block.clamp(max=len(schedule) - 1)
@@ -65,6 +70,8 @@ class StaticStrategy:
 
 class ThresholdStrategy:
     """Reveal every masked position whose confidence exceeds the threshold, at least one (Fast-dLLM)."""
+
+    scheduled = False  # reveals by confidence, steps_per_block unused
 
     def choose(self, confidence, masked, step_in_block, cfg):
         above = (confidence > cfg.threshold) & masked  # (R, B)

@@ -19,6 +19,7 @@ from typing import Any
 
 from t3d.dllm.cli import register_user_error
 from t3d.dllm.cli import check_ray_address
+from t3d.dllm.block_checks import check_decode_block, check_steps_per_block
 from t3d.dllm.outdir import Output, claim
 from t3d.pipeline.cluster import gpus_per_worker, ray_connection, resource_warning
 from t3d.pipeline.config import CollectConfig, cli_command, to_dict
@@ -81,6 +82,8 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
     """Read and check the prompts and the teacher; cut the work into units. No side effects."""
     teacher = describe_teacher(cfg.teacher)
     sampler = cfg.rollout.sampler
+    check_decode_block(cfg.teacher.model, sampler.block_size, family=cfg.teacher.family, force=cfg.teacher.force_block_size)
+    check_steps_per_block(sampler.block_size, [sampler.steps_per_block], sampler.strategy)
     builtin = cfg.prompts.prompts is None
     records = builtin_prompt_records(teacher.task_seed) if builtin else read_prompt_file(cfg.prompts.prompts)
     scorer = choose_scorer(cfg.prompts.scorer, None if builtin else records, cfg.prompts.prompts or "the built-in task")

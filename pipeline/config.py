@@ -80,6 +80,8 @@ class TeacherConfig:
     """Run modelling code shipped with the checkpoint (only for checkpoints you trust)."""
     dtype: str = "auto"
     """Weights dtype on the workers: auto (the checkpoint's own dtype on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    force_block_size: bool = False
+    """Decode with a --block-size other than the one the teacher was trained with (SDAR's config.json block_size)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -179,6 +181,7 @@ class CollectConfig:
         # Where the files are does not matter: the prompts' digest (added by collect) and
         # the teacher's fingerprint (checked by `output.open_output`) stand for them.
         del key["prompts"]["prompts"], key["teacher"]["model"], key["teacher"]["trust_remote_code"]
+        del key["teacher"]["force_block_size"]  # a permission, not a setting: the block size itself is in the key
         return key
 
 

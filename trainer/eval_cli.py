@@ -22,6 +22,8 @@ from t3d.dllm.loading import DTYPES
 from t3d.dllm.reveal import STRATEGIES
 from t3d.trainer import evaluate as ev
 from t3d.trainer import grading
+from t3d.dllm.block_checks import check_decode_block, check_steps_per_block
+from t3d.trainer.tracking import TrackingConfig, check_available, open_trackers, record_metrics
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -101,6 +103,7 @@ def run(
     family: Optional[str] = None, dtype: str = "auto", like: Optional[Path] = None, chat_template: Optional[bool] = None,
     system_prompt: Optional[str] = None, user_template: Optional[str] = None, grade: Optional[Path] = None,
     code_timeout: float = 10.0, warmup: bool = True,
+    force_block_size: bool = False, tracking: TrackingConfig | None = None,
 ) -> ev.EvalReport | None:  # fmt: skip
     """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
     code_limits = code_sandbox_limits(code_timeout)
@@ -113,6 +116,10 @@ def run(
         raise UserError(f"--limit must be at least 1, got {limit}")
     steps = parse_int_list(steps_per_block, "--steps-per-block") if steps_per_block else None
     strategies = parse_strategies(strategy)
+    tracking = tracking or TrackingConfig()
+    check_available(tracking)  # a missing tracker library: one line, before any model loads
+    if block_size:  # else the first model's own block size, checked once it has loaded
+        check_decode_settings(model or ["teacher=builtin"], block_size, steps or [], strategies, family, force_block_size)
     check_model_options(family, dtype)
     prompt_set = ev.load_prompt_file(prompts, limit, scorer, code_limits) if prompts else ev.builtin_prompts("test", limit, scorer=scorer)
     overrides = {k: v for k, v in dict(chat_template=chat_template, system_prompt=system_prompt, user_template=user_template).items() if v is not None}
@@ -121,6 +128,7 @@ def run(
     models = load_models(model or ["teacher=builtin"], device, trust_remote_code, family, dtype)
     first = next(iter(models.values()))
     block = block_size or first.block_size or 4
+    check_decode_settings(model or ["teacher=builtin"], block, steps or [], strategies, family, force_block_size)
     settings = ev.sampler_settings(
         block_size=block,
         max_new_tokens=max_new_tokens or first.max_new_tokens or 4 * block,
@@ -150,7 +158,29 @@ def run(
     for path, write in ((json_path, ev.write_json), (plot, ev.save_plot), (samples, ev.write_samples)):
         if path is not None:
             print(f"wrote {write(report, path)}", file=sys.stderr)
+    report_to_trackers(report, tracking, json_path)
     return report
+
+
+def check_decode_settings(
+    specs: list[str], block: int, steps: list[int], strategies: list[str], family: str | None, force: bool
+) -> None:  # fmt: skip
+    """The block size against each model's trained one (config.json only, no weights), the steps against the block."""
+    for spec in specs:
+        check_decode_block(parse_model_spec(spec)[1], block, family=family, force=force)
+    for name in strategies:
+        check_steps_per_block(block, steps, name)
+
+
+def report_to_trackers(report: ev.EvalReport, tracking: TrackingConfig, json_path: Optional[Path]) -> None:
+    """--report-to: every record's numbers as `model/setting/field` (the JSON's names), in a run named after the output."""
+    if not tracking.backends:
+        return
+    out = json_path.parent if json_path is not None else Path("runs/eval")
+    trackers = open_trackers(tracking, out, ev.report_dict(report)["config"])
+    trackers.log(record_metrics(ev.report_dict(report)["records"]), step=0)
+    trackers.close()
+    print(f"reported to {', '.join(tracking.backends)}", file=sys.stderr)
 
 
 def code_sandbox_limits(timeout: float) -> Limits:
@@ -230,6 +260,8 @@ class DecodeConfig:
     """Proposal temperature; 0 is greedy."""
     cache: str = SamplerConfig.cache
     """KV cache: auto (exact for block-causal models), none, prefix or dual (approximate, bidirectional models); see SamplerConfig.cache."""
+    force_block_size: bool = False
+    """Decode with a --block-size other than the one a model was trained with (SDAR's config.json block_size)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,6 +292,8 @@ class EvalCommandConfig:
     """Samples, seeds, batches and timing (the library's own EvalConfig)."""
     output: OutputConfig = field(default_factory=OutputConfig)
     """Output files."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment trackers (TensorBoard, W&B, MLflow) beside the JSON."""
 
 
 TREE = OptionTree(EvalCommandConfig, exclude={"run.keep_samples"})
@@ -276,7 +310,7 @@ def run_config(cfg: EvalCommandConfig) -> ev.EvalReport | None:
             batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,
             json_path=o.json, plot=o.plot, samples=o.samples, scorer=p.scorer, family=m.family, dtype=m.dtype, like=p.like,
             chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade,
-            code_timeout=p.code_timeout, warmup=r.warmup,
+            code_timeout=p.code_timeout, warmup=r.warmup, tracking=cfg.tracking, force_block_size=d.force_block_size,
         )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -158,6 +158,19 @@ def check_available(cfg: TrackingConfig) -> None:
                 f"--report-to {name} needs the {backend.package} package: pip install {backend.package.split()[0]} "
                 "(or pip install 't3d[tracking]')"
             ) from None
+
+
+def record_metrics(records: Iterable[Mapping[str, Any]], keys: tuple[str, ...] = ("model", "setting")) -> dict[str, float]:
+    """Table rows (t3d-eval's JSON records) -> one metrics dict: `model/setting/field` for each numeric field,
+    `model/setting/field/k` inside a nested dict (pass@k)."""
+    out: dict[str, float] = {}
+    for record in records:
+        prefix = "/".join(str(record[k]) for k in keys)
+        for field, value in record.items():
+            nested = value if isinstance(value, Mapping) else {None: value}
+            for sub, number in _scalars({str(k): v for k, v in nested.items()}).items():
+                out[f"{prefix}/{field}" + ("" if sub == "None" else f"/{sub}")] = number
+    return out
 
 
 class Trackers:

@@ -90,7 +90,15 @@ class Family:
     """The published mask token id, used when neither the config nor the tokenizer names one."""
     unsupported: str | None = None
     """Set for a model type t3d recognises but cannot load yet: the reason, shown to the user."""
+    block_size_key: str | None = None
+    """config.json key holding the block size the network was trained with (SDAR: `block_size`); None: any
+    block size decodes as trained (bidirectional semi-AR families)."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def trained_block_size(self, raw_config: dict[str, Any]) -> int | None:
+        """The block size this family's network was trained with, from its raw config.json; None: not fixed."""
+        value = raw_config.get(self.block_size_key) if self.block_size_key else None
+        return int(value) if value else None
 
     def attention_bias(
         self, attention_mask: torch.Tensor, prompt_len: int, block_size: int | None, dtype: torch.dtype

@@ -91,3 +91,24 @@ def test_report_to_names_are_checked():
         TrackingConfig(report_to="tensorbord")
     with pytest.raises(UserError, match="cannot be combined"):
         backend_names("none,wandb")
+
+
+def test_eval_reports_every_record_under_the_json_names(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from t3d.trainer.eval_cli import app as eval_app
+
+    report = tmp_path / "eval" / "eval.json"
+    args = ["--model", "teacher=builtin", "--limit", "3", "--samples-per-prompt", "1", "--steps-per-block", "4,1",
+            "--timing-repeats", "1", "--no-warmup", "--json", str(report), "--report-to", "tensorboard"]  # fmt: skip
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(tmp_path / "eval" / "tensorboard"))  # beside the JSON
+    events.Reload()
+    records = json.loads(report.read_text())["records"]
+    assert len(records) == 2
+    for record in records:
+        for field in ("quality", "tokens_per_step", "nfe_per_response"):
+            (point,) = events.Scalars(f"{record['model']}/{record['setting']}/{field}")
+            assert point.value == pytest.approx(record[field])
