@@ -34,7 +34,9 @@ WIRED = {
     "eval": {"model": "the round's teacher and students", "json": "[run] out", "plot": "[run] out",
              "samples": "[run] out", "grade": "t3d-run (it evaluates its students)"},
 }  # fmt: skip
-DISTILL_IGNORED_CHANGES = ("train.resume", "train.progress", "dist.address")
+DISTILL_IGNORED_CHANGES = ("train.resume", "train.progress", "dist.address", "model.force_block_size", "tracking.")
+# eval options that change no number in the table: not kept in run.json, so changing them reuses a finished eval
+EVAL_IGNORED = ("force_block_size", "report_to", "run_name", "project", "logging_dir")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,10 +59,15 @@ class RunConfig:
     """GPUs of the eval task; default: 1 when the cluster has GPUs (then --eval.device defaults to cuda), else 0."""
     progress: bool = True
     """Show progress bars (collect's own, distill's steps)."""
+    report_to: str = "none"
+    """Experiment trackers of the distill and eval stages (comma list of tensorboard, wandb, mlflow, or none); a stage's own report-to wins."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise UserError(f"rounds must be at least 1, got {self.rounds}")
+        from t3d.trainer.tracking import backend_names
+
+        backend_names(self.report_to)  # an unknown tracker: one line naming the known ones
         for name in ("distill_cpus", "distill_gpus", "eval_cpus", "eval_gpus"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -121,7 +128,16 @@ def parse_spec(file_values: dict[str, Any], flags: dict[str, dict[str, Any]], so
         run = RUN_TREE.build(layers.pop("run"))
     except UserError as err:
         raise UserError(f"{source} [run]: {err}") from None
+    check_trackers(run, layers)
     return RunSpec(run=run, sections=layers, source=source)
+
+
+def check_trackers(run: RunConfig, layers: dict[str, dict[str, Any]]) -> None:
+    """Each stage's trackers ([run] report-to unless the stage names its own) import, before the first stage runs."""
+    from t3d.trainer.tracking import TrackingConfig, check_available
+
+    for stage in ("distill", "eval"):
+        check_available(TrackingConfig(report_to=layers[stage].get("report_to", run.report_to)))
 
 
 # --- each stage's config in round r ----------------------------------------------------------
@@ -186,6 +202,7 @@ def distill_values(spec: RunSpec, r: int) -> dict[str, Any]:
     values = dict(spec.sections["distill"])
     first_model = _absolute(values.get("model", teacher_model(spec)))
     values.setdefault("preset", default_preset(first_model))  # the same recipe in every round
+    values.setdefault("report_to", spec.run.report_to)
     values.update(data=str(paths.trajectories), out=str(paths.distill), model=first_model if r == 1 else str(RoundPaths(paths.root, r - 1).student))
     return values
 
@@ -216,6 +233,7 @@ def eval_config(spec: RunSpec, r: int, device: str | None = None) -> Any:
             values[key] = Path(_absolute(str(values[key])))
     if device is not None and "device" not in spec.sections["eval"]:
         values["device"] = device
+    values.setdefault("report_to", spec.run.report_to)
     return _build(spec, "eval", eval_tree(), values)
 
 
@@ -239,7 +257,8 @@ def distill_changes(old: Any, new: Any) -> list[str]:
 
 def eval_record(cfg: Any) -> dict[str, Any]:
     """An eval config as JSON-ready flat values (what run.json keeps and compares)."""
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in eval_tree().values(cfg).items()}
+    values = {k: v for k, v in eval_tree().values(cfg).items() if k not in EVAL_IGNORED}
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
 
 def section_flags(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
