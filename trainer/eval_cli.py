@@ -7,6 +7,8 @@ to `t3d.trainer.evaluate`; everything it prints or writes comes from there.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,14 +30,53 @@ from t3d.trainer.tracking import TrackingConfig, check_available, open_trackers,
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+GENERIC_DIRS = frozenset({"student", "distill", "model", "checkpoint", "checkpoints", "final", "latest", "output", "outputs",
+                          "hf", "export"})  # fmt: skip
+"""Directory names that say nothing about which model it is: a bare path is labelled after the nearest other name."""
+
+
 def parse_model_spec(spec: str) -> tuple[str, str]:
-    """`label=PATH|builtin` -> (label, path); a bare path is labelled by its directory name."""
+    """`label=PATH|builtin` -> (label, path); a bare path is labelled after its directory (see `path_label`)."""
     label, sep, path = spec.partition("=")
     if not sep:
-        label, path = Path(spec).name or spec, spec
+        label, path = path_label(spec), spec
     if not label.strip() or not path.strip():
         raise UserError(f"--model must look like label=PATH or label=builtin, got {spec!r}")
     return label.strip(), path.strip()
+
+
+def path_label(path: str, depth: int = 1) -> str:
+    """A readable label for a bare model path: its nearest directory name that is not generic.
+
+    `/models/SDAR-4B-Chat` -> `SDAR-4B-Chat`; `runs/sdar-student/student` -> `sdar-student`.
+    depth > 1 adds that many names above it, joined by `/` (to tell two such paths apart).
+    """
+    parts = [p for p in Path(path).expanduser().parts if p not in ("/", ".", "")] or [path]
+    named = [i for i, part in enumerate(parts) if part.lower() not in GENERIC_DIRS]
+    last = named[-1] if named else len(parts) - 1
+    return "/".join(parts[max(0, last - depth + 1) : last + 1])
+
+
+def unique_labels(specs: list[str]) -> list[tuple[str, str]]:
+    """(label, path) per --model; bare paths whose labels collide take more parent directories until they differ."""
+    parsed = [parse_model_spec(spec) for spec in specs]
+    bare = [i for i, spec in enumerate(specs) if "=" not in spec]
+    for depth in range(2, 8):
+        labels = [label for label, _ in parsed]
+        clashes = [i for i in bare if labels.count(labels[i]) > 1]
+        if not clashes:
+            break
+        for i in clashes:
+            parsed[i] = (path_label(parsed[i][1], depth), parsed[i][1])
+    return parsed
+
+
+def resolve_teacher(models: dict[str, DiffusionLM], requested: str | None) -> tuple[str, str]:
+    """(the anchor's label, why): --teacher, else the model labelled `teacher`, else the first --model."""
+    picked = ev.pick_teacher(models, requested)
+    if picked is not None:
+        return picked, "--teacher" if requested else "labelled teacher"
+    return next(iter(models)), "the first --model; label one teacher=PATH or pass --teacher LABEL to choose"
 
 
 def load_models(
@@ -47,8 +88,7 @@ def load_models(
     """
     check_model_options(family, dtype)
     models: dict[str, DiffusionLM] = {}
-    for spec in specs:
-        label, path = parse_model_spec(spec)
+    for label, path in unique_labels(specs):
         if label in models:
             raise UserError(f"model label {label!r} is given twice")
         models[label] = load_model(path, family=family, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
@@ -102,7 +142,7 @@ def run(
     json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path], scorer: str = "auto",
     family: Optional[str] = None, dtype: str = "auto", like: Optional[Path] = None, chat_template: Optional[bool] = None,
     system_prompt: Optional[str] = None, user_template: Optional[str] = None, grade: Optional[Path] = None,
-    code_timeout: float = 10.0, warmup: bool = True,
+    code_timeout: float = 10.0, warmup: bool = True, progress: bool = True,
     force_block_size: bool = False, tracking: TrackingConfig | None = None,
 ) -> ev.EvalReport | None:  # fmt: skip
     """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
@@ -138,23 +178,24 @@ def run(
         temperature=temperature,
         cache=cache,
     )
+    anchor, why = resolve_teacher(models, teacher)
     config = ev.EvalConfig(
         samples_per_prompt=samples_per_prompt, seed=seed, batch_size=batch_size, timing_repeats=timing_repeats,
-        teacher=teacher, keep_samples=samples is not None, warmup=warmup,
+        teacher=anchor, keep_samples=samples is not None, warmup=warmup, progress=progress,
     )  # fmt: skip
     n = len(prompt_set.prompts)
     print(
         f"t3d-eval: {len(models)} model(s) x {len(settings)} setting(s) on {n} prompts x {samples_per_prompt} samples "
-        f"= {n * samples_per_prompt} responses each ({prompt_set.source}); teacher: {ev.pick_teacher(models, teacher) or 'none'}",
+        f"= {n * samples_per_prompt} responses each ({prompt_set.source}); teacher: {anchor} ({why})",
         file=sys.stderr,
     )
     print(f"models: {describe_models(models)}", file=sys.stderr)
     encodings, notes = ev.resolve_encodings(models, like_encoding, str(like), overrides)
     if notes and any(p.ids is None for p in prompt_set.prompts):  # only text prompts are encoded
         print("\n".join(notes), file=sys.stderr)
-    report = ev.evaluate(models, prompt_set, settings, config, on_record=lambda r: print(f"  done {r.model} {r.setting}", file=sys.stderr),
-                         encodings=encodings)  # fmt: skip
+    report = ev.evaluate(models, prompt_set, settings, config, on_record=done_lines(progress), encodings=encodings)
     print(ev.render_table(report))
+    print("\n" + ev.render_legend(report))
     for path, write in ((json_path, ev.write_json), (plot, ev.save_plot), (samples, ev.write_samples)):
         if path is not None:
             print(f"wrote {write(report, path)}", file=sys.stderr)
@@ -183,6 +224,14 @@ def report_to_trackers(report: ev.EvalReport, tracking: TrackingConfig, json_pat
     print(f"reported to {', '.join(tracking.backends)}", file=sys.stderr)
 
 
+def done_lines(progress: bool) -> Callable[[ev.EvalRecord], None] | None:
+    """One stderr line per finished (model, setting) where no bar can show (a log file), none where the bar shows."""
+    if not progress or sys.stderr.isatty():
+        return None
+    tic = time.perf_counter()
+    return lambda r: print(f"  done {r.model} {r.setting} ({time.perf_counter() - tic:.0f} s)", file=sys.stderr, flush=True)
+
+
 def code_sandbox_limits(timeout: float) -> Limits:
     if timeout <= 0:
         raise UserError(f"--code-timeout must be positive, got {timeout:g}")
@@ -209,7 +258,7 @@ class ModelsConfig:
     """Which models are compared and how they load."""
 
     model: tuple[str, ...] = ()
-    """label=PATH|builtin, repeatable; the model labelled `teacher` is the anchor. None given: teacher=builtin (with --grade: no model)."""
+    """label=PATH|builtin or a bare PATH (labelled after its directory), repeatable. The anchor is --teacher, else the model labelled `teacher`, else the first given. None given: teacher=builtin (with --grade: no model)."""
     device: str = "cpu"
     """torch device for the models."""
     trust_remote_code: bool = False
@@ -310,7 +359,7 @@ def run_config(cfg: EvalCommandConfig) -> ev.EvalReport | None:
             batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,
             json_path=o.json, plot=o.plot, samples=o.samples, scorer=p.scorer, family=m.family, dtype=m.dtype, like=p.like,
             chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade,
-            code_timeout=p.code_timeout, warmup=r.warmup, tracking=cfg.tracking, force_block_size=d.force_block_size,
+            code_timeout=p.code_timeout, warmup=r.warmup, progress=r.progress, tracking=cfg.tracking, force_block_size=d.force_block_size,
         )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,13 +76,15 @@ class EvalConfig:
     batch_size: int = 64
     """Rows per sampler call (also what tokens per second is measured at)."""
     teacher: str | None = None
-    """Label of the anchor model; None picks the model labelled `teacher`, if any."""
+    """Label of the anchor model; None picks the model labelled `teacher` (t3d-eval: else the first --model)."""
     warmup: bool = True
     """Run one untimed sampler call per model and setting before timing it."""
     timing_repeats: int = 1
     """Timed passes per model and setting; the median is reported with the spread (seeded: outputs repeat exactly)."""
     keep_samples: bool = False
     """Keep every response in `EvalReport.samples` (for `--samples`)."""
+    progress: bool = True
+    """Show a progress bar on stderr while decoding (only when stderr is a terminal)."""
 
     def __post_init__(self) -> None:
         if min(self.samples_per_prompt, self.batch_size, self.timing_repeats) < 1:
@@ -113,17 +115,20 @@ def row_seeds(num_prompts: int, samples: int, seed: int) -> list[int]:
 
 def decode(
     model: DiffusionLM, rows: list[list[int]], seeds: list[int], setting: SamplerConfig, batch_size: int,
-    repeats: int = 1, warmup: bool = True,
+    repeats: int = 1, warmup: bool = True, on_batch: Callable[[int], None] | None = None,
 ) -> Decoded:  # fmt: skip
     """Sample every row in batches; time only the sampler calls.
 
     First one untimed warm-up call on the first batch at this very setting (kernels,
     allocator and caches warmed for these shapes), then `repeats` timed passes over all
     rows. Seeded, so every pass gives the same responses; the first pass's are kept.
-    `seconds` is the median pass, `seconds_all` every pass.
+    `seconds` is the median pass, `seconds_all` every pass. `on_batch(rows)` is called
+    after every sampler call, outside the timed region (a progress bar).
     """
+    tick = on_batch or (lambda rows: None)
     if warmup:
         sample(model, rows[:batch_size], setting, seeds[:batch_size])
+        tick(len(rows[:batch_size]))
     out = Decoded(responses=[], num_steps=[], finish_reason=[], seconds=0.0, batched_nfe=0)
     for repeat in range(repeats):
         seconds = 0.0
@@ -132,6 +137,7 @@ def decode(
             began = time.perf_counter()
             result = sample(model, rows[chunk], setting, seeds[chunk])
             seconds += time.perf_counter() - began
+            tick(len(rows[chunk]))
             if repeat == 0:
                 kept = result.reveal_step >= 0  # (N, L): up to and including the first EOS
                 out.responses += [tuple(int(t) for t in tok[keep]) for tok, keep in zip(result.tokens, kept)]
@@ -208,6 +214,12 @@ class EvalRecord:
     """Which run the speed numbers are relative to."""
     gap_closure: float | None = None
     """(self@K - teacher@K) / (teacher@T - teacher@K) on quality; students only, None when undefined."""
+    quality_interval: tuple[float, float] | None = None
+    """Bootstrap 95 % interval [low, high] of quality, prompts resampled (seeded by EvalConfig.seed)."""
+    gap_closure_interval: tuple[float, float] | None = None
+    """Bootstrap 95 % interval of gap_closure, the three runs resampled on the same prompts."""
+    speed_noisy: bool | None = None
+    """True when speedup rests on fewer than 3 timed passes, or passes over 20 % apart, on either side."""
 
 
 @dataclass

@@ -144,6 +144,21 @@ def relative_spread(values: Sequence[float]) -> float | None:
     return (max(values) - min(values)) / middle if middle > 0 else None
 
 
+MIN_TIMING_REPEATS = 3
+"""Timed passes below which a wall-clock ratio is reported as noisy."""
+NOISY_SPREAD = 0.2
+"""Relative spread of the timed passes above which a wall-clock ratio is reported as noisy."""
+
+
+def noisy_timing(repeats: Iterable[int], spreads: Iterable[float | None]) -> bool:
+    """Whether a speed-up built from these timings is noise: too few passes, or passes too far apart.
+
+    One pass cannot show how much the machine's load moved it (a loaded machine gave
+    0.91, 15.0 and 25.0 for one setting); several passes far apart show that it did.
+    """
+    return min(repeats) < MIN_TIMING_REPEATS or any(s is not None and s > NOISY_SPREAD for s in spreads)
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """`numerator / denominator`, None when either is missing or the denominator is 0."""
     if numerator is None or not denominator:
@@ -154,13 +169,14 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 # --- uncertainty: the bootstrap over prompts --------------------------------------------------
 
 BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 1000
 
 
 def bootstrap_interval(
     counts: Sequence[Sequence[float]],
     statistic: Callable[[np.ndarray], np.ndarray],
     *,
-    resamples: int = 1000,
+    resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     level: float = BOOTSTRAP_LEVEL,
 ) -> tuple[float, float] | None:

@@ -6,6 +6,7 @@ test checks plumbing; the shipped teacher (`builtin`) is used where it exists.
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def tiny_run(tiny_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_out")
     result = run_eval(
         "--model", f"teacher={tiny_dirs['teacher']}", "--model", f"t3d={tiny_dirs['student']}",
-        "--steps-per-block", "2,1", "--limit", "3", "--samples-per-prompt", "2",
+        "--prompts", "builtin:test", "--steps-per-block", "2,1", "--limit", "3", "--samples-per-prompt", "2",
         "--json", out / "eval.json", "--plot", out / "eval.png", "--samples", out / "samples.jsonl",
     )  # fmt: skip
     return result, out
@@ -83,9 +84,13 @@ def check_report(data: dict, models: list[str], settings: list[str]) -> None:
 def test_json_has_every_field(tiny_run):
     result, out = tiny_run
     check_report(json.loads((out / "eval.json").read_text()), ["teacher", "t3d"], ["static B=4 spb=2", "static B=4 spb=1"])
-    header = result.stdout.splitlines()[0].split()
-    assert header == ["model", "setting", "tok/step", "validity", "agree", "distinct", "NFE", "tok/s", "spread", "speedup", "gap"]
-    assert len(result.stdout.splitlines()) == 2 + 5  # header, rule, anchor + 2 models x 2 settings
+    header = [cell.strip() for cell in result.stdout.splitlines()[0].split("  ") if cell.strip()]
+    assert header == ["model", "setting", "tok/step", "validity", "95% CI", "n", "agree", "distinct", "NFE", "tok/s", "spread",
+                      "speedup", "gap", "gap 95% CI"]  # fmt: skip
+    table, legend = result.stdout.split("\n\n", 1)
+    assert len(table.splitlines()) == 2 + 5  # header, rule, anchor + 2 models x 2 settings
+    for column in header[2:]:  # the legend under the table names every column
+        assert f"  {column} " in legend, column
 
 
 @pytest.mark.parametrize("teacher", [pytest.param("builtin", marks=has_builtin), "tiny"])
@@ -94,7 +99,7 @@ def test_json_has_every_field_on_the_shipped_teacher(tmp_path, tiny_dirs, teache
     (the tiny variant runs the same checks until the shipped teacher lands)."""
     path = "builtin" if teacher == "builtin" else tiny_dirs["teacher"]
     run_eval(
-        "--model", f"teacher={path}", "--model", f"copy={path}", "--steps-per-block", "4,1",
+        "--model", f"teacher={path}", "--model", f"copy={path}", "--prompts", "builtin:test", "--steps-per-block", "4,1",
         "--limit", "4", "--samples-per-prompt", "2", "--json", tmp_path / "eval.json",
     )  # fmt: skip
     data = json.loads((tmp_path / "eval.json").read_text())
@@ -269,3 +274,35 @@ def test_timing_warms_up_each_setting_then_takes_the_median_of_the_repeats(tiny_
     assert per_setting == [[4] + [4, 2] * 3] * 3  # warm-up on the first batch, then 3 passes of 6 rows in 4 + 2
     for r in report.records:
         assert r.timing_repeats == 3 and r.seconds_spread is not None and r.seconds_spread >= 0
+
+
+def test_intervals_and_noise_flags_are_in_the_json(tiny_run):
+    _, out = tiny_run
+    data = json.loads((out / "eval.json").read_text())
+    assert data["intervals"]["level"] == 0.95 and data["intervals"]["seed"] == 0 and "agree" in data["legend"]
+    for r in data["records"]:
+        low, high = r["quality_interval"]
+        assert low <= r["quality"] <= high
+        assert r["speed_noisy"] is True, "one timed pass cannot support a speed-up"
+        assert (r["gap_closure_interval"] is None) == (r["gap_closure"] is None)
+
+
+def test_a_bare_path_is_labelled_after_its_directory_and_the_first_model_is_the_teacher(tiny_dirs, tmp_path):
+    from t3d.trainer.eval_cli import path_label, unique_labels
+
+    assert path_label("/models/SDAR-4B-Chat/") == "SDAR-4B-Chat"
+    assert path_label("runs/sdar-student/student") == "sdar-student"
+    assert [label for label, _ in unique_labels(["a/round-1/distill/student", "b/round-1/distill/student", "t=builtin"])] == [
+        "a/round-1", "b/round-1", "t"]  # fmt: skip
+    (tmp_path / "SDAR-mini").symlink_to(tiny_dirs["teacher"])
+    (tmp_path / "sdar-student").mkdir()
+    (tmp_path / "sdar-student" / "student").symlink_to(tiny_dirs["student"])
+    result = run_eval(
+        "--model", tmp_path / "SDAR-mini", "--model", tmp_path / "sdar-student" / "student", "--prompts", "builtin:test",
+        "--steps-per-block", "1", "--limit", "2", "--samples-per-prompt", "1", "--no-warmup", "--json", tmp_path / "eval.json",
+    )  # fmt: skip
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert list(data["models"]) == ["SDAR-mini", "sdar-student"] and data["teacher"] == "SDAR-mini"
+    assert "teacher: SDAR-mini (the first --model" in result.stderr
+    student = [r for r in data["records"] if r["model"] == "sdar-student"]
+    assert student and all(r["agreement"] is not None and r["speedup"] is not None for r in student), "compared with the teacher"
