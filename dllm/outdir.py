@@ -25,6 +25,9 @@ deleted meanwhile sees that the path no longer names it and tries again, so dele
 never lets two holders in. A directory this claim created is removed again at release
 when it is still empty (an input error leaves no file behind).
 
+A filesystem that refuses locks (ENOLCK, EOPNOTSUPP) gets a one-line warning and runs
+unlocked; NFS mounted `nolock` keeps locks per client (runs on two hosts are not kept apart).
+
 Nesting: each command locks its own output. t3d-run locks the run directory, its stages
 lock their own subdirectories (round-N/trajectories, round-N/distill, round-N/eval): all
 different files, so no stage waits for, or is refused by, the run above it. Ray Train
