@@ -24,6 +24,11 @@ def out_dir(path: Path) -> Output:
     return Output(path=path, option="--out")
 
 
+def try_to_hold(out: Path) -> subprocess.CompletedProcess:
+    """Another process claims `out` and lets go at once; its stderr says why it could not."""
+    return subprocess.run([sys.executable, "-c", HOLD, "t3d-x", str(out), "dir", "--out"], input="", capture_output=True, text=True)
+
+
 def test_a_second_process_is_refused_with_one_line_naming_the_holder(tmp_path):
     out = tmp_path / "runs" / "x"
     holder = Holder(out, "t3d-distill")
@@ -53,7 +58,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_and_said_so(tmp_path, capfd):
         stderr = capfd.readouterr().err
         assert stderr.count("\n") == 1 and "stale lock" in stderr and f"pid {holder.proc.pid}" in stderr, stderr
         assert json.loads(os.pread(_lock_fd(out / LOCK_NAME), 1 << 16, 0))["pid"] == os.getpid()
-        taker = subprocess.run([sys.executable, "-c", HOLD, "t3d-x", str(out), "dir", "--out"], input="", capture_output=True, text=True)
+        taker = try_to_hold(out)
         assert taker.returncode != 0 and f"in use by t3d-collect (pid {os.getpid()}" in taker.stderr  # and it is held
 
 
@@ -74,7 +79,7 @@ def test_a_second_claim_in_one_process_is_refused_and_keeps_the_first(tmp_path):
     with claim("t3d-run", out_dir(out)):
         with pytest.raises(UserError, match="already in use by this process: t3d-run"), claim("t3d-run", out_dir(out)):
             pass
-        other = subprocess.run([sys.executable, "-c", HOLD, "t3d-x", str(out), "dir", "--out"], input="", capture_output=True, text=True)
+        other = try_to_hold(out)
         assert other.returncode != 0 and "in use by t3d-run" in other.stderr, other.stderr  # still held
 
 
