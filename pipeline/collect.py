@@ -25,8 +25,7 @@ from t3d.pipeline.cluster import gpus_per_worker, ray_connection, resource_warni
 from t3d.pipeline.config import CollectConfig, cli_command, to_dict
 from t3d.pipeline.output import SKIPPED_TOO_LONG, OutputState, discard_if_unstarted, open_output
 from t3d.dllm.prompt_encoding import applies_chat_template
-from t3d.dllm.scoring import choose_scorer
-from t3d.pipeline.prompts import PreparedPrompts, builtin_prompt_records, prepare_prompts, read_prompt_file, row_scorer
+from t3d.pipeline.prompts import PreparedPrompts, load_prompt_source, prepare_prompts, row_scorer
 from t3d.pipeline.rollout import RolloutJob, UnitResult
 from t3d.pipeline.teacher import TeacherInfo, describe_teacher
 from t3d.pipeline.units import UnitFailedError, WorkUnit, plan_units
@@ -44,7 +43,8 @@ class RunPlan:
     prompts: PreparedPrompts
     units: list[WorkUnit]
     score: Any  # fills `correct`: the built-in task's validity check, a RowScorer, or None
-    scorer: str | None = None  # the registry name behind `score` (what `--scorer auto` resolved to)
+    scorer: str | None = None  # the registry name behind `score` (what `--scorer auto` resolved to; auto: per record)
+    notes: tuple[str, ...] = ()  # the prompts' layout and how they are graded, printed at the start
 
     def manifest_config(self) -> dict[str, Any]:
         key = self.cfg.dataset_key() | {"prompts_digest": self.prompts.digest()}
@@ -84,9 +84,9 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
     sampler = cfg.rollout.sampler
     check_decode_block(cfg.teacher.model, sampler.block_size, family=cfg.teacher.family, force=cfg.teacher.force_block_size)
     check_steps_per_block(sampler.block_size, [sampler.steps_per_block], sampler.strategy)
-    builtin = cfg.prompts.prompts is None
-    records = builtin_prompt_records(teacher.task_seed) if builtin else read_prompt_file(cfg.prompts.prompts)
-    scorer = choose_scorer(cfg.prompts.scorer, None if builtin else records, cfg.prompts.prompts or "the built-in task")
+    p = cfg.prompts
+    source = load_prompt_source(p.prompts, p.scorer, fields=p.fields(), limit=p.limit, task_seed=teacher.task_seed)
+    records, builtin = source.records, source.builtin
     prepared = prepare_prompts(
         records,
         teacher.tokenizer,
@@ -97,8 +97,8 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
         vocab_size=teacher.identity["vocab_size"],
     )
     builtin_score = _builtin_score(teacher.task_seed) if builtin else None
-    score = row_scorer(scorer, records, prepared, teacher.tokenizer, builtin_score)
-    return RunPlan(cfg, teacher, prepared, plan_units(prepared.prompts, cfg.shard_size), score, scorer)
+    score = row_scorer(source.grading, records, prepared, teacher.tokenizer, builtin_score)
+    return RunPlan(cfg, teacher, prepared, plan_units(prepared.prompts, cfg.shard_size), score, source.grading.name, source.notes)
 
 
 def _builtin_score(task_seed: int) -> Any:
@@ -216,6 +216,8 @@ def report_plan(plan: RunPlan, state: OutputState, pending: list[WorkUnit]) -> N
     if counts["skipped"]:
         print(f", {counts['skipped']} skipped: longer than {plan.teacher.max_length - sampler.max_new_tokens} tokens (counted in the manifest)", end="")
     print()
+    for note in plan.notes:
+        print(note)
     print(f"rollouts  {counts['kept']} prompts x {cfg.rollout.rollouts_per_prompt} = {rows} rows, "
           f"at most {rows * sampler.max_new_tokens:,} response tokens ({sampler.max_new_tokens} per row)")
     topk = f"top-{sampler.logits_top_k} logits ({sampler.logits_top_k * TOPK_BYTES_PER_TOKEN} B/token raw)" if sampler.logits_top_k else "no top-k logits"

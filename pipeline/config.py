@@ -21,6 +21,7 @@ from typing import Any
 from t3d.dllm.errors import UserError
 from t3d.dllm.options import Option, OptionTree
 from t3d.dllm.prompt_encoding import PromptEncoding
+from t3d.dllm.prompt_files import FieldMap, require_prompts
 from t3d.dllm.sampling import SamplerConfig
 from t3d.dllm.scoring import SCORER_NAMES
 
@@ -35,7 +36,13 @@ class PromptConfig:
     """Where the prompts come from and how they become token ids."""
 
     prompts: str | None = None
-    """Prompt file: JSONL, JSON list or Parquet with a `prompt` or `question` field (optional `answer`); default: the built-in task's train split."""
+    """Prompt file (JSONL, JSON list, Parquet or a datasets save_to_disk folder) in a published layout (GSM8K, MATH-500, Hendrycks MATH, MBPP, HumanEval) or with prompt/question (+ answer or tests); builtin:train for the built-in task (the default only for the built-in teacher)."""
+    prompt_field: str | None = None
+    """Field holding the prompt, for a layout t3d does not recognise (then fields are not guessed)."""
+    answer_field: str | None = None
+    """Field holding the reference answer (`#### 42`, `\\boxed{42}` or bare), graded by math."""
+    tests_field: str | None = None
+    """Field holding code tests (a list of assert statements), graded by code."""
     limit: int | None = None
     """Use only the first N prompts of the source."""
     chat_template: bool = True
@@ -49,7 +56,7 @@ class PromptConfig:
     on_long_prompt: str = "skip"
     """What to do with a prompt too long for the model with its response: `skip` (counted in the manifest) or `error`."""
     scorer: str = "auto"
-    """What fills the `correct` column: auto (from the prompts' fields), builtin, math (math-verify), code (tests in a sandbox), exact."""
+    """What fills the `correct` column: auto (per record: its code tests, else its answer), builtin, math (math-verify), code (tests in a sandbox), exact."""
 
     def __post_init__(self) -> None:
         self.encoding()  # a bad user template fails here, before anything runs
@@ -59,6 +66,10 @@ class PromptConfig:
             raise UserError(f"limit must be at least 1, got {self.limit}")
         if self.on_long_prompt not in ON_LONG_PROMPT:
             raise UserError(f"on_long_prompt must be one of {', '.join(ON_LONG_PROMPT)}, got {self.on_long_prompt!r}")
+
+    def fields(self) -> FieldMap:
+        """The fields named by --prompt-field / --answer-field / --tests-field (none: each record's layout is recognised)."""
+        return FieldMap(prompt=self.prompt_field, answer=self.answer_field, tests=self.tests_field)
 
     def encoding(self) -> PromptEncoding:
         """How text prompts become token ids (recorded in the manifest; eval's `--like` reads it back)."""
@@ -172,6 +183,7 @@ class CollectConfig:
             raise UserError(f"shard_size must be at least 1, got {self.shard_size}")
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, got {self.seed}")
+        require_prompts(self.teacher.model, self.prompts.prompts, "train")  # before any model or prompt is read
 
     def dataset_key(self) -> dict[str, Any]:
         """The settings that decide the rows: a resumed run must match them exactly."""

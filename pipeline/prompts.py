@@ -1,11 +1,13 @@
 """Prompt sources -> token ids, checked before any worker starts.
 
-A prompt file is JSONL, a JSON list or Parquet, read by `t3d.dllm.prompt_files` (the
-same reader `t3d-eval` uses); this module encodes the records and applies the length
-rules.
+A prompt file is JSONL, a JSON list, Parquet or a `datasets` `save_to_disk` folder,
+each record in its published layout, read by `t3d.dllm.prompt_files` (the same reader
+`t3d-eval` uses); this module encodes the records and applies the length rules.
 
-Without a file, the prompts are the built-in task's `train` split (never `test`, which
-`t3d-eval` keeps for measuring).
+Without a file (or with `--prompts builtin:train`), the prompts are the built-in task's
+`train` split (never `test`, which `t3d-eval` keeps for measuring); only the built-in
+teacher gets them without asking (`PromptConfig` refuses a real checkpoint without
+`--prompts`).
 
 `row_scorer` builds what fills the dataset's `correct` column, from the scorer registry
 `t3d.dllm.scoring` that `t3d-eval` uses too.
@@ -20,12 +22,45 @@ from typing import Any
 
 from t3d.dllm.errors import UserError
 from t3d.dllm.prompt_encoding import PromptEncoding, encode_prompt
-from t3d.dllm.prompt_files import PromptRecord, read_prompt_file
-from t3d.dllm.scoring import BUILTIN, Reference, text_scorer
+from t3d.dllm.prompt_files import FieldMap, PromptRecord, builtin_split, describe_layouts, read_prompt_file
+from t3d.dllm.scoring import BUILTIN, Grading, Reference, choose_scorer, text_scorer
 
-__all__ = ["BUILTIN_SPLIT", "EncodedPrompt", "PreparedPrompts", "PromptRecord", "RowScorer", "read_prompt_file", "row_scorer"]
+__all__ = [
+    "BUILTIN_SPLIT", "EncodedPrompt", "PreparedPrompts", "PromptRecord", "PromptSource", "RowScorer", "load_prompt_source",
+    "read_prompt_file", "row_scorer",
+]  # fmt: skip
 
 BUILTIN_SPLIT = "train"
+COLLECT_SPLITS = ("train", "val")
+"""Built-in splits collect may roll out; `test` is t3d-eval's."""
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    """The records of a run, how each is graded, and the lines that say so once at the start."""
+
+    records: list[PromptRecord]
+    grading: Grading
+    builtin: bool
+    """The built-in task's prompts (token ids, judged by its validity check)."""
+    notes: tuple[str, ...]
+    """`layout ...` and `grading ...` lines for the run header."""
+
+
+def load_prompt_source(source: str | None, scorer: str, *, fields: FieldMap = FieldMap(), limit: int | None = None, task_seed: int = 0) -> PromptSource:
+    """`--prompts` (a file, `builtin:SPLIT`, or None: the built-in train split) read, limited and resolved against `--scorer`."""
+    split = BUILTIN_SPLIT if source is None else builtin_split(source, BUILTIN_SPLIT)
+    if split is not None:
+        if split not in COLLECT_SPLITS:
+            raise UserError(f"--prompts builtin:{split}: collect rolls out the built-in task's {' or '.join(COLLECT_SPLITS)} split ({split!r} is not one; test is kept for t3d-eval)")
+        if fields.given:
+            raise UserError("--prompt-field / --answer-field / --tests-field read a prompt file; the built-in task has none")
+        records = builtin_prompt_records(task_seed, split)[:limit]
+        grading = choose_scorer(scorer, None, f"builtin:{split}")
+        return PromptSource(records, grading, True, (f"layout    built-in task, {split} split: {len(records)} prompts", f"grading   {grading.describe()}"))
+    records = read_prompt_file(source, fields)[:limit]
+    grading = choose_scorer(scorer, records, str(source))
+    return PromptSource(records, grading, False, (f"layout    {describe_layouts(records)}", f"grading   {grading.describe()}"))
 
 
 @dataclass(frozen=True)
@@ -55,13 +90,14 @@ class PreparedPrompts:
         return h.hexdigest()[:16]
 
 
-def builtin_prompt_records(seed: int = 0) -> list[PromptRecord]:
-    """The built-in task's train split, as token ids."""
+def builtin_prompt_records(seed: int = 0, split: str = BUILTIN_SPLIT) -> list[PromptRecord]:
+    """The built-in task's prompts of `split`, as token ids."""
     try:
         from t3d.dllm.task import BuiltinTask
     except ImportError:
         raise UserError("no --prompts given and the built-in task is not installed: pass --prompts FILE") from None
-    return [PromptRecord(prompt=tuple(int(t) for t in p)) for p in BuiltinTask(seed=seed).prompts(BUILTIN_SPLIT)]
+    return [PromptRecord(prompt=tuple(int(t) for t in p), where=f"builtin:{split} record {i}", layout="built-in task")
+            for i, p in enumerate(BuiltinTask(seed=seed).prompts(split))]  # fmt: skip
 
 
 # --- encoding: t3d.dllm.prompt_encoding, the one function collect, distill and eval use ---------
@@ -107,6 +143,9 @@ def prepare_prompts(
 class RowScorer:
     """`(prompt_ids, response_ids) -> bool | None` for the `correct` column, by a text scorer of the registry.
 
+    `auto` judges each prompt by its own reference (code tests, else an answer); a prompt
+    with neither stays None, and collect names it at the start (`Grading.describe`).
+
     Picklable (it travels to the Ray actors): the scorer's name, the tokenizer that
     decodes responses, and each kept prompt's reference keyed by its token ids. Two
     prompts that encode to the same ids with different references cannot be told apart
@@ -133,8 +172,12 @@ class RowScorer:
         self.__init__(**state)
 
 
-def row_scorer(name: str | None, records: list[PromptRecord], prepared: PreparedPrompts, tokenizer: Any, builtin: Any = None) -> Any:
-    """What fills `correct`: the built-in task's check, a `RowScorer`, or None (nothing to judge)."""
+def row_scorer(grading: Grading | str | None, records: list[PromptRecord], prepared: PreparedPrompts, tokenizer: Any, builtin: Any = None) -> Any:
+    """What fills `correct`: the built-in task's check, a `RowScorer`, or None (no record has anything to judge by)."""
+    if isinstance(grading, Grading):
+        name = None if grading.scorer != BUILTIN and not any(grading.judges) else grading.scorer
+    else:
+        name = grading
     if name == BUILTIN:
         return builtin
     if name is None:

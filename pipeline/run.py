@@ -95,7 +95,7 @@ def preflight(spec: RunSpec) -> Any:
     except (UserError, FileNotFoundError) as err:
         raise UserError(f"{spec.where('collect')}: {err}") from None
     for key, path in (("prompts", eval_cfg.prompts.prompts), ("like", eval_cfg.prompts.like)):
-        if path is not None and not Path(path).exists():
+        if path is not None and not str(path).startswith("builtin") and not Path(path).exists():  # builtin:SPLIT names the task
             raise UserError(f"{spec.where('eval', key)}: not found: {path}")
     model = spec.sections["distill"].get("model")
     if model not in (None, "builtin") and not Path(model).is_dir():

@@ -245,7 +245,7 @@ def _build(spec: RunSpec, stage: str, tree: OptionTree, values: dict[str, Any]) 
 
 
 def _absolute(path: str) -> str:
-    return path if path == "builtin" else str(Path(path).expanduser().resolve())
+    return path if path == "builtin" or path.startswith("builtin:") else str(Path(path).expanduser().resolve())
 
 
 def distill_changes(old: Any, new: Any) -> list[str]:

@@ -18,7 +18,9 @@ import typer
 from t3d.dllm import DiffusionLM, SamplerConfig, UserError, load_model
 from t3d.dllm.options import OptionTree
 from t3d.dllm.outdir import Output, claim
+from t3d.dllm.prompt_files import FieldMap, require_prompts
 from t3d.dllm.scoring import Limits
+from t3d.trainer.eval_prompts import load_prompts
 from t3d.dllm.families import get_family
 from t3d.dllm.loading import DTYPES
 from t3d.dllm.reveal import STRATEGIES
@@ -141,7 +143,7 @@ def run(
     samples_per_prompt: int, seed: int, batch_size: int, timing_repeats: int, device: str, trust_remote_code: bool,
     json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path], scorer: str = "auto",
     family: Optional[str] = None, dtype: str = "auto", like: Optional[Path] = None, chat_template: Optional[bool] = None,
-    system_prompt: Optional[str] = None, user_template: Optional[str] = None, grade: Optional[Path] = None,
+    system_prompt: Optional[str] = None, user_template: Optional[str] = None, grade: Optional[Path] = None, fields: FieldMap | None = None,
     code_timeout: float = 10.0, warmup: bool = True, progress: bool = True,
     force_block_size: bool = False, tracking: TrackingConfig | None = None,
 ) -> ev.EvalReport | None:  # fmt: skip
@@ -150,7 +152,7 @@ def run(
     if grade is not None:
         if model or prompts:
             raise UserError("--grade grades the responses in a file and loads no model: drop --model and --prompts")
-        run_grade(grade, scorer, json_path, samples, code_limits)
+        run_grade(grade, scorer, json_path, samples, code_limits, fields or FieldMap())
         return None
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
@@ -161,7 +163,9 @@ def run(
     if block_size:  # else the first model's own block size, checked once it has loaded
         check_decode_settings(model or ["teacher=builtin"], block_size, steps or [], strategies, family, force_block_size)
     check_model_options(family, dtype)
-    prompt_set = ev.load_prompt_file(prompts, limit, scorer, code_limits) if prompts else ev.builtin_prompts("test", limit, scorer=scorer)
+    prompt_set = load_prompts(prompts, limit, scorer, code_limits, fields or FieldMap())
+    for note in prompt_set.notes:  # the layout recognised, how rows are graded and which cannot be
+        print(f"prompts: {note}", file=sys.stderr)
     overrides = {k: v for k, v in dict(chat_template=chat_template, system_prompt=system_prompt, user_template=user_template).items() if v is not None}
     ev.PromptEncoding(**overrides)  # a bad template fails before any model loads
     like_encoding = ev.like_dataset(like) if like is not None else None
@@ -238,11 +242,13 @@ def code_sandbox_limits(timeout: float) -> Limits:
     return Limits(timeout_s=timeout)
 
 
-def run_grade(path: Path, scorer: str, json_path: Optional[Path], samples: Optional[Path], code_limits: Limits) -> None:
+def run_grade(
+    path: Path, scorer: str, json_path: Optional[Path], samples: Optional[Path], code_limits: Limits, fields: FieldMap = FieldMap()
+) -> None:
     """`--grade FILE`: judge responses produced elsewhere, print the table, write the outputs asked for."""
-    lines = grading.read_responses(path)
+    lines = grading.read_responses(path, fields)
     report = grading.grade(lines, scorer, str(path), code_limits)
-    print(f"t3d-eval: graded {len(lines)} responses from {path} with the {report.scorer} scorer", file=sys.stderr)
+    print(f"t3d-eval: graded {len(lines)} responses from {path}: {report.grading.describe()}", file=sys.stderr)
     print(grading.render_grade_table(report))
     if json_path is not None:
         print(f"wrote {grading.write_grade_json(report, json_path)}", file=sys.stderr)
@@ -274,7 +280,13 @@ class EvalPromptsConfig:
     """The prompts, how they are encoded and judged."""
 
     prompts: Path | None = None
-    """JSONL, JSON or Parquet with `prompt` or `question` and optional `answer`. Default: the built-in task's held-out test split."""
+    """Prompt file (JSONL, JSON, Parquet or a datasets save_to_disk folder) in a published layout (GSM8K, MATH-500, Hendrycks MATH, MBPP, HumanEval) or with prompt/question (+ answer or tests); builtin:test for the built-in task (the default only for built-in models)."""
+    prompt_field: str | None = None
+    """Field holding the prompt, for a layout t3d does not recognise (then fields are not guessed); also read by --grade."""
+    answer_field: str | None = None
+    """Field holding the reference answer (`#### 42`, `\\boxed{42}` or bare), graded by math."""
+    tests_field: str | None = None
+    """Field holding code tests (a list of assert statements), graded by code."""
     limit: int | None = None
     """Use only the first N prompts."""
     scorer: str = "auto"
@@ -289,6 +301,10 @@ class EvalPromptsConfig:
     """Override: the user turn, {prompt} standing for the prompt, or a preset: plain, reason-boxed."""
     code_timeout: float = 10.0
     """Seconds each code sample may run in the sandbox (wall clock; CPU limit one more)."""
+
+    def fields(self) -> FieldMap:
+        """The fields named by --prompt-field / --answer-field / --tests-field (none: each record's layout is recognised)."""
+        return FieldMap(prompt=self.prompt_field, answer=self.answer_field, tests=self.tests_field)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,6 +360,11 @@ class EvalCommandConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Experiment trackers (TensorBoard, W&B, MLflow) beside the JSON."""
 
+    def __post_init__(self) -> None:
+        if self.output.grade is None and self.prompts.prompts is None:  # no silent toy: real checkpoints need --prompts
+            for spec in self.models.model:
+                require_prompts(parse_model_spec(spec)[1], None, "test")
+
 
 TREE = OptionTree(EvalCommandConfig, exclude={"run.keep_samples"})
 
@@ -358,7 +379,7 @@ def run_config(cfg: EvalCommandConfig) -> ev.EvalReport | None:
             temperature=d.temperature, cache=d.cache, samples_per_prompt=r.samples_per_prompt, seed=r.seed,
             batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,
             json_path=o.json, plot=o.plot, samples=o.samples, scorer=p.scorer, family=m.family, dtype=m.dtype, like=p.like,
-            chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade,
+            chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade, fields=p.fields(),
             code_timeout=p.code_timeout, warmup=r.warmup, progress=r.progress, tracking=cfg.tracking, force_block_size=d.force_block_size,
         )  # fmt: skip
 

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 from t3d.dllm import DiffusionLM, UserError
 from t3d.dllm.prompt_encoding import PromptEncoding, dataset_encoding
 from t3d.dllm.prompt_encoding import encode_prompt as encode_prompt_text
-from t3d.dllm.prompt_files import PromptRecord, read_prompt_file
-from t3d.dllm.scoring import Limits, Reference, Verdict, choose_scorer, text_scorer
+from t3d.dllm.prompt_files import FieldMap, PromptRecord, builtin_split, describe_layouts, read_prompt_file
+from t3d.dllm.scoring import Grading, Limits, Reference, Verdict, choose_scorer, text_scorer
 from t3d.dllm.task import BuiltinTask, diversity_report
 from t3d.storage_schemas import DatasetError, Manifest
 from t3d.trainer import metrics
@@ -59,12 +59,12 @@ class Scorer(Protocol):
 
 
 class TextScorer:
-    """Prompt-file records judged on response text by a scorer of `t3d.dllm.scoring` (math, exact, code)."""
+    """Prompt-file records judged on response text by a scorer of `t3d.dllm.scoring` (math, exact, code; auto: per record)."""
 
-    def __init__(self, name: str | None, code_limits: Limits | None = None) -> None:
+    def __init__(self, name: str | None, code_limits: Limits | None = None, metric: str | None = None) -> None:
         self.name = name
         self.scorer = text_scorer(name, code_limits) if name is not None else None
-        self.metric = self.scorer.metric if self.scorer is not None else None
+        self.metric = metric if metric is not None or self.scorer is None else self.scorer.metric
 
     def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> Verdict:
         if self.scorer is None or prompt.reference is None:
@@ -110,6 +110,21 @@ class PromptSet:
     scorer: Scorer
     source: str
     """Where the prompts came from (`builtin:test`, a file path), recorded in the JSON."""
+    notes: tuple[str, ...] = ()
+    """The layout recognised and how the records are graded (which are not), printed once at the start."""
+
+
+def load_prompts(
+    source: str | Path | None, limit: int | None = None, scorer: str = "auto", code_limits: Limits | None = None,
+    fields: FieldMap = FieldMap(), split: str = "test",
+) -> PromptSet:  # fmt: skip
+    """`--prompts`: a file, `builtin:SPLIT`, or None (the built-in task's `split`: for the built-in teacher only, checked by the CLI)."""
+    named = split if source is None else builtin_split(source, split)
+    if named is None:
+        return load_prompt_file(source, limit, scorer, code_limits, fields)
+    if fields.given:
+        raise UserError("--prompt-field / --answer-field / --tests-field read a prompt file; the built-in task has none")
+    return builtin_prompts(named, limit, scorer=scorer)
 
 
 def builtin_prompts(split: str = "test", limit: int | None = None, task_seed: int = 0, scorer: str = "auto") -> PromptSet:
@@ -121,16 +136,27 @@ def builtin_prompts(split: str = "test", limit: int | None = None, task_seed: in
     return PromptSet(prompts=prompts, scorer=TaskScorer(task), source=f"builtin:{split}")
 
 
-def load_prompt_file(path: str | Path, limit: int | None = None, scorer: str = "auto", code_limits: Limits | None = None) -> PromptSet:
-    """JSONL, JSON (a list) or Parquet rows with `prompt` or `question` and what to judge by.
+def load_prompt_file(
+    path: str | Path, limit: int | None = None, scorer: str = "auto", code_limits: Limits | None = None, fields: FieldMap = FieldMap()
+) -> PromptSet:
+    """A prompt file in any layout `t3d.dllm.prompt_files` reads (GSM8K, MATH-500, MBPP, HumanEval, t3d's own, or `fields`).
 
-    Read by `t3d.dllm.prompt_files`, the same reader as t3d-collect's `--prompts`: a
-    prompt is text or a list of token ids; a bare string is a prompt. `scorer` is a
-    name of `t3d.dllm.scoring` (`auto`: from the records' fields).
+    The same reader as t3d-collect's `--prompts`. `scorer` is a name of
+    `t3d.dllm.scoring` (`auto`: each record by its own fields: code tests, else an answer).
     """
-    records = read_prompt_file(path)[:limit]
-    name = choose_scorer(scorer, records, str(path))
-    return PromptSet(prompts=tuple(_eval_prompt(r) for r in records), scorer=TextScorer(name, code_limits), source=str(path))
+    records = read_prompt_file(path, fields)[:limit]
+    grading = choose_scorer(scorer, records, str(path))
+    notes = (f"layout: {describe_layouts(records)}", grading.describe())
+    return PromptSet(
+        prompts=tuple(_eval_prompt(r) for r in records), scorer=_text_scorer(grading, code_limits), source=str(path), notes=notes
+    )
+
+
+def _text_scorer(grading: Grading, code_limits: Limits | None) -> TextScorer:
+    """The records' scorer; none when no record has anything to judge it by (no task metric then)."""
+    if grading.name is None:
+        return TextScorer(None)
+    return TextScorer(grading.scorer, code_limits, metric=grading.metric)
 
 
 def _eval_prompt(record: PromptRecord) -> EvalPrompt:

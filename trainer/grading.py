@@ -1,11 +1,15 @@
 """`t3d-eval --grade RESPONSES.jsonl`: grade responses produced elsewhere with the same scorers.
 
-One JSON object per line: `prompt`, `response`, the reference (`answer` for math;
-`tests` as a list of assert statements with an optional `setup`, or `test` +
-`entry_point`, for code) and optional `model` and `setting` labels. The scorer is
-`--scorer` (`auto`: from the lines' fields, as for a prompt file). The summary is per
-(model, setting): the share correct (accuracy, or pass@1 for code) and pass@k over the
-samples of each prompt (the lines with the same prompt and reference).
+One record per line (JSONL; also a JSON list, Parquet or a `save_to_disk` folder): a
+`response`, the prompt and its reference in any layout a prompt file may use (t3d's
+`prompt`/`question` + `answer` or `tests`/`setup` or `test`/`entry_point`, or GSM8K,
+MATH-500, Hendrycks MATH, MBPP, HumanEval as published, or the fields `--prompt-field`
+/ `--answer-field` / `--tests-field` name), and optional `model` and `setting` labels.
+`--scorer auto` grades each line by its own reference (code tests, else an answer); a
+line with neither is counted and named, never silently left out of the share. The
+summary is per (model, setting): lines judged, the share correct (accuracy, or pass@1
+for code) and pass@k over the samples of each prompt (the lines with the same prompt and
+reference).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from t3d.dllm.errors import UserError
-from t3d.dllm.prompt_files import PromptRecord, record_from_value
-from t3d.dllm.scoring import Limits, Verdict, choose_scorer, text_scorer
+from t3d.dllm.prompt_files import FieldMap, PromptRecord, read_rows, record_from_value
+from t3d.dllm.scoring import Grading, Limits, Verdict, choose_scorer, text_scorer
 from t3d.trainer import metrics
 
 GRADE_SCHEMA_VERSION = 1
@@ -35,32 +39,27 @@ class ResponseLine:
     raw: dict[str, Any]  # the line as read, written back with the verdict
 
 
-def read_responses(path: str | Path) -> list[ResponseLine]:
+def read_responses(path: str | Path, fields: FieldMap = FieldMap()) -> list[ResponseLine]:
     """Every line of a responses file; a bad line is a one-line `UserError` naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"responses file not found: {path}")
-    lines = []
-    with path.open(encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if text.strip():
-                lines.append(_line(text, f"{path} line {number}"))
-    if not lines:
+    rows = read_rows(path, "responses")
+    if not rows:
         raise UserError(f"responses file holds no lines: {path}")
-    return lines
+    fields.check([value for value, _ in rows], str(path))
+    return [_line(value, where, fields) for value, where in rows]
 
 
-def _line(text: str, where: str) -> ResponseLine:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(value, dict) or not isinstance(value.get("prompt"), str) or not isinstance(value.get("response"), str):
-        raise UserError(f"{where}: a line to grade is an object with text 'prompt' and 'response' fields")
+def _line(value: Any, where: str, fields: FieldMap) -> ResponseLine:
+    if not isinstance(value, dict) or not isinstance(value.get("response"), str):
+        raise UserError(f"{where}: a line to grade is an object with a text 'response' and its prompt's fields")
     labels = [value.get(k, default) for k, default in (("model", "responses"), ("setting", "-"))]
     if not all(isinstance(label, str) for label in labels):
         raise UserError(f"{where}: 'model' and 'setting' must be text labels")
-    return ResponseLine(record_from_value(value, where), value["response"], labels[0], labels[1], value)
+    record = record_from_value({k: v for k, v in value.items() if k not in LINE_FIELDS}, where, fields)
+    return ResponseLine(record, value["response"], labels[0], labels[1], value)
+
+
+LINE_FIELDS = ("response", "model", "setting", "correct", "score_detail")
+"""Fields of a responses line that are not its prompt's (a graded samples file may be graded again)."""
 
 
 @dataclass
@@ -72,7 +71,8 @@ class GradeRecord:
     prompts: int
     responses: int
     judged: int
-    metric: str
+    """Responses with something to grade them by (an answer or tests); the others count in no share."""
+    metric: str | None
     quality: float | None
     """Share of judged responses that are correct (accuracy, or pass@1 for code)."""
     pass_at_k: dict[str, float] | None
@@ -85,26 +85,28 @@ class GradeReport:
     scorer: str
     records: list[GradeRecord]
     verdicts: list[Verdict] = field(default_factory=list)  # one per line, in file order
+    grading: Grading = field(default_factory=lambda: Grading("auto"))
+    """Which scorer judged each line, and the lines nothing could judge."""
 
 
 def grade(lines: Sequence[ResponseLine], scorer: str = "auto", source: str = "", code_limits: Limits | None = None) -> GradeReport:
-    """Judge every line with the scorer `scorer` resolves to; summarise per (model, setting)."""
-    name = choose_scorer(scorer, [line.record for line in lines], source)
-    if name is None:
+    """Judge every line by the scorer `scorer` resolves to for it (auto: per line); summarise per (model, setting)."""
+    plan = choose_scorer(scorer, [line.record for line in lines], source)
+    if plan.name is None:
         raise UserError(
             f"{lines[0].record.where}: nothing to grade by: lines need an 'answer' (math) or 'tests' / 'test' + "
             "'entry_point' (code) -- a t3d-eval --samples file has neither"
         )
-    judge = text_scorer(name, code_limits)
+    judge = text_scorer(plan.scorer, code_limits)
     verdicts = [judge.score(line.record.reference(), line.response) for line in lines]
     groups: dict[tuple[str, str], list[tuple[ResponseLine, Verdict]]] = {}
     for line, verdict in zip(lines, verdicts):
         groups.setdefault((line.model, line.setting), []).append((line, verdict))
-    records = [_summary(model, setting, rows, judge.metric) for (model, setting), rows in groups.items()]
-    return GradeReport(source=source, scorer=name, records=records, verdicts=verdicts)
+    records = [_summary(model, setting, rows, plan.metric) for (model, setting), rows in groups.items()]
+    return GradeReport(source=source, scorer=plan.name, records=records, verdicts=verdicts, grading=plan)
 
 
-def _summary(model: str, setting: str, rows: list[tuple[ResponseLine, Verdict]], metric: str) -> GradeRecord:
+def _summary(model: str, setting: str, rows: list[tuple[ResponseLine, Verdict]], metric: str | None) -> GradeRecord:
     per_prompt: dict[str, list[bool | None]] = {}
     for line, verdict in rows:
         key = json.dumps([line.record.prompt, asdict(line.record.reference())], sort_keys=True)
@@ -117,16 +119,19 @@ def _summary(model: str, setting: str, rows: list[tuple[ResponseLine, Verdict]],
 
 
 def render_grade_table(report: GradeReport) -> str:
-    """One row per (model, setting): prompts, responses, the metric and each pass@k."""
+    """One row per (model, setting): prompts, responses, those judged, the metric and each pass@k; then the lines left unjudged."""
     ks = sorted({k for r in report.records for k in (r.pass_at_k or {}) if k != "pass@1"}, key=lambda k: int(k[5:]))
-    header = ["model", "setting", "prompts", "responses", report.records[0].metric if report.records else "quality", *ks]
+    header = ["model", "setting", "prompts", "responses", "judged", report.grading.metric or "quality", *ks]
     body = [
-        [r.model, r.setting, str(r.prompts), str(r.responses), _fmt(r.quality)] + [_fmt((r.pass_at_k or {}).get(k)) for k in ks]
+        [r.model, r.setting, str(r.prompts), str(r.responses), str(r.judged), _fmt(r.quality)]
+        + [_fmt((r.pass_at_k or {}).get(k)) for k in ks]
         for r in report.records
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if report.grading.unjudged:
+        lines.append(report.grading.describe())
     return "\n".join(lines)
 
 
@@ -136,7 +141,7 @@ def _fmt(value: float | None) -> str:
 
 def grade_dict(report: GradeReport) -> dict[str, Any]:
     return {"schema_version": GRADE_SCHEMA_VERSION, "source": report.source, "scorer": report.scorer,
-            "records": [asdict(r) for r in report.records]}  # fmt: skip
+            "grading": report.grading.summary(), "records": [asdict(r) for r in report.records]}  # fmt: skip
 
 
 def write_grade_json(report: GradeReport, path: str | Path) -> Path:

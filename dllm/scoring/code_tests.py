@@ -5,9 +5,14 @@ the function the tests call, else the first fenced block, else the whole respons
 
 - MBPP style (`tests`: assert statements, optional `setup`): `setup`, then the code,
   then each assert on its own, so the verdict names the first one that fails.
-- HumanEval style (`test` defining `check(candidate)`, `entry_point`): when the code
-  defines `entry_point` it runs after the prompt's import lines, otherwise it is taken as
-  the completion of the prompt (prompt + code); then `test` and `check(entry_point)`.
+- HumanEval style (`test` defining `check(candidate)`, `entry_point`): a response may
+  hold the whole function (often with the prompt repeated, as `prompt +
+  canonical_solution`) or only its body (the completion of the prompt). When the code
+  defines `entry_point` it runs after the whole prompt (its imports and helper
+  functions; the prompt's own stub of `entry_point`, a docstring only, is then
+  redefined), de-indented if it came indented as a block; otherwise it is the body: the
+  prompt, then the code, indented one level when its first line is not. Then `test`
+  and `check(entry_point)`.
 
 The verdict's detail is the sandbox's: `status` (passed, failed, error, timeout,
 memory), the failing test, the error line.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from typing import Any
 
 from t3d.dllm.scoring.base import Reference, Verdict
@@ -50,8 +56,31 @@ def extract_code(response: str, names: set[str] = frozenset()) -> str:
     return blocks[0] if blocks else response
 
 
-def _imports(prompt: str) -> str:
-    return "\n".join(line for line in prompt.splitlines() if re.match(r"\s*(import|from)\s+\w", line))
+_DEFINITION = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+
+
+def _is_definition(node: ast.stmt) -> bool:
+    """An import, a definition, an assignment or a bare string: what a prompt may run before the response's function."""
+    return isinstance(node, _DEFINITION) or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+
+
+def _prompt_head(prompt: str) -> str:
+    """What runs before a whole function: the prompt (imports, helpers, the stub) when it only defines things, else its imports."""
+    try:
+        body = ast.parse(prompt).body
+    except (SyntaxError, ValueError):
+        return "\n".join(line for line in prompt.splitlines() if re.match(r"(import|from)\s+\w", line))
+    if all(_is_definition(node) for node in body):
+        return prompt
+    return "\n".join(ast.get_source_segment(prompt, node) or "" for node in body if isinstance(node, (ast.Import, ast.ImportFrom)))
+
+
+def _as_body(code: str) -> str:
+    """A completion of the prompt: indented one level when its first code line starts at column 0."""
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    if first and not first[0].isspace():
+        return textwrap.indent(code, "    ")
+    return code
 
 
 def build_program(reference: Reference, response: str) -> tuple[str, list[str]]:
@@ -59,9 +88,13 @@ def build_program(reference: Reference, response: str) -> tuple[str, list[str]]:
     names = called_names(reference.tests, reference.entry_point)
     code = extract_code(response, names)
     if reference.test is not None:
-        head = _imports(reference.prompt) if _defines(code, names) else reference.prompt
-        return f"{head}\n{code}\n", [f"{reference.test}\ncheck({reference.entry_point})"]
-    return f"{reference.setup or ''}\n{code}\n", list(reference.tests or ())
+        prompt = reference.prompt if reference.prompt.endswith("\n") or not reference.prompt else reference.prompt + "\n"
+        if _defines(code, names):
+            program = f"{_prompt_head(prompt)}\n{textwrap.dedent(code)}\n"
+        else:
+            program = f"{prompt}{_as_body(code)}\n"
+        return program, [f"{reference.test}\ncheck({reference.entry_point})"]
+    return f"{reference.setup or ''}\n{textwrap.dedent(code)}\n", list(reference.tests or ())
 
 
 class CodeScorer:

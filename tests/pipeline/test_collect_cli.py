@@ -34,7 +34,7 @@ def bad_files(tmp_path):
     }
     files["empty"].write_text("")
     files["malformed"].write_text('{"prompt": "w1"}\n{"prompt": "w2"}\n{"prompt": "w3",}\n')
-    files["nofield"].write_text('{"prompt": "w1"}\n{"text": "w2"}\n')
+    files["nofield"].write_text('{"prompt": "w1"}\n{"txt": "w2"}\n')
     return files
 
 
@@ -44,7 +44,7 @@ def bad_files(tmp_path):
         ("missing", "prompts file not found: "),
         ("empty", "prompts file is empty: "),
         ("malformed", "malformed.jsonl line 3: malformed JSON"),
-        ("nofield", "nofield.jsonl line 2: record has no 'prompt' or 'question' field"),
+        ("nofield", "nofield.jsonl line 2: no known layout has these fields (txt)"),
         ("too_long", "prompt 5 has 22 tokens, more than the 16 the model allows"),
         ("no_model", "model directory not found: "),
         ("bad_option", "unknown option 'temprature' in "),

@@ -40,13 +40,13 @@ def test_jsonl_json_and_parquet_read_the_same(tmp_path):
         ("empty.jsonl", "", "prompts file is empty: {path}"),
         ("blank.jsonl", "\n\n", "prompts file holds no prompts: {path}"),
         ("bad.jsonl", '{"prompt": "w1"}\n{"prompt": "w2"}\n{"prompt": w3}\n', "{path} line 3: malformed JSON"),
-        ("nofield.jsonl", '{"prompt": "w1"}\n{"text": "w2"}\n', "{path} line 2: record has no 'prompt' or 'question' field"),
-        ("nofield.json", '[{"prompt": "w1"}, {"text": "w2"}]', "{path} record 1: record has no 'prompt' or 'question'"),
+        ("nofield.jsonl", '{"prompt": "w1"}\n{"txt": "w2"}\n', "{path} line 2: no known layout has these fields (txt); known: HumanEval"),
+        ("nofield.json", '[{"prompt": "w1"}, {"txt": "w2"}]', "{path} record 1: no known layout has these fields (txt)"),
         ("badjson.json", '[{"prompt": "w1"},\n {"prompt": }]', "{path} line 2: malformed JSON"),
         ("notlist.json", '{"prompt": "w1"}', "must hold a JSON list"),
         ("emptyprompt.jsonl", '{"prompt": "  "}\n', "{path} line 1: 'prompt' must be non-empty text"),
         ("number.jsonl", "3\n", "{path} line 1: a record must be an object"),
-        ("prompts.csv", "prompt\nw1\n", "must be .jsonl, .json or .parquet: {path}"),
+        ("prompts.csv", "prompt\nw1\n", "must be .jsonl, .json, .parquet or a datasets save_to_disk folder: {path}"),
     ],
 )
 def test_bad_files_give_one_line_naming_path_and_line(tmp_path, name, content, message):
@@ -62,8 +62,8 @@ def test_missing_file_and_parquet_without_prompt_column(tmp_path):
     with pytest.raises(UserError, match=f"prompts file not found: {tmp_path / 'nope.jsonl'}"):
         read_prompt_file(tmp_path / "nope.jsonl")
     parquet = tmp_path / "p.parquet"
-    pq.write_table(pa.table({"text": ["w1"]}), parquet)
-    with pytest.raises(UserError, match="has no 'prompt' or 'question' column"):
+    pq.write_table(pa.table({"txt": ["w1"]}), parquet)
+    with pytest.raises(UserError, match=r"record 0: no known layout has these fields \(txt\)"):
         read_prompt_file(parquet)
 
 

@@ -218,23 +218,24 @@ def bad_input(tmp_path, tiny_dirs):
     malformed = tmp_path / "bad.jsonl"
     malformed.write_text('{"prompt": "c1 c2"}\n{"prompt": "c1 \n')
     keyless = tmp_path / "keyless.jsonl"
-    keyless.write_text('{"prompt": "c1 c2"}\n{"text": "c1"}\n')
+    keyless.write_text('{"prompt": "c1 c2"}\n{"txt": "c1"}\n')
     badtests = tmp_path / "badtests.jsonl"
     badtests.write_text('{"prompt": "c1", "tests": ["assert f(1) == 1"]}\n{"prompt": "c2", "tests": ["assert f(1) =="]}\n')
     half = tmp_path / "half.jsonl"
     half.write_text('{"prompt": "c1 c2", "answer": "3"}\n{"prompt": "c1"}\n')
     model = f"teacher={tiny_dirs['teacher']}"
+    toy = ["--prompts", "builtin:test"]  # a checkpoint not made on the built-in task gets its prompts by name only
     return {
         "missing prompts": (["--prompts", tmp_path / "nope.jsonl"], "prompts file not found"),
         "malformed line": (["--prompts", malformed], "bad.jsonl line 2: malformed JSON"),
-        "no prompt field": (["--prompts", keyless], "keyless.jsonl line 2: record has no 'prompt' or 'question' field"),
+        "no prompt field": (["--prompts", keyless], "keyless.jsonl line 2: no known layout has these fields (txt)"),
         "unknown model": (["--model", f"t3d={tmp_path / 'no_such_model'}", "--limit", "1"], "model directory not found"),
-        "bad steps list": (["--model", model, "--steps-per-block", "4,x"], "--steps-per-block must be a comma-separated list"),
-        "zero steps": (["--model", model, "--steps-per-block", "2,0"], "--steps-per-block must be a comma-separated list"),
-        "steps above block": (["--model", model, "--steps-per-block", "8", "--limit", "1"], "steps_per_block must be between 1"),
-        "unknown strategy": (["--model", model, "--strategy", "greedy"], "--strategy must name"),
-        "unknown teacher": (["--model", model, "--teacher", "t9", "--limit", "1"], "--teacher 't9' is not one of"),
-        "duplicate label": (["--model", model, "--model", model], "given twice"),
+        "bad steps list": ([*toy, "--model", model, "--steps-per-block", "4,x"], "--steps-per-block must be a comma-separated list"),
+        "zero steps": ([*toy, "--model", model, "--steps-per-block", "2,0"], "--steps-per-block must be a comma-separated list"),
+        "steps above block": ([*toy, "--model", model, "--steps-per-block", "8", "--limit", "1"], "steps_per_block must be between 1"),
+        "unknown strategy": ([*toy, "--model", model, "--strategy", "greedy"], "--strategy must name"),
+        "unknown teacher": ([*toy, "--model", model, "--teacher", "t9", "--limit", "1"], "--teacher 't9' is not one of"),
+        "duplicate label": ([*toy, "--model", model, "--model", model], "given twice"),
         "malformed tests": (["--prompts", badtests], "badtests.jsonl line 2: tests[0] is not valid Python (SyntaxError"),
         "scorer misfit": (["--prompts", half, "--scorer", "exact"], "half.jsonl line 2: --scorer exact needs an 'answer'"),
         "builtin scorer on a file": (["--prompts", half, "--scorer", "builtin"], "--scorer builtin judges only the built-in"),

@@ -19,10 +19,10 @@ MATH = [  # (model, prompt, answer, response, correct)
 ]
 # A: 3/4 correct; pass@2 per prompt 1 - C(n-c,2)/C(2,2): (1, 1) -> 1.  B: 1/4; pass@2 (0, 1) -> 0.5.
 EXPECTED_TABLE = """\
-model  setting  prompts  responses  accuracy  pass@2
------  -------  -------  ---------  --------  ------
-A      s1             2          4     0.750   1.000
-B      s1             2          4     0.250   0.500"""
+model  setting  prompts  responses  judged  accuracy  pass@2
+-----  -------  -------  ---------  ------  --------  ------
+A      s1             2          4       4     0.750   1.000
+B      s1             2          4       4     0.250   0.500"""
 
 
 def write_lines(path, rows):
@@ -68,15 +68,17 @@ def test_grade_code_names_the_failing_test_and_the_timeout(tmp_path):
     assert graded[1]["score_detail"]["failed_test"] == "assert double(0) == 0"
     assert graded[2]["score_detail"]["status"] == "timeout"
     header, _, row = result.stdout.strip().splitlines()
-    assert header.split() == ["model", "setting", "prompts", "responses", "pass@1"]  # pass@2 needs 2 samples of every prompt
-    assert row.split() == ["responses", "-", "2", "4", "0.500"]
+    assert header.split() == ["model", "setting", "prompts", "responses", "judged", "pass@1"]  # pass@2 needs 2 samples of every prompt
+    assert row.split() == ["responses", "-", "2", "4", "4", "0.500"]
 
 
 @pytest.mark.parametrize(
     "content, args, message",
     [
         ('{"prompt": "q", "response": "r", "answer": "1"}\n{"prompt": "q", "response": ', [], "r.jsonl line 2: malformed JSON"),
-        ('{"prompt": "q", "answer": "1"}\n', [], "r.jsonl line 1: a line to grade is an object with text 'prompt' and 'response'"),
+        ('{"prompt": "q", "answer": "1"}\n', [], "r.jsonl line 1: a line to grade is an object with a text 'response'"),
+        ('{"txt": "q", "response": "r"}\n', [], "r.jsonl line 1: no known layout has these fields (txt)"),
+        ('{"prompt": "q", "response": "r"}\n', ["--answer-field", "solution"], "r.jsonl: --answer-field 'solution' names no field of its records"),
         ('{"model": "t", "setting": "s", "prompt": "q", "response": "r", "tokens": [1, 2], "validity": true}\n', [],
          "r.jsonl line 1: nothing to grade by"),  # t3d-eval's own --samples format
         ('{"prompt": "q", "response": "r", "tests": ["assert f(1) =="]}\n', [], "r.jsonl line 1: tests[0] is not valid Python"),

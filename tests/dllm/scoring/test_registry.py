@@ -1,4 +1,4 @@
-"""The scorer registry: `auto` picks from the prompts' fields; a scorer that does not fit is a one-line error."""
+"""The scorer registry: `auto` picks per record from its own fields; a scorer that does not fit is a one-line error."""
 
 import pytest
 
@@ -11,11 +11,17 @@ CODED = [PromptRecord("write f", tests=("assert f() == 1",), where="c.jsonl line
 BARE = [PromptRecord("q1", where="b.jsonl line 1")]
 
 
-def test_auto_picks_from_the_fields():
-    assert choose_scorer("auto", None, "builtin:test") == "builtin"
-    assert choose_scorer("auto", ANSWERED, "p.jsonl") == "math"
-    assert choose_scorer("auto", CODED, "c.jsonl") == "code"  # tests win over answers
-    assert choose_scorer("auto", BARE, "b.jsonl") is None  # nothing to judge by
+def test_auto_picks_per_record_from_its_fields():
+    assert choose_scorer("auto", None, "builtin:test").name == "builtin"
+    answered = choose_scorer("auto", ANSWERED, "p.jsonl")
+    assert answered.judges == ("math", None) and answered.name == "math" and answered.metric == "accuracy"
+    assert answered.unjudged == ["p.jsonl line 2"]
+    assert answered.describe() == "graded per record: 1 math; 1 record had nothing to grade it by (no answer, no tests): p.jsonl line 2"
+    mixed = choose_scorer("auto", CODED, "c.jsonl")
+    assert mixed.judges == ("code", "math") and mixed.name == "auto" and not mixed.unjudged  # each row by its own reference
+    assert choose_scorer("auto", CODED[:1], "c.jsonl").metric == "pass@1"
+    bare = choose_scorer("auto", BARE, "b.jsonl")
+    assert bare.name is None and bare.metric is None and bare.unjudged == ["b.jsonl line 1"]  # nothing to judge by
 
 
 def test_every_name_but_auto_and_builtin_builds_a_text_scorer():
