@@ -214,12 +214,15 @@ class OptionTree:
     # --- the command line ----------------------------------------------------------------
 
     def parameters(
-        self, prefix: str = "", panel: Callable[[Option], str] | None = None, skip: Iterable[str] = ()
-    ) -> list[inspect.Parameter]:
+        self, prefix: str = "", panel: Callable[[Option], str] | None = None, skip: Iterable[str] = (),
+        shown: Mapping[str, str] | None = None,
+    ) -> list[inspect.Parameter]:  # fmt: skip
         """One keyword-only typer parameter per option (but those in `skip`), default None ("not given").
 
         prefix: `distill.` gives `--distill.max-steps` (parameter `distill__max_steps`).
+        shown: option name -> the default `--help` shows instead of the field's (a preset's value).
         """
+        shown = shown or {}
         import typer
 
         params = []
@@ -228,7 +231,8 @@ class OptionTree:
             decls = [f"{flag}/--{prefix}no-{opt.name.replace('_', '-')}"] if opt.kind is bool else [flag]
             annotation = Optional[list[_flag_type(opt)]] if opt.repeated else Optional[_flag_type(opt)]
             info = typer.Option(
-                None, *decls, help=opt.help, show_default=opt.shown_default, metavar=self.metavars.get(opt.name, _metavar(opt)),
+                None, *decls, help=opt.help, show_default=shown.get(opt.name, opt.shown_default),
+                metavar=self.metavars.get(opt.name, _metavar(opt)),
                 rich_help_panel=panel(opt) if panel else None,
             )  # fmt: skip
             name = parameter_name(prefix, opt.name)

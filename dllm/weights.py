@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,6 +96,15 @@ def checkpoint_dtype(path: Path) -> torch.dtype:
                 if dtype in _SAFETENSORS_FLOATS:
                     return _SAFETENSORS_FLOATS[dtype]
     return torch.float32
+
+
+def parameter_count(files: list[Path]) -> int:
+    """Elements stored in these safetensors files (`weight_files` of a checkpoint), read from their headers only."""
+    total = 0
+    for file in files:
+        with open_weights(file) as fh:
+            total += sum(math.prod(fh.get_slice(name).get_shape()) for name in fh.keys())
+    return total
 
 
 _SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}

@@ -10,8 +10,12 @@ grouped in section tables (`[optim] lr = 1e-5`).
 
 Presets are such files shipped in `trainer/presets/` (`--preset NAME`), the lowest layer
 above the defaults: defaults < preset < config file < flags. `builtin` (the built-in
-task's tuned recipe) is the preset when --model is `builtin`; `paper` is the official T3D
-recipe; `none` is the dataclass defaults alone (the default for any other model).
+task's tuned recipe) is the preset when --model is `builtin`; for any other model it is
+`auto`, which picks `paper-2b`, `paper-4b` or `paper-8b` (the official T3D recipe, its lr
+scaled to the size) from the parameter count of a published family's checkpoint (SDAR,
+LLaDA, Dream), read from its safetensors headers without loading a weight, and `none` for
+the networks t3d builds itself; `paper` is the official configuration exactly; `none` is
+the dataclass defaults alone.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import Any
 
 from t3d.dllm.cli import load_config_file
 from t3d.dllm.errors import UserError
-from t3d.dllm.families import get_family
-from t3d.dllm.loading import DTYPES
+from t3d.dllm.families import family_for_model_type, get_family
+from t3d.dllm.loading import DTYPES, read_json, resolve_model_path
+from t3d.dllm.weights import parameter_count, weight_files
 from t3d.dllm.options import OptionTree
 from t3d.trainer.losses import ObjectiveConfig
 from t3d.trainer.tracking import TrackingConfig
@@ -81,6 +86,8 @@ class ModelConfig:
     """Response block size of the states; 0: the dataset's sampler block size, else the model's."""
     force_block_size: bool = False
     """Train with a --block-size that is not a multiple of the block size the model was trained with (SDAR's config.json block_size)."""
+    force_block_size: bool = False
+    """Train with a --block-size that is not a multiple of the block size the model was trained with (SDAR's config.json block_size)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "--model must name a checkpoint directory or `builtin`")
@@ -126,7 +133,7 @@ class OptimConfig:
     """AdamW with a cosine schedule and linear warm-up."""
 
     lr: float = 1e-4
-    """Peak learning rate (1e-4 suits the built-in tiny model; 8B models want ~1e-6)."""
+    """Peak learning rate (the built-in preset's 3e-4 suits the tiny model; real checkpoints: 1.5e-5, 1e-5, 7e-6 for the paper-2b/4b/8b presets)."""
     weight_decay: float = 0.0
     """AdamW weight decay, applied to matrices only (not to norms and biases)."""
     beta1: float = 0.9
@@ -134,7 +141,7 @@ class OptimConfig:
     beta2: float = 0.999
     """AdamW second-moment decay."""
     warmup_steps: int = 20
-    """Optimizer steps of linear warm-up before the cosine decay to --min-lr-ratio of the peak."""
+    """Optimizer steps of linear warm-up before the cosine decay to --min-lr-ratio of the peak; one over a quarter of the run is cut to a tenth of it (said at the start)."""
     min_lr_ratio: float = 0.0
     """Where the cosine decay ends, as a share of --lr (the official recipe: 0.1)."""
     decay_all: bool = False
@@ -248,7 +255,7 @@ class DistillConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Experiment trackers (TensorBoard, W&B, MLflow) beside metrics.jsonl."""
     preset: str = "none"
-    """Named recipe under the config file and flags (trainer/presets/); default: builtin for --model builtin, else none. Recorded with the resolved values."""
+    """Named recipe under the config file and flags (trainer/presets/); default: builtin for --model builtin, else auto (paper-2b below 3B parameters, paper-4b below 6B, else paper-8b). Recorded resolved."""
 
     @property
     def rows_per_step(self) -> int:
@@ -258,6 +265,11 @@ class DistillConfig:
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 NO_PRESET = "none"
+AUTO = "auto"
+SIZE_PRESETS = ((3e9, "paper-2b"), (6e9, "paper-4b"), (float("inf"), "paper-8b"))
+"""(parameters below, preset): the size classes `auto` picks from (trainer/presets/paper-*.toml say why)."""
+MAX_WARMUP_SHARE = 0.25
+"""A warm-up over this share of the run is cut to a tenth of the run (`effective_warmup`)."""
 
 # one option per leaf field (t3d.dllm.options); three fields take their section's name as flag
 RENAMES = {"data.path": "data", "model.path": "model", "loss.kind": "loss"}
@@ -265,14 +277,16 @@ TREE = OptionTree(DistillConfig, rename=RENAMES, metavars=dict.fromkeys(("data",
 
 
 def presets() -> list[str]:
-    """Names of the shipped presets (files in trainer/presets/), `none` first."""
-    return [NO_PRESET, *sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))]
+    """Names of the shipped presets (files in trainer/presets/), `none` and `auto` first."""
+    return [NO_PRESET, AUTO, *sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))]
 
 
 def preset_values(name: str) -> dict[str, Any]:
     """The flat option values of preset `name` ({} for `none`); one-line errors for an unknown name or key."""
     if name == NO_PRESET:
         return {}
+    if name == AUTO:
+        raise UserError("preset auto stands for a size class: resolve it with a model (`size_preset`)")
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"unknown preset {name!r} (known: {', '.join(presets())})")
@@ -286,8 +300,38 @@ def preset_values(name: str) -> dict[str, Any]:
 
 
 def default_preset(model_path: str) -> str:
-    """`builtin` for the built-in teacher, else `none`."""
-    return "builtin" if model_path == "builtin" else NO_PRESET
+    """`builtin` for the built-in teacher, else `auto` (the checkpoint's size class, `size_preset`)."""
+    return "builtin" if model_path == "builtin" else AUTO
+
+
+def size_preset(model_path: str) -> tuple[str, str]:
+    """(preset, why) for `--preset auto`: the size class of the checkpoint's parameter count (no weight is read)."""
+    if model_path == "builtin":
+        return "builtin", "the built-in model"
+    path = resolve_model_path(model_path)
+    if not path.is_dir():
+        raise UserError(f"--preset auto reads the model's size, but the model directory is not found: {path}")
+    model_type = read_json(path / "config.json").get("model_type") if (path / "config.json").is_file() else None
+    if family_for_model_type(str(model_type)) is None:  # a network t3d built itself (the built-in task's), or remote code
+        return NO_PRESET, f"model_type {model_type!r} is not a published DLLM family: the dataclass defaults"
+    count = parameter_count(weight_files(path))
+    name = next(preset for below, preset in SIZE_PRESETS if count < below)
+    return name, f"{count / 1e9:.2f}B parameters in {path}"
+
+
+def effective_warmup(cfg: DistillConfig) -> tuple[int, str | None]:
+    """(warm-up steps the scheduler uses, a note when they differ from --warmup-steps).
+
+    A warm-up longer than a quarter of the run (20 steps in a 5-step run never let the lr reach
+    its peak) is cut to a tenth of the run, and the run says so.
+    """
+    warmup, steps = cfg.optim.warmup_steps, cfg.train.max_steps
+    if warmup <= MAX_WARMUP_SHARE * steps:
+        return warmup, None
+    short = steps // 10
+    return short, (f"warm-up shortened from {warmup} to {short} steps: {warmup} is more than a quarter of this "
+                   f"{steps}-step run (the lr would {'never reach' if warmup >= steps else 'barely reach'} its peak "
+                   f"{cfg.optim.lr:g}); --warmup-steps up to {int(MAX_WARMUP_SHARE * steps)} is kept as given")  # fmt: skip
 
 
 def build_config(*layers: Mapping[str, Any], source: str = "config values") -> DistillConfig:
@@ -301,10 +345,15 @@ def build_config(*layers: Mapping[str, Any], source: str = "config values") -> D
 
 
 def _build(flat_layers: list[dict[str, Any]]) -> DistillConfig:
-    name = NO_PRESET
+    name, model = NO_PRESET, ModelConfig().path
     for layer in flat_layers:
-        name = layer.get("preset", name)
-    return _resolve_global_batch(TREE.build(preset_values(name), *flat_layers, {"preset": name}))
+        name, model = layer.get("preset", name), layer.get("model", model)
+    if name == AUTO:
+        name = size_preset(model)[0]
+    preset = preset_values(name)
+    if any("max_steps" in layer for layer in flat_layers) and not any("epochs" in layer for layer in flat_layers):
+        preset.pop("epochs", None)  # --max-steps given over a preset's --epochs (paper: 30): the steps asked for
+    return _resolve_global_batch(TREE.build(preset, *flat_layers, {"preset": name}))
 
 
 def _resolve_global_batch(cfg: DistillConfig) -> DistillConfig:
@@ -324,12 +373,17 @@ def _resolve_global_batch(cfg: DistillConfig) -> DistillConfig:
 def load_config(config_file: str | Path | None, flags: Mapping[str, Any]) -> DistillConfig:
     """The run's config: defaults < preset < config file < flags that were given (None = not given).
 
-    Without a `preset` in the file or the flags, the preset is `default_preset` of the model.
+    Without a `preset` in the file or the flags, the preset is `default_preset` of the model;
+    `auto` is resolved here to the model's size class, and the run says which and why.
     """
     file = TREE.flatten(load_config_file(config_file), str(config_file))
     given = TREE.flatten(flags, "the flags")
+    model = str(given.get("model", file.get("model", ModelConfig().path)))
     if "preset" not in given and "preset" not in file:
-        given["preset"] = default_preset(str(given.get("model", file.get("model", ModelConfig().path))))
+        given["preset"] = default_preset(model)
+    if given.get("preset", file.get("preset")) == AUTO:
+        given["preset"], why = size_preset(model)
+        print(f"preset auto: {given['preset']} ({why})")
     return _build([file, given])
 
 

@@ -33,7 +33,7 @@ from t3d.dllm.model import DiffusionLM
 from t3d.dllm.prompt_encoding import dataset_encoding
 from t3d.trainer import checkpoint as ckpt
 from t3d.trainer import sharding
-from t3d.trainer.config import DistillConfig, describe_changes, differences_from_preset
+from t3d.trainer.config import DistillConfig, describe_changes, differences_from_preset, effective_warmup
 from t3d.trainer.data import Batch, TrajectoryDataset, row_seeds
 from t3d.trainer.logprobs import ResponseLogProbs
 from t3d.trainer.losses import OBJECTIVES, LossBatch, combine, normalizer_counts
@@ -246,10 +246,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DistillConfig) -> Any
     """Linear warm-up then cosine decay to min_lr_ratio x lr at max_steps (transformers' implementation)."""
     from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
+    warmup, _ = effective_warmup(cfg)  # at most a quarter of the run (`describe` says when it was cut)
     if cfg.optim.min_lr_ratio:
-        return get_cosine_with_min_lr_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps,
+        return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, cfg.train.max_steps,
                                                            min_lr_rate=cfg.optim.min_lr_ratio)  # fmt: skip
-    return get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, cfg.train.max_steps)
 
 
 def resolve_epochs(cfg: DistillConfig, loader: TrajectoryDataset) -> DistillConfig:
@@ -625,6 +626,8 @@ def describe(trainer: Trainer, log: Callable = print) -> None:
                "ddo": f"alpha {loss.alpha}, beta {loss.beta}"}.get(loss.kind)  # fmt: skip
     changed = differences_from_preset(cfg)
     log(f"preset {cfg.preset}; " + (f"differs from it: {', '.join(changed)}" if changed else "no value differs from it"))
+    if (note := effective_warmup(cfg)[1]) is not None:
+        log(note)
     log(f"{cfg.train.max_steps} steps = {cfg.train.max_steps * cfg.rows_per_step / rows_per_epoch:.2f} epochs; "
         f"objective {loss.kind}{f' ({weights})' if weights else ''}; states {states.state_order}, block {states.block_size}")  # fmt: skip
 

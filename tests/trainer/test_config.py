@@ -18,6 +18,7 @@ from t3d.trainer.config import (
     from_dict,
     load_config,
     presets,
+    preset_values,
     differences_from_preset,
     to_dict,
 )
@@ -47,23 +48,42 @@ def test_every_field_has_a_one_line_doc_and_an_option():
     assert {TREE.by_key[k].name for k in ("data.path", "model.path", "loss.kind")} == {"data", "model", "loss"}
 
 
-def test_help_shows_every_option_with_its_dataclass_default():
-    result = subprocess.run([sys.executable, "-m", "t3d.trainer.distill", "--help"], capture_output=True, text=True,
+def help_entries(*args: str) -> dict[str, str]:
+    """`t3d-distill ARGS --help` as {flag: its help on one line}."""
+    result = subprocess.run([sys.executable, "-m", "t3d.trainer.distill", *args, "--help"], capture_output=True, text=True,
                             env=os.environ | {"COLUMNS": "200"})  # fmt: skip
     assert result.returncode == 0, result.stderr
     entries = {}  # flag -> its help text on one line
     for entry in re.split(r"\n(?=  --)", result.stdout):
         words = entry.split()
         entries[words[0]] = " ".join(words)
+    entries["epilog"] = " ".join(result.stdout.split("Defaults shown:")[-1].split())
+    return entries
+
+
+def test_help_shows_every_option_with_the_default_of_the_preset_in_force():
+    entries = help_entries()  # no --model: the built-in teacher, whose preset is builtin
+    builtin = preset_values("builtin")
     for opt in TREE.options:
         entry = entries.get(opt.flag) or entries.get(f"{opt.flag}/--no-{opt.flag[2:]}")
         assert entry is not None, opt.flag
         assert " ".join(opt.help.split()[:4]) in entry, (opt.flag, entry)  # the field's docstring is the help
         if opt.name == "preset":  # its default depends on --model: said in words
             assert "default: builtin for --model builtin" in entry
+        elif opt.name in builtin:  # what a no-flag run trains with, not the dataclass default
+            assert f"[default: ({builtin[opt.name]}, preset builtin)]" in entry, (opt.flag, entry)
         else:
             assert f"[default: ({opt.shown_default})]" in entry, (opt.flag, entry)
-    assert "[default: (1000)]" in entries["--max-steps"]
+    assert "[default: (800, preset builtin)]" in entries["--max-steps"] and "[default: (1.0, preset builtin)]" in entries["--beta"]
+    assert entries["epilog"].startswith("preset builtin (the default for --model builtin)")
+
+
+@pytest.mark.slow
+def test_help_for_a_real_checkpoint_shows_its_size_preset(real_fixtures):
+    entries = help_entries("--model", str(real_fixtures / "sdar"))
+    assert "[default: (0.2, preset paper-2b)]" in entries["--lambda-path"] and "(1.5e-05, preset paper-2b)" in entries["--lr"]
+    assert entries["epilog"].startswith("preset paper-2b (auto: 0.00B parameters in")
+    assert "(1e-05, preset paper)" in help_entries("--preset", "paper")["--lr"]
 
 
 def test_precedence_default_then_preset_then_file_then_flag(tmp_path):
@@ -82,7 +102,7 @@ def test_precedence_default_then_preset_then_file_then_flag(tmp_path):
 
 def test_a_section_table_may_name_a_renamed_field_by_its_own_name(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("data:\n  path: /d\nmodel:\n  path: /m\nloss:\n  kind: ce\n")
+    path.write_text("data:\n  path: /d\nmodel:\n  path: /m\nloss:\n  kind: ce\npreset: none\n")
     cfg = load_config(path, {})
     assert (cfg.data.path, cfg.model.path, cfg.loss.kind, cfg.preset) == ("/d", "/m", "ce", "none")
 
@@ -137,7 +157,7 @@ def test_presets_load_and_flags_override_them():
     cfg = load_config(None, {"preset": "builtin", "lr": 1e-3, "max_steps": None})
     assert cfg.optim.lr == 1e-3 and cfg.train.max_steps == 800  # the flag wins, the rest is the preset's
     assert differences_from_preset(cfg) == ["lr 0.001 (preset: 0.0003)"]
-    other = load_config(None, {"model": "/some/checkpoint"})  # another model: no preset unless asked
+    other = load_config(None, {"model": "/some/checkpoint", "preset": "none"})  # the dataclass defaults alone
     assert other.preset == "none" and other.loss.beta == DistillConfig().loss.beta
     paper = load_config(None, {"model": "/some/checkpoint", "preset": "paper"})
     assert paper.preset == "paper" and paper.optim.lr == 1e-5 and paper.reference.round_every == 10
