@@ -86,8 +86,6 @@ class ModelConfig:
     """Response block size of the states; 0: the dataset's sampler block size, else the model's."""
     force_block_size: bool = False
     """Train with a --block-size that is not a multiple of the block size the model was trained with (SDAR's config.json block_size)."""
-    force_block_size: bool = False
-    """Train with a --block-size that is not a multiple of the block size the model was trained with (SDAR's config.json block_size)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "--model must name a checkpoint directory or `builtin`")

@@ -24,7 +24,6 @@ from t3d.storage_schemas import DatasetError
 from t3d.trainer.config import AUTO, TREE, DistillConfig, default_preset, load_config, preset_values, presets, size_preset
 from t3d.trainer.tracking import check_available
 from t3d.dllm.block_checks import check_training_block
-from t3d.dllm.block_checks import check_training_block
 
 register_user_error(DatasetError)
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -90,8 +89,6 @@ app.command(name="distill", help="Distil a few-step student from teacher traject
 def run(cfg: DistillConfig) -> None:
     """One process, or Ray Train workers when --num-workers > 1."""
     check_available(cfg.tracking)  # a missing tracker library stops the run before any model loads
-    if cfg.model.block_size:  # against the checkpoint's config.json, before its weights load
-        check_training_block(cfg.model.path, cfg.model.block_size, family=cfg.model.family, force=cfg.model.force_block_size)
     if cfg.model.block_size:  # against the checkpoint's config.json, before its weights load
         check_training_block(cfg.model.path, cfg.model.block_size, family=cfg.model.family, force=cfg.model.force_block_size)
     with claim("t3d-distill", Output(path=Path(cfg.train.out), option="--out")):  # the driver's: workers take none
