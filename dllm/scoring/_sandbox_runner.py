@@ -1,101 +1,94 @@
-"""The child side of `t3d.dllm.scoring.sandbox` (run as a script: `python -I this_file SPEC.json`).
+"""The untrusted side of `t3d.dllm.scoring.sandbox`: a call server, run inside the sandbox.
 
-Sets the resource limits, installs the audit hook, runs the program and then each test
-on its own, and writes one JSON result to the file descriptor the parent passed. Only
-the standard library, imported before the solution runs.
+Run as `python -I -S -c <_sandbox_wire.py + this file> REQ_FD REP_FD LIMITS_JSON` by
+bubblewrap. It sets the per-process limits, then answers the trusted harness's
+requests, one frame each on REQ_FD, one reply frame each on REP_FD:
+
+- `{"op": "load", "program": ...}`: run the solution's program in a fresh namespace;
+- `{"op": "call", "name": ..., "args": ..., "kwargs": ...}`: call one of its names
+  with decoded plain-data arguments and reply with the encoded result.
+
+Nothing here is trusted by the other side: the solution shares this interpreter and can
+rewrite any of it. All it can do with that is send data, and the harness decodes only
+plain data and decides the verdict itself. Errors are replied as an exception's type
+name; the harness keeps the name only when it is a builtin exception's.
 """
 
-import json
 import os
 import resource
 import sys
-import traceback
+
+# json, encode, decode, frame and NotPlainData come from _sandbox_wire.py, pasted above this file
 
 MB = 1024 * 1024
 
 
 def set_limits(limits):
+    """Per-process limits, set before the solution runs (what no cgroup gives)."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"]))
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * MB, limits["memory_mb"] * MB))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_mb"] * MB, limits["file_size_mb"] * MB))
-    if limits.get("nproc") is not None:
+    if limits["nproc"] is not None:  # counted per user namespace: this sandbox's own tasks (init included)
         resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
 
 
-def install_audit_hook(root):
-    """Refuse writes outside `root` and sockets to non-loopback addresses (a guard, not a boundary)."""
-    root = os.path.realpath(root)
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-
-    def inside(path):
-        if isinstance(path, int):
-            return True  # an already open descriptor
-        try:
-            full = os.path.realpath(os.fsdecode(path))
-        except (TypeError, ValueError):
-            return False
-        return full == root or full.startswith(root + os.sep) or full == os.devnull
-
-    def loopback(address):
-        host = address[0] if isinstance(address, tuple) and address else address
-        if isinstance(host, (bytes, str)) and not isinstance(address, tuple):
-            return True  # AF_UNIX path
-        host = str(host)
-        return host in ("localhost", "::1", "") or host.startswith("127.")
-
-    def hook(event, args):
-        if event == "open" and len(args) >= 3:
-            path, mode, flags = args[0], args[1] or "", args[2] or 0
-            writing = any(c in str(mode) for c in "wax+") or bool(flags & write_flags)
-            if writing and not inside(path):
-                raise PermissionError(f"sandbox: writing outside its directory is refused: {path}")
-        elif event in ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
-                       "os.symlink", "os.link", "shutil.rmtree", "shutil.move", "os.utime"):
-            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
-            if not all(inside(p) for p in paths):
-                raise PermissionError(f"sandbox: {event} outside its directory is refused: {paths[0]}")
-        elif event in ("socket.connect", "socket.sendto", "socket.bind") and len(args) >= 2:
-            if not loopback(args[1]):
-                raise PermissionError(f"sandbox: network beyond loopback is refused: {args[1]!r}")
-
-    sys.addaudithook(hook)
+def read_exactly(fd, size):
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
-def run(spec):
+def receive(fd):
+    head = read_exactly(fd, 4)
+    body = read_exactly(fd, int.from_bytes(head, "big")) if head else None
+    return json.loads(body) if body is not None else None
+
+
+def answer(message, namespace):
+    if message["op"] == "load":
+        exec(compile(message["program"], "solution.py", "exec"), namespace)
+        return {"ok": True}
+    function = namespace[message["name"]] if message["name"] in namespace else _missing(message["name"])
+    value = function(*decode(message["args"]), **decode(message["kwargs"]))
+    return {"ok": True, "value": encode(value)}
+
+
+def _missing(name):
+    raise NameError(name)
+
+
+def serve(request_fd, reply_fd):
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        exec(compile(spec["program"], "solution.py", "exec"), namespace)
-    except MemoryError:
-        return {"status": "memory", "error": "MemoryError in the solution"}
-    except BaseException as err:  # noqa: BLE001 - any failure of the solution is its verdict
-        return {"status": "error", "error": f"{type(err).__name__}: {err}"[:500], "where": "solution"}
-    for test in spec["tests"]:
+    while True:
+        message = receive(request_fd)
+        if message is None:
+            break
         try:
-            exec(compile(test, "test.py", "exec"), namespace)
-        except MemoryError:
-            return {"status": "memory", "error": "MemoryError in a test", "failed_test": test[:500]}
-        except AssertionError as err:
-            return {"status": "failed", "failed_test": test[:500], "error": f"AssertionError: {err}"[:500]}
-        except BaseException as err:  # noqa: BLE001
-            return {"status": "failed", "failed_test": test[:500], "error": f"{type(err).__name__}: {err}"[:500]}
-    return {"status": "passed"}
+            reply = answer(message, namespace)
+        except BaseException as err:  # noqa: BLE001 - any failure of the solution is its answer
+            reply = {"ok": False, "error": type(err).__name__}
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:  # noqa: BLE001, S110 - the solution may have replaced or closed them
+                pass
+        try:
+            os.write(reply_fd, frame(reply))
+        except (NotPlainData, ValueError, OSError):
+            os.write(reply_fd, frame({"ok": False, "error": "TypeError"}))
+    os._exit(0)
 
 
 def main():
-    with open(sys.argv[1]) as fh:
-        spec = json.load(fh)
-    out = os.fdopen(spec["result_fd"], "w")
-    set_limits(spec["limits"])
-    install_audit_hook(spec["root"])
-    try:
-        result = run(spec)
-    except BaseException:  # noqa: BLE001 - the runner itself must always answer
-        result = {"status": "error", "error": traceback.format_exc(limit=2)[-500:]}
-    out.write(json.dumps(result))
-    out.flush()
-    sys.stdout.flush()
-    os._exit(0)  # no atexit handlers or lingering threads of the solution
+    limits = json.loads(sys.argv[3])
+    set_limits(limits)
+    serve(int(sys.argv[1]), int(sys.argv[2]))
 
 
 if __name__ == "__main__":

@@ -115,7 +115,10 @@ class CodeScorer:
         if not reference.has_code_tests:
             return Verdict(None)
         program, tests = build_program(reference, response)
-        result = run_python(program, tests, self.limits)
+        # the tests run outside the sandbox, beside the reference's own code (prompt helpers, setup)
+        trusted = reference.prompt if reference.test is not None else reference.setup or ""
+        calls = (reference.entry_point,) if reference.entry_point else ()
+        result = run_python(program, tests, self.limits, trusted=trusted, calls=calls)
         detail: dict[str, Any] = {"status": result.status}
         for key in ("failed_test", "error"):
             if getattr(result, key):

