@@ -203,6 +203,7 @@ def distill_values(spec: RunSpec, r: int) -> dict[str, Any]:
     first_model = _absolute(values.get("model", teacher_model(spec)))
     values.setdefault("preset", default_preset(first_model))  # the same recipe in every round
     values.setdefault("report_to", spec.run.report_to)
+    values.setdefault("run_name", f"{paths.root.name}-round-{r}-distill")  # a tracker's run: which job, which round
     values.update(data=str(paths.trajectories), out=str(paths.distill), model=first_model if r == 1 else str(RoundPaths(paths.root, r - 1).student))
     return values
 
@@ -234,6 +235,7 @@ def eval_config(spec: RunSpec, r: int, device: str | None = None) -> Any:
     if device is not None and "device" not in spec.sections["eval"]:
         values["device"] = device
     values.setdefault("report_to", spec.run.report_to)
+    values.setdefault("run_name", f"{root.name}-round-{r}-eval")
     return _build(spec, "eval", eval_tree(), values)
 
 

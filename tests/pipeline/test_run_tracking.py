@@ -13,6 +13,9 @@ def test_run_report_to_reaches_distill_and_eval_unless_the_stage_names_its_own(t
     spec = rc.parse_spec(file, {}, "job.toml")
     assert rc.distill_config(spec, 1).tracking.backends == ("tensorboard",)
     assert rc.eval_config(spec, 1).tracking.backends == ()  # [eval]'s own value wins
+    name = tmp_path.name
+    assert rc.distill_config(spec, 2).tracking.run_name == f"{name}-round-2-distill"  # the tracker's run says where it is
+    assert rc.eval_config(spec, 1).tracking.run_name == f"{name}-round-1-eval"
     spec = rc.parse_spec({"run": {"out": str(tmp_path)}}, {}, "job.toml")
     assert rc.distill_config(spec, 1).tracking.backends == () and rc.eval_config(spec, 1).tracking.backends == ()
 

@@ -112,3 +112,21 @@ def test_eval_reports_every_record_under_the_json_names(tmp_path):
         for field in ("quality", "tokens_per_step", "nfe_per_response"):
             (point,) = events.Scalars(f"{record['model']}/{record['setting']}/{field}")
             assert point.value == pytest.approx(record[field])
+
+
+def test_an_unknown_tracker_is_one_line_and_writes_nothing(one_line_error, teachers, datasets, tmp_path):
+    out = tmp_path / "run"
+    result = distill(datasets["bidirectional"], teachers["bidirectional"], out, "--report-to", "tensorboard,wandbb")
+    one_line_error(result, "--report-to 'wandbb' is not a tracker", "tensorboard, wandb, mlflow, none")
+    assert not out.exists()
+
+
+def test_eval_checks_the_tracker_library_before_loading_a_model(one_line_error, tmp_path, monkeypatch):
+    import t3d.trainer.eval_cli as eval_cli
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    monkeypatch.setattr(eval_cli, "load_model", lambda *a, **k: pytest.fail("a model loaded before the check"))
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(eval_cli.app, ["--model", "teacher=builtin", "--json", str(report), "--report-to", "wandb"])
+    one_line_error(result, "--report-to wandb needs the wandb package", "pip install wandb")
+    assert not report.exists()
