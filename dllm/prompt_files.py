@@ -165,9 +165,12 @@ def _read_jsonl(path: Path) -> list[tuple[Any, str]]:
 
 
 def _read_json(path: Path) -> list[tuple[Any, str]]:
+    """A JSON list of records; or JSON lines under a .json name, as `datasets`' `to_json` writes by default."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
+        if err.msg == "Extra data" and err.lineno > 1:  # one value per line: JSON lines
+            return _read_jsonl(path)
         raise UserError(f"{path} line {err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(value, list):
         raise UserError(f"{path} must hold a JSON list of records (or use .jsonl, one record per line)")

@@ -1,7 +1,9 @@
 """Code: a response's program run against the prompt's tests in the sandbox (MBPP, HumanEval).
 
 The program is the response's code: the fenced block (```python ... ```) that defines
-the function the tests call, else the first fenced block, else the whole response.
+the function the tests call, else the first fenced block, else the whole response, or,
+when that is not Python, its lines from the first `def` / `import` on that are (the
+prose before and after dropped).
 
 - MBPP style (`tests`: assert statements, optional `setup`): `setup`, then the code,
   then each assert on its own, so the verdict names the first one that fails.
@@ -48,12 +50,37 @@ def called_names(tests: tuple[str, ...] | None, entry_point: str | None) -> set[
 
 
 def extract_code(response: str, names: set[str] = frozenset()) -> str:
-    """The program a response gives: its fenced block defining one of `names`, else its first block, else all of it."""
+    """The program a response gives: its fenced block defining one of `names`, else its first block, else its code lines."""
     blocks = [body for lang, body in _FENCE.findall(response) if lang.lower() in ("", "python", "py", "python3")]
     for block in blocks:
         if _defines(block, names):
             return block
-    return blocks[0] if blocks else response
+    return blocks[0] if blocks else _unfenced_code(response)
+
+
+_CODE_START = re.compile(r"(?:def|async\s+def|class|import|from|@)\b")
+
+
+def _unfenced_code(response: str) -> str:
+    """Code given without a fence: all of it when it is Python (or a body, which is indented), else the
+    longest run of lines from the first `def` / `class` / `import` line that is Python (prose around it dropped)."""
+    lines = response.splitlines()
+    start = next((i for i, line in enumerate(lines) if _CODE_START.match(line)), None)
+    if start is None or _parses(response):
+        return response
+    for end in range(len(lines), start, -1):
+        chunk = "\n".join(lines[start:end])
+        if _parses(chunk):
+            return chunk + "\n"
+    return response
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True
 
 
 _DEFINITION = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)

@@ -127,3 +127,19 @@ def test_a_real_checkpoint_without_prompts_is_refused(tmp_path):
     built.mkdir()
     (built / "config.json").write_text('{"model_type": "llama", "t3d_task_seed": 0}')
     require_prompts(str(built), None, "train")  # made on the built-in task (t3d-pretrain, or its student)
+
+
+def test_json_lines_under_a_json_name_load(tmp_path):
+    """`datasets.Dataset.to_json("test.json")` writes one record per line: such a file is read as JSONL."""
+    path = tmp_path / "test.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in DATA["MATH-500"]["rows"]))
+    assert [r.answer for r in read_prompt_file(path)] == DATA["MATH-500"]["answers"]
+
+
+def test_unfenced_code_with_prose_around_it_is_graded(tmp_path):
+    record = read_prompt_file(write(DATA["MBPP"]["rows"][:1], tmp_path / "mbpp.jsonl"))[0]
+    scorer = text_scorer("auto")
+    right = "Sure, here it is:\ndef square_perimeter(a):\n    return 4 * a\n\nIt multiplies the side by four."
+    wrong = "Sure, here it is:\ndef square_perimeter(a):\n    return a * a\n\nIt squares the side."
+    assert scorer.score(record.reference(), right).correct is True
+    assert scorer.score(record.reference(), wrong).correct is False
