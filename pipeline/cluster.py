@@ -35,6 +35,7 @@ def ray_connection(address: str | None) -> Iterator[float]:
     tic = time.perf_counter()
     try:
         if address is None:
+            choose_private_auth()
             ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         else:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -46,6 +47,22 @@ def ray_connection(address: str | None) -> Iterator[float]:
         yield time.perf_counter() - tic
     finally:
         ray.shutdown()
+
+
+def choose_private_auth() -> None:
+    """Token auth for the private local Ray, chosen explicitly, so Ray does not warn on every command.
+
+    With RAY_AUTH_MODE unset, Ray 2.5x+ turns token auth on for a new local cluster and
+    logs a warning a user cannot act on (the cluster is ours, started and stopped here).
+    Choosing the same mode explicitly keeps the cluster just as protected and silences it;
+    a mode the user set is kept. Joining a cluster by address never comes here.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")  # Ray read the mode at import: make it read it again
 
 
 def enable_token_auth_if_available() -> None:

@@ -17,7 +17,9 @@ collect resumes its shards); distill is done when its latest checkpoint reached
 --max-steps and the student is exported, and resumes from that checkpoint otherwise;
 eval is done when its JSON exists for the options recorded in run.json. A finished stage
 whose options changed is refused unless `--redo STAGE`, which reruns it and everything
-after it. run.json records every stage's config, timings, outputs and tables.
+after it. run.json records every stage's config, timings, outputs and tables. A job that
+finished with the same options is recognised from these files before Ray starts, so
+asking it again answers in seconds.
 """
 
 from __future__ import annotations
@@ -358,6 +360,11 @@ def execute(spec: RunSpec, redo: str | None, command: list[str]) -> dict[str, An
 
     with claim("t3d-run", Output(path=rc.run_root(spec), option="--run.out")):  # its stages lock their own subdirectories
         preflight(spec)
+        tic = time.perf_counter()
+        done = finished_already(spec, redo, command)
+        if done is not None:
+            report_finished(spec, done, time.perf_counter() - tic)
+            return done
         address = spec.run.address or os.environ.get("RAY_ADDRESS")
         root = rc.run_root(spec)
         with ray_connection(address):
@@ -376,6 +383,43 @@ def execute(spec: RunSpec, redo: str | None, command: list[str]) -> dict[str, An
             manifest.data["rounds"] = manifest.data["rounds"][: spec.run.rounds]
             finish(spec, manifest, time.perf_counter() - start)
         return manifest.data
+
+
+def finished_already(spec: RunSpec, redo: str | None, command: list[str]) -> dict[str, Any] | None:
+    """run.json's content when the job finished with these options: every stage of every round done, none changed.
+
+    Decided from the files alone (run.json, each dataset manifest, checkpoint and eval
+    JSON), before Ray starts: asking a finished job whether it is finished costs seconds,
+    not a Ray start-up. The eval device is the one run.json recorded (it came from the
+    cluster's GPUs). Anything else (not finished, a stage to redo, a changed option) goes
+    the long way, which runs or refuses it.
+    """
+    path = rc.run_root(spec) / RUN_JSON
+    if redo is not None or not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not data.get("finished") or len(data.get("rounds", [])) != spec.run.rounds:
+        return None
+    manifest = RunManifest(rc.run_root(spec), spec, command)
+    for r in range(1, spec.run.rounds + 1):
+        device = manifest.stage(r, "eval").get("config", {}).get("device")
+        states = (collect_state(spec, r), distill_state(spec, r), eval_state(spec, r, manifest, device))
+        if any(status != "done" or why for status, _, why in states):
+            return None
+    return data
+
+
+def report_finished(spec: RunSpec, data: dict[str, Any], seconds: float) -> None:
+    """What a finished run prints: each stage skipped, the last table (every round's with rounds > 1), where things are."""
+    root = rc.run_root(spec)
+    for r, rnd in enumerate(data["rounds"], 1):
+        for stage in STAGES:
+            print(f"[round {r}/{spec.run.rounds}] {stage}: done already ({_where(rnd['stages'][stage])}), skipped")
+    tables = [(r, rnd["stages"]["eval"].get("table", "")) for r, rnd in enumerate(data["rounds"], 1)]
+    for r, table in tables[-1:] if spec.run.rounds == 1 else tables:
+        print(f"\neval, round {r}:\n{table}")
+    print(f"\nrun       {root / RUN_JSON}, plot {data.get('plot', root / 'eval.png')} "
+          f"(finished already: nothing to run, checked in {seconds:.1f} s without starting Ray)")  # fmt: skip
 
 
 def eval_device(resources: dict[str, dict[str, float]]) -> str | None:

@@ -300,3 +300,46 @@ def test_a_ray_job_and_an_address_run_on_a_cluster_started_with_ray_start(head_n
     joined = t3d_run([*tiny, "--run.out", out, "--run.address", address], env=env)
     assert joined.returncode == 0, joined.stdout[-3000:] + joined.stderr[-3000:]
     assert joined.stdout.count("done already") == 3
+
+
+# --- a finished job: answered from its files, without Ray ------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_finished_run_answers_without_starting_ray(two_rounds, ray_session, monkeypatch):
+    import ray
+
+    from t3d.pipeline import cluster
+
+    out, _ = two_rounds
+    before = (out / "run.json").read_text()
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a finished run")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.setattr(cluster, "ray_connection", no_ray)
+    args = [*SMALL, "--run.out", out, "--run.rounds", "2", "--run.address", ray_session.address]
+    result = CliRunner().invoke(build_app(), [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.stdout.count("done already") == 6 and "without starting Ray" in result.stdout
+    assert "eval, round 2:" in result.stdout and (out / "run.json").read_text() == before, "nothing rewritten"
+    changed = CliRunner().invoke(build_app(), [str(a) for a in [*args, "--eval.seed", "3"]])  # not finished with these options
+    assert changed.exit_code != 0 and "Ray was started" in repr(changed.exception), "the long way, which starts Ray"
+
+
+@pytest.mark.parametrize("preset", [None, "disabled"])
+def test_a_private_local_ray_chooses_token_auth_itself_so_ray_does_not_warn(preset):
+    """Ray warns on every command when RAY_AUTH_MODE is unset; a mode the user set is kept."""
+    code = (
+        "import os\n"
+        "from t3d.pipeline.cluster import choose_private_auth\n"
+        "choose_private_auth()\n"
+        "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
+        "print(os.environ['RAY_AUTH_MODE'], get_authentication_mode() == AuthenticationMode.TOKEN)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | ({"RAY_AUTH_MODE": preset} if preset else {})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == (["token", "True"] if preset is None else ["disabled", "False"])
