@@ -5,6 +5,7 @@ test checks plumbing; the shipped teacher (`builtin`) is used where it exists.
 """
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -307,3 +308,22 @@ def test_a_bare_path_is_labelled_after_its_directory_and_the_first_model_is_the_
     assert "teacher: SDAR-mini (the first --model" in result.stderr
     student = [r for r in data["records"] if r["model"] == "sdar-student"]
     assert student and all(r["agreement"] is not None and r["speedup"] is not None for r in student), "compared with the teacher"
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_progress_bar_counts_every_decoded_row_on_a_terminal(tiny_dirs, monkeypatch, progress):
+    model = load_model(tiny_dirs["teacher"])
+    prompts = ev.builtin_prompts("test", limit=3)
+    settings = ev.sampler_settings(block_size=4, max_new_tokens=16, steps_per_block=[4, 1])
+    err = Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    config = ev.EvalConfig(samples_per_prompt=2, batch_size=4, timing_repeats=2, progress=progress)
+    ev.evaluate({"teacher": model}, prompts, settings, config)
+    total = 2 * (2 * 6 + 4)  # 2 settings x (2 timed passes over 6 rows + a warm-up batch of 4)
+    assert (f"{total}/{total}" in err.getvalue()) == progress, err.getvalue()[-300:]
+    assert "done" not in err.getvalue()
