@@ -1,7 +1,7 @@
 """The trusted side of `t3d.dllm.scoring.sandbox`: runs the tests and decides the verdict.
 
 Run as `python -I -S this_file REQUEST_FD REPLY_FD` outside the solution's sandbox,
-with the spec (JSON) on stdin; writes one JSON verdict on stdout. The tests run here, in
+with the spec (a `_sandbox_wire` dict) on stdin; writes one verdict (the same) on stdout. The tests run here, in
 a namespace where every name the solution should define is a `Remote`: calling it sends
 the plain-data arguments to the call server in the sandbox and returns its decoded
 plain-data result (or raises the builtin exception it named). The solution never sees
@@ -12,16 +12,13 @@ Every read of the reply pipe waits at most until the deadline and takes at most
 """
 
 import builtins
-import importlib.util
-import json
 import os
 import select
 import sys
 import time
 
-_spec = importlib.util.spec_from_file_location("_sandbox_wire", os.path.join(os.path.dirname(__file__), "_sandbox_wire.py"))
-wire = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wire)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # after the stdlib: only _sandbox_wire comes from here
+import _sandbox_wire as wire  # noqa: E402
 
 MAX_FRAME = 16 * 1024 * 1024
 """Largest reply accepted from the sandbox, in bytes."""
@@ -93,8 +90,8 @@ class Channel:
         if size > MAX_FRAME:
             raise ChannelClosed
         try:
-            reply = json.loads(self._read(size))
-        except (ValueError, RecursionError):
+            reply = wire.decode(self._read(size))
+        except wire.NotPlainData:
             raise ChannelClosed from None
         if type(reply) is not dict or type(reply.get("ok")) is not bool:
             raise ChannelClosed
@@ -128,11 +125,11 @@ class Remote:
         self._channel, self.__name__ = channel, name
 
     def __call__(self, *args, **kwargs):
-        message = {"op": "call", "name": self.__name__, "args": wire.encode(list(args)), "kwargs": wire.encode(kwargs)}
-        reply = self._channel.ask(message)
+        wire.encode([args, kwargs])  # NotPlainData here, in the test, before anything is sent
+        reply = self._channel.ask({"op": "call", "name": self.__name__, "args": list(args), "kwargs": kwargs})
         if not reply["ok"]:
             raise_named(reply)
-        return wire.decode(reply.get("value"))
+        return reply.get("value")
 
     def __repr__(self):
         return f"<the solution's {self.__name__}>"
@@ -147,20 +144,6 @@ def error_name(err):
     return type(err).__name__
 
 
-def free_names(sources):
-    """Names the tests read: the ones the trusted code does not define become Remotes."""
-    import ast
-
-    names = set()
-    for source in sources:
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    return names
-
-
 def trusted_namespace(spec, channel):
     namespace = {"__name__": "__main__"}
     try:
@@ -169,7 +152,7 @@ def trusted_namespace(spec, channel):
         namespace = {"__name__": "__main__"}
         imports = "\n".join(line for line in spec["trusted"].splitlines() if line.lstrip().startswith(("import ", "from ")))
         exec(compile(imports, "reference.py", "exec"), namespace)
-    for name in free_names(spec["tests"]):
+    for name in spec["names"]:  # what the tests read (found by the grader, which has `ast` loaded)
         if name not in namespace and not hasattr(builtins, name):
             namespace[name] = Remote(channel, name)
     for name in spec["calls"]:
@@ -203,7 +186,7 @@ def judge(spec, channel):
 
 
 def main():
-    spec = json.load(sys.stdin)
+    spec = wire.decode(sys.stdin.buffer.read())
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]), time.monotonic() + spec["timeout_s"])
     try:
         verdict = judge(spec, channel)
@@ -211,7 +194,7 @@ def main():
         verdict = {"status": "timeout", "error": f"no answer within {spec['timeout_s']:g} s"}
     except ChannelClosed:
         verdict = {"status": "died", "error": "the solution's process ended or broke the protocol"}
-    sys.stdout.write(json.dumps(verdict))
+    sys.stdout.buffer.write(wire.encode(verdict))
     sys.stdout.flush()
     os._exit(0)
 

@@ -1,6 +1,6 @@
 """The untrusted side of `t3d.dllm.scoring.sandbox`: a call server, run inside the sandbox.
 
-Run as `python -I -S -c <_sandbox_wire.py + this file> REQ_FD REP_FD LIMITS_JSON` by
+Run as `python -I -S -c <_sandbox_wire.py + this file> REQ_FD REP_FD LIMITS` by
 bubblewrap. It sets the per-process limits, then answers the trusted harness's
 requests, one frame each on REQ_FD, one reply frame each on REP_FD:
 
@@ -18,19 +18,19 @@ import os
 import resource
 import sys
 
-# json, encode, decode, frame and NotPlainData come from _sandbox_wire.py, pasted above this file
+# encode, decode, frame and NotPlainData come from _sandbox_wire.py, pasted above this file
 
 MB = 1024 * 1024
 
 
-def set_limits(limits):
-    """Per-process limits, set before the solution runs (what no cgroup gives)."""
+def set_limits(cpu_s, memory_mb, file_size_mb, nproc):
+    """Per-process limits, set before the solution runs (what no cgroup gives); nproc 0: none."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"]))
-    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] * MB, limits["memory_mb"] * MB))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_mb"] * MB, limits["file_size_mb"] * MB))
-    if limits["nproc"] is not None:  # counted per user namespace: this sandbox's own tasks (init included)
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+    resource.setrlimit(resource.RLIMIT_AS, (memory_mb * MB, memory_mb * MB))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_mb * MB, file_size_mb * MB))
+    if nproc:  # counted per user namespace: this sandbox's own tasks (init included)
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
 def read_exactly(fd, size):
@@ -47,7 +47,7 @@ def read_exactly(fd, size):
 def receive(fd):
     head = read_exactly(fd, 4)
     body = read_exactly(fd, int.from_bytes(head, "big")) if head else None
-    return json.loads(body) if body is not None else None
+    return decode(body) if body is not None else None
 
 
 def answer(message, namespace):
@@ -55,8 +55,7 @@ def answer(message, namespace):
         exec(compile(message["program"], "solution.py", "exec"), namespace)
         return {"ok": True}
     function = namespace[message["name"]] if message["name"] in namespace else _missing(message["name"])
-    value = function(*decode(message["args"]), **decode(message["kwargs"]))
-    return {"ok": True, "value": encode(value)}
+    return {"ok": True, "value": function(*message["args"], **message["kwargs"])}
 
 
 def _missing(name):
@@ -79,15 +78,16 @@ def serve(request_fd, reply_fd):
             except BaseException:  # noqa: BLE001, S110 - the solution may have replaced or closed them
                 pass
         try:
-            os.write(reply_fd, frame(reply))
-        except (NotPlainData, ValueError, OSError):
-            os.write(reply_fd, frame({"ok": False, "error": "TypeError"}))
+            data = frame(reply)
+        except NotPlainData:
+            data = frame({"ok": False, "error": "NotPlainData"})
+        while data:
+            data = data[os.write(reply_fd, data) :]
     os._exit(0)
 
 
 def main():
-    limits = json.loads(sys.argv[3])
-    set_limits(limits)
+    set_limits(*(int(n) for n in sys.argv[3].split(",")))
     serve(int(sys.argv[1]), int(sys.argv[2]))
 
 
