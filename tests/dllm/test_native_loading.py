@@ -157,7 +157,7 @@ def test_the_cli_prints_one_line_for_a_nan_weight(layouts, tmp_path):
 
     path = _copy(layouts["sdar"], tmp_path / "cli")
     _edit_weights(path, BAD_WEIGHTS["nan"][0])
-    result = CliRunner().invoke(app, ["--model", f"bad={path}", "--json", str(tmp_path / "eval.json")])
+    result = CliRunner().invoke(app, ["--model", f"bad={path}", "--prompts", "builtin:test", "--json", str(tmp_path / "eval.json")])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds NaN" in lines[0] and "Traceback" not in result.output

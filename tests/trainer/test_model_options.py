@@ -21,7 +21,7 @@ def distill(data, model, out, *extra):
 
 
 def evaluate(model, *extra):
-    args = ["--model", f"teacher={model}", "--limit", "2", "--samples-per-prompt", "1", "--steps-per-block", "1",
+    args = ["--model", f"teacher={model}", "--prompts", "builtin:test", "--limit", "2", "--samples-per-prompt", "1", "--steps-per-block", "1",
             "--max-new-tokens", "4", *map(str, extra)]  # fmt: skip
     return CliRunner().invoke(eval_app, args)
 
