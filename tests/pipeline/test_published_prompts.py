@@ -94,3 +94,21 @@ def test_t3d_run_refuses_a_real_checkpoint_without_prompts_before_writing(tmp_pa
     assert result.stderr.startswith(f"error: {job} [{stage}]") and "is a real checkpoint, not the built-in teacher: pass --prompts FILE" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_full_collect_fills_correct_per_row(tmp_path, real_fixtures, ray_session):
+    """SDAR (random weights) on a file mixing GSM8K, MBPP and HumanEval rows: every graded row is True or
+    False by its own reference, the row with nothing to grade it by is null, and the manifest says auto."""
+    from t3d.pipeline.collect import collect
+    from t3d.storage_schemas import Dataset, Manifest
+
+    rows = [DATA["GSM8K"]["rows"][0], DATA["MBPP sanitized"]["rows"][0], DATA["HumanEval"]["rows"][0], {"prompt": "Say hi."}]
+    flags = {"model": str(real_fixtures / "sdar"), "prompts": str(write(rows, tmp_path / "mixed.jsonl")), "out": str(tmp_path / "out"),
+             "max_new_tokens": 8, "rollouts_per_prompt": 2, "address": ray_session.address, "progress": False}  # fmt: skip
+    collect(build_config({}, flags))
+    table = Dataset.open(tmp_path / "out").scan().collect().sort("prompt_index")
+    correct = dict(zip(table["prompt_index"].to_list(), table["correct"].to_list()))
+    assert {i: v is None for i, v in correct.items()} == {0: False, 1: False, 2: False, 3: True}
+    assert Manifest.load(tmp_path / "out").collect_config["scorer"] == "auto"
