@@ -68,8 +68,9 @@ def test_collect_inspect_distill_eval_and_the_student_runs_in_its_familys_own_co
     inspected = cli("t3d-inspect", data).stdout
     assert f"({name}, fingerprint" in inspected and "rows        8" in inspected
     distilled = cli("t3d-distill", "--data", data, "--model", teacher_dir, "--out", run, "--max-steps", 2,
-                    "--batch-size", 4, "--device", "cpu", "--no-progress", "--lr", "1e-3").stdout  # fmt: skip
+                    "--batch-size", 4, "--global-batch", 4, "--device", "cpu", "--no-progress", "--lr", "1e-3").stdout  # fmt: skip
     assert f"({name}, float32," in distilled
+    assert "preset auto: paper-2b" in distilled  # a published family's checkpoint gets the paper recipe of its size
     student = run / "student"
     assert (student / "config.json").read_bytes() == (teacher_dir / "config.json").read_bytes()
     assert json.loads((student / "t3d.json").read_text())["family"] == name
