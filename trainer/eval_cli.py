@@ -290,7 +290,7 @@ class EvalPromptsConfig:
     limit: int | None = None
     """Use only the first N prompts."""
     scorer: str = "auto"
-    """How responses are judged: auto (from the prompts' fields), builtin, math (math-verify), code (tests in a sandbox), exact."""
+    """How responses are judged: auto (per record: its code tests, else its answer), builtin, math (math-verify), code (tests in a sandbox), exact."""
     like: Path | None = None
     """Encode prompts as this dataset's manifest records (chat template, system prompt, user template, special tokens). Default: each model's own, from its t3d.json."""
     chat_template: bool | None = None
