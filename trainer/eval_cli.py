@@ -144,7 +144,7 @@ def run(
     json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path], scorer: str = "auto",
     family: Optional[str] = None, dtype: str = "auto", like: Optional[Path] = None, chat_template: Optional[bool] = None,
     system_prompt: Optional[str] = None, user_template: Optional[str] = None, grade: Optional[Path] = None, fields: FieldMap | None = None,
-    code_timeout: float = 10.0, warmup: bool = True, progress: bool = True,
+    code_timeout: float = 10.0, warmup: bool = True, progress: bool = True, code_workers: int = 1,
     force_block_size: bool = False, tracking: TrackingConfig | None = None,
 ) -> ev.EvalReport | None:  # fmt: skip
     """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
@@ -152,7 +152,9 @@ def run(
     if grade is not None:
         if model or prompts:
             raise UserError("--grade grades the responses in a file and loads no model: drop --model and --prompts")
-        run_grade(grade, scorer, json_path, samples, code_limits, fields or FieldMap())
+        if code_workers < 1:
+            raise UserError(f"--code-workers must be at least 1, got {code_workers}")
+        run_grade(grade, scorer, json_path, samples, code_limits, fields or FieldMap(), code_workers)
         return None
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
@@ -243,11 +245,12 @@ def code_sandbox_limits(timeout: float) -> Limits:
 
 
 def run_grade(
-    path: Path, scorer: str, json_path: Optional[Path], samples: Optional[Path], code_limits: Limits, fields: FieldMap = FieldMap()
+    path: Path, scorer: str, json_path: Optional[Path], samples: Optional[Path], code_limits: Limits, fields: FieldMap = FieldMap(),
+    code_workers: int = 1,
 ) -> None:
     """`--grade FILE`: judge responses produced elsewhere, print the table, write the outputs asked for."""
     lines = grading.read_responses(path, fields)
-    report = grading.grade(lines, scorer, str(path), code_limits)
+    report = grading.grade(lines, scorer, str(path), code_limits, code_workers)
     print(f"t3d-eval: graded {len(lines)} responses from {path}: {report.grading.describe()}", file=sys.stderr)
     print(grading.render_grade_table(report))
     if json_path is not None:
@@ -301,6 +304,8 @@ class EvalPromptsConfig:
     """Override: the user turn, {prompt} standing for the prompt, or a preset: plain, reason-boxed."""
     code_timeout: float = 10.0
     """Seconds each code sample may run in the sandbox (wall clock; CPU limit one more)."""
+    code_workers: int = 1
+    """Code samples --grade runs at once, each in its own sandbox (threads waiting on them)."""
 
     def fields(self) -> FieldMap:
         """The fields named by --prompt-field / --answer-field / --tests-field (none: each record's layout is recognised)."""
@@ -380,7 +385,7 @@ def run_config(cfg: EvalCommandConfig) -> ev.EvalReport | None:
             batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,
             json_path=o.json, plot=o.plot, samples=o.samples, scorer=p.scorer, family=m.family, dtype=m.dtype, like=p.like,
             chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade, fields=p.fields(),
-            code_timeout=p.code_timeout, warmup=r.warmup, progress=r.progress, tracking=cfg.tracking, force_block_size=d.force_block_size,
+            code_timeout=p.code_timeout, code_workers=p.code_workers, warmup=r.warmup, progress=r.progress, tracking=cfg.tracking, force_block_size=d.force_block_size,
         )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,13 @@ class GradeReport:
     """Which scorer judged each line, and the lines nothing could judge."""
 
 
-def grade(lines: Sequence[ResponseLine], scorer: str = "auto", source: str = "", code_limits: Limits | None = None) -> GradeReport:
-    """Judge every line by the scorer `scorer` resolves to for it (auto: per line); summarise per (model, setting)."""
+def grade(
+    lines: Sequence[ResponseLine], scorer: str = "auto", source: str = "", code_limits: Limits | None = None, code_workers: int = 1
+) -> GradeReport:
+    """Judge every line by the scorer `scorer` resolves to for it (auto: per line); summarise per (model, setting).
+
+    code_workers: sandboxes run at once when the scorer runs code (threads: each waits on its own sandbox).
+    """
     plan = choose_scorer(scorer, [line.record for line in lines], source)
     if plan.name is None:
         raise UserError(
@@ -98,12 +104,24 @@ def grade(lines: Sequence[ResponseLine], scorer: str = "auto", source: str = "",
             "'entry_point' (code) -- a t3d-eval --samples file has neither"
         )
     judge = text_scorer(plan.scorer, code_limits)
-    verdicts = [judge.score(line.record.reference(), line.response) for line in lines]
+    verdicts = _judge_all(judge, lines, [name == "code" for name in plan.judges], code_workers)
     groups: dict[tuple[str, str], list[tuple[ResponseLine, Verdict]]] = {}
     for line, verdict in zip(lines, verdicts):
         groups.setdefault((line.model, line.setting), []).append((line, verdict))
     records = [_summary(model, setting, rows, plan.metric) for (model, setting), rows in groups.items()]
     return GradeReport(source=source, scorer=plan.name, records=records, verdicts=verdicts, grading=plan)
+
+
+def _judge_all(judge: Any, lines: Sequence[ResponseLine], runs_code: list[bool], workers: int) -> list[Verdict]:
+    """Every line's verdict: code lines `workers` at a time (threads, each waiting on its own sandbox), the rest here
+    (math-verify's timeouts need the main thread)."""
+    score = lambda line: judge.score(line.record.reference(), line.response)  # noqa: E731
+    verdicts: dict[int, Verdict] = {}
+    if workers > 1:
+        code = [i for i, is_code in enumerate(runs_code) if is_code]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t3d-grade") as pool:
+            verdicts.update(zip(code, pool.map(score, [lines[i] for i in code])))
+    return [verdicts[i] if i in verdicts else score(line) for i, line in enumerate(lines)]
 
 
 def _summary(model: str, setting: str, rows: list[tuple[ResponseLine, Verdict]], metric: str | None) -> GradeRecord:
