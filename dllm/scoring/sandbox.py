@@ -372,6 +372,7 @@ class _Run:
         self.harness: subprocess.Popen | None = None
         self.init_pidfd: int | None = None
         self.cgroup: Cgroup | None = None
+        self.scratch: str | None = None  # unsandboxed only: its cwd, HOME and TMPDIR
 
     def verdict(self, spec, out, err) -> dict:
         request_r, request_w = os.pipe()
@@ -406,12 +407,16 @@ class _Run:
             info_r, info_w = os.pipe()
             command = [*bwrap_args(self.here.bwrap, self.limits), "--info-fd", str(info_w), "--", *command]
             fds += (info_w,)
+        else:
+            self.scratch = tempfile.mkdtemp(prefix="t3d-unsandboxed-")
         if self.cgroup is not None:
             command = [*self.cgroup.joining(), *command]
+        env = {} if self.scratch is None else {"HOME": self.scratch, "TMPDIR": self.scratch, "PATH": "/usr/bin:/bin"}
         try:
             self.sandbox = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=fds, env={}, start_new_session=True
-            )
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=fds, env=env, start_new_session=True,
+                cwd=self.scratch,
+            )  # fmt: skip
         finally:
             if info_w >= 0:
                 os.close(info_w)
@@ -467,6 +472,20 @@ class _Run:
                     child.stdout.close()
         if self.cgroup is not None:
             self.cgroup.remove()
+        if self.scratch is not None:
+            _remove_tree(self.scratch)
+
+
+def _remove_tree(path: str) -> None:
+    """Delete a scratch directory whatever modes the code left in it (it is ours: permissions first, then the tree)."""
+    os.chmod(path, 0o700)
+    for root, dirs, _ in os.walk(path):  # top-down: each directory opened after it was made listable
+        for name in dirs:
+            try:
+                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+            except OSError:
+                continue
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _kill(pid: int, group: bool) -> None:

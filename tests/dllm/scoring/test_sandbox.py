@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,13 @@ def test_humaneval_checks_are_not_vacuous_across_the_boundary():
     jobs = [_job(p, body) for p in problems for body in ("    return None\n", "    return locals()[next(iter(locals()))]\n")]
     passed = [j.calls[0] for j, r in zip(jobs, run_many(jobs, Limits(timeout_s=20.0), workers=2), strict=True) if r.passed]
     assert passed == []
+
+
+def test_unsandboxed_runs_leave_no_scratch_directory_even_locked(monkeypatch):
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "")
+    monkeypatch.setenv(sandbox.ALLOW_ENV, "1")
+    before = set(Path(tempfile.gettempdir()).glob("t3d-unsandboxed-*"))
+    program = "import os\nos.makedirs('a/b')\nopen('a/b/x', 'w').write('x')\nfor p in ('a/b', 'a', '.'):\n    os.chmod(p, 0)\n"
+    result = run_python(program, [], FAST)
+    assert result.passed, result
+    assert set(Path(tempfile.gettempdir()).glob("t3d-unsandboxed-*")) == before
