@@ -687,7 +687,7 @@ def train(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> Run
     describe(trainer, say)
     out = Path(cfg.train.out)
     metrics_log = MetricsLog(out / METRICS_FILE, trainer.step, dist.is_main)
-    trackers = open_trackers(cfg.tracking, out, dataclasses.asdict(cfg), dist.is_main)  # the JSONL's names, rank 0
+    trackers = open_trackers(cfg.tracking, out, dataclasses.asdict(cfg), dist.is_main, trainer.step)  # JSONL names, rank 0
     bar = tqdm(total=cfg.train.max_steps, initial=trainer.step, desc="distill", unit="step",
                disable=not (dist.is_main and cfg.train.progress), dynamic_ncols=True)  # fmt: skip
     last: dict[str, float] = {}

@@ -67,12 +67,17 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardTracker:
-    """Event files through torch's own `SummaryWriter` (needs the `tensorboard` package)."""
+    """Event files through torch's own `SummaryWriter` (needs the `tensorboard` package).
 
-    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any]) -> None:
+    A resumed run (start_step > 0) purges the events a crashed run wrote after its checkpoint,
+    as metrics.jsonl drops its lines: the curve has one point per step.
+    """
+
+    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any], start_step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(cfg.logging_dir or out / "tensorboard"))
+        purge = start_step + 1 if start_step else None  # steps are logged from start_step + 1 on
+        self.writer = SummaryWriter(log_dir=str(cfg.logging_dir or out / "tensorboard"), purge_step=purge)
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -84,9 +89,12 @@ class TensorBoardTracker:
 
 
 class WandbTracker:
-    """A W&B run (online, offline or disabled as WANDB_MODE says); the config goes to its config panel."""
+    """A W&B run (online, offline or disabled as WANDB_MODE says); the config goes to its config panel.
 
-    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any]) -> None:
+    A resumed run is a new W&B run (its steps start where the checkpoint was).
+    """
+
+    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any], start_step: int = 0) -> None:
         import wandb
 
         project = cfg.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
@@ -103,9 +111,12 @@ _MLFLOW_UNSAFE = re.compile(r"[^\w\-. /:]")  # MLflow allows letters, digits, _ 
 
 
 class MlflowTracker:
-    """An MLflow run through its fluent API, at MLFLOW_TRACKING_URI; the config is logged as config.json."""
+    """An MLflow run through its fluent API, at MLFLOW_TRACKING_URI; the config is logged as config.json.
 
-    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any]) -> None:
+    A resumed run is a new MLflow run (its steps start where the checkpoint was).
+    """
+
+    def __init__(self, cfg: TrackingConfig, out: Path, config: Mapping[str, Any], start_step: int = 0) -> None:
         import mlflow
 
         self.mlflow = mlflow
@@ -188,10 +199,15 @@ class Trackers:
             tracker.close()
 
 
-def open_trackers(cfg: TrackingConfig, out: str | Path, config: Mapping[str, Any], enabled: bool = True) -> Trackers:
-    """Start a run in each backend of `cfg` (only when `enabled`: rank 0); `config` is recorded with it."""
+def open_trackers(
+    cfg: TrackingConfig, out: str | Path, config: Mapping[str, Any], enabled: bool = True, start_step: int = 0
+) -> Trackers:  # fmt: skip
+    """Start a run in each backend of `cfg` (only when `enabled`: rank 0); `config` is recorded with it.
+
+    start_step: the step a resumed run continues from (0 for a fresh one).
+    """
     if not enabled:
         return Trackers([])
     check_available(cfg)
     out = Path(out).resolve()
-    return Trackers([BACKENDS[name].tracker(cfg, out, config) for name in cfg.backends])
+    return Trackers([BACKENDS[name].tracker(cfg, out, config, start_step) for name in cfg.backends])

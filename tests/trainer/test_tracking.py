@@ -130,3 +130,22 @@ def test_eval_checks_the_tracker_library_before_loading_a_model(one_line_error, 
     result = CliRunner().invoke(eval_cli.app, ["--model", "teacher=builtin", "--json", str(report), "--report-to", "wandb"])
     one_line_error(result, "--report-to wandb needs the wandb package", "pip install wandb")
     assert not report.exists()
+
+
+def test_a_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from t3d.trainer.tracking import TensorBoardTracker
+
+    cfg = TrackingConfig(report_to="tensorboard")
+    crashed = TensorBoardTracker(cfg, tmp_path, {})
+    for step in (1, 2, 3, 4):  # the checkpoint was at step 2; steps 3 and 4 are lost with the crash
+        crashed.log({"loss": float(step)}, step)
+    crashed.close()
+    resumed = TensorBoardTracker(cfg, tmp_path, {}, start_step=2)
+    resumed.log({"loss": 30.0}, 3)
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(p.step, p.value) for p in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0)]
