@@ -193,7 +193,8 @@ def plot_figure(report: EvalReport) -> Any:
 
     Quality (agreement when the prompts have no task metric) against steps per block, in
     the order the settings were asked (fewer steps, faster decoding, to the right when
-    asked as 4,2,1); other strategies sit at the right end. One line per model, each with
+    asked as 4,2,1); other strategies sit at the right end as hollow markers, not joined
+    to the line. One line per model, each with
     its own marker and line style and a small sideways offset, so equal lines stay
     visible; error bars are the bootstrap 95 % intervals; each point carries its value
     (up to 6 models). The teacher's full-step quality is a dashed horizontal line with its
@@ -227,7 +228,12 @@ def plot_figure(report: EvalReport) -> Any:
         low = [max(0.0, y - b[0]) if b else 0.0 for y, b in zip(ys, bars)]
         high = [max(0.0, b[1] - y) if b else 0.0 for y, b in zip(ys, bars)]
         style = dict(color=palette(index % palette.N), marker=MARKERS[index % len(MARKERS)], markersize=6)
-        ax.plot(xs, ys, linestyle=LINESTYLES[index % len(LINESTYLES)], label=label, **style)
+        static = [r.strategy == "static" for r in rows]  # the line joins steps per block; other strategies stand alone
+        ax.plot([x for x, st in zip(xs, static) if st], [y for y, st in zip(ys, static) if st],
+                linestyle=LINESTYLES[index % len(LINESTYLES)], label=label, **style)  # fmt: skip
+        if not all(static):
+            ax.plot([x for x, st in zip(xs, static) if not st], [y for y, st in zip(ys, static) if not st], linestyle="none",
+                    mfc="none", **style)  # fmt: skip
         if any(bars):
             ax.errorbar(xs, ys, yerr=[low, high], fmt="none", ecolor=style["color"], capsize=3, elinewidth=0.9)
         if not many:  # labels alternate sides and rise with the model's index, so equal values stay readable
@@ -264,7 +270,7 @@ def _teacher_line(ax: Any, report: EvalReport, value: Any, has_metric: bool) -> 
     for r in anchors[:1]:
         y = value(r)
         ax.axhline(y, color="0.2", linestyle=(0, (5, 3)), linewidth=1.1,
-                   label=f"{r.model} at full steps ({r.steps_per_block} per block): {y:.2f}")  # fmt: skip
+                   label=f"{r.model} at full steps ({r.steps_per_block} steps per block): {y:.2f}")  # fmt: skip
         if has_metric and r.quality_interval:
             ax.axhspan(*r.quality_interval, color="0.2", alpha=0.07, linewidth=0)
 

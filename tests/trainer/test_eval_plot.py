@@ -85,6 +85,8 @@ def test_other_strategies_sit_right_of_the_steps(tmp_path):
     fig = plot_figure(report(threshold=True))
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ticks[:3] == ["4", "2", "1"] and ticks[3].startswith("threshold")
+    xs, _ = model_lines(fig)["m1"]
+    assert max(xs) < 2.5, "the line joins steps per block only; the threshold point stands alone"
     assert matplotlib.image.imread(save_plot(report(threshold=True), tmp_path / "eval.png")).shape[2] == 4
 
 
