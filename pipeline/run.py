@@ -232,13 +232,13 @@ def eval_task(values: dict[str, Any], log_path: str, threads: int) -> dict[str, 
     import torch
 
     from t3d.trainer.eval_cli import TREE, run_config
-    from t3d.trainer.evaluate import render_table
+    from t3d.trainer.evaluate import render_legend, render_table
 
     if threads > 0:
         torch.set_num_threads(threads)
     with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         report = run_config(TREE.build(values))
-    return {"table": render_table(report)}
+    return {"table": render_table(report), "legend": render_legend(report)}
 
 
 def eval_state(spec: RunSpec, r: int, manifest: RunManifest, device: str | None) -> tuple[str, Any, str | None]:
@@ -262,6 +262,7 @@ def run_eval(cfg: Any, resources: dict[str, float], record: dict[str, Any], prog
     result = _wait(task, log, "eval", progress)
     record["outputs"] = {"json": str(cfg.output.json), "plot": str(cfg.output.plot), "log": str(log)}
     record["table"] = result["table"]
+    record["legend"] = result["legend"]
 
 
 # --- running tasks and showing progress --------------------------------------------------------
@@ -418,6 +419,7 @@ def report_finished(spec: RunSpec, data: dict[str, Any], seconds: float) -> None
     tables = [(r, rnd["stages"]["eval"].get("table", "")) for r, rnd in enumerate(data["rounds"], 1)]
     for r, table in tables[-1:] if spec.run.rounds == 1 else tables:
         print(f"\neval, round {r}:\n{table}")
+    print_legend(data["rounds"][-1]["stages"]["eval"])
     print(f"\nrun       {root / RUN_JSON}, plot {data.get('plot', root / 'eval.png')} "
           f"(finished already: nothing to run, checked in {seconds:.1f} s without starting Ray)")  # fmt: skip
 
@@ -503,7 +505,14 @@ def finish(spec: RunSpec, manifest: RunManifest, seconds: float) -> None:
     manifest.save()
     for r, table in tables[-1:] if spec.run.rounds == 1 else tables:
         print(f"\neval, round {r}:\n{table}")
+    print_legend(last)
     print(f"\nrun       {root / RUN_JSON}, plot {root / 'eval.png'} ({seconds:.1f} s this time)")
+
+
+def print_legend(eval_record: dict[str, Any]) -> None:
+    """The table's legend under the last table (runs recorded before it existed have none)."""
+    if eval_record.get("legend"):
+        print("\n" + eval_record["legend"])
 
 
 # --- CLI ---------------------------------------------------------------------------------------
