@@ -65,7 +65,7 @@ def check_steps_per_block(block_size: int, steps: Iterable[int], strategy: str =
     if not get_strategy(strategy).scheduled:
         return
     for count in steps:
-        if block_size % count:
+        if 1 <= count <= block_size and block_size % count:  # out of range: SamplerConfig says so
             reveals = ", ".join(map(str, static_schedule(block_size, count)))
             divisors = ", ".join(str(d) for d in range(1, block_size + 1) if block_size % d == 0)
             raise UserError(

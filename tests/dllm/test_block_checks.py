@@ -85,6 +85,7 @@ def test_steps_are_not_checked_for_a_strategy_without_a_schedule():
     with pytest.raises(UserError, match="does not divide"):
         check_steps_per_block(4, [4, 2, 3], "static")
     check_steps_per_block(8, [8, 4, 2, 1], "static")
+    check_steps_per_block(4, [8], "static")  # more steps than tokens: the sampler's own range error says so
 
 
 def evaluate(*args):
