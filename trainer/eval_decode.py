@@ -235,6 +235,8 @@ class EvalReport:
     settings: list[SamplerConfig]
     samples: list[dict[str, Any]] = field(default_factory=list)
     keys: list[tuple[str, SamplerConfig]] = field(default_factory=list)
+    prompt_grading: dict[str, Any] | None = None
+    """A prompt file's records per scorer and the ones nothing could judge (`Grading.summary()`); None: the built-in task."""
     """(model label, setting) of each record, in the same order."""
 
     def record(self, model: str, setting: SamplerConfig) -> EvalRecord | None:

@@ -112,6 +112,8 @@ class PromptSet:
     """Where the prompts came from (`builtin:test`, a file path), recorded in the JSON."""
     notes: tuple[str, ...] = ()
     """The layout recognised and how the records are graded (which are not), printed once at the start."""
+    grading: dict[str, Any] | None = None
+    """`Grading.summary()` of a prompt file: records per scorer and those nothing can judge (in the JSON)."""
 
 
 def load_prompts(
@@ -148,8 +150,9 @@ def load_prompt_file(
     grading = choose_scorer(scorer, records, str(path))
     notes = (f"layout: {describe_layouts(records)}", grading.describe())
     return PromptSet(
-        prompts=tuple(_eval_prompt(r) for r in records), scorer=_text_scorer(grading, code_limits), source=str(path), notes=notes
-    )
+        prompts=tuple(_eval_prompt(r) for r in records), scorer=_text_scorer(grading, code_limits), source=str(path), notes=notes,
+        grading=grading.summary(),
+    )  # fmt: skip
 
 
 def _text_scorer(grading: Grading, code_limits: Limits | None) -> TextScorer:

@@ -135,7 +135,7 @@ def report_dict(report: EvalReport) -> dict[str, Any]:
         {
             "schema_version": JSON_SCHEMA_VERSION,
             "teacher": report.teacher,
-            "prompts": {"source": report.prompt_source, "quality_metric": report.quality_metric},
+            "prompts": {"source": report.prompt_source, "quality_metric": report.quality_metric, "grading": report.prompt_grading},
             "config": asdict(report.config),
             "settings": [{"label": setting_label(s), **asdict(s)} for s in report.settings],
             "models": report.models,

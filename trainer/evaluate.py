@@ -105,6 +105,7 @@ def evaluate(
         records=[], models={label: m.identity() | {"prompt_encoding": encodings[label].to_dict()} for label, m in models.items()},
         teacher=teacher,
         prompt_source=prompts.source, quality_metric=prompts.scorer.metric, config=config, settings=list(settings),
+        prompt_grading=prompts.grading,
     )  # fmt: skip
     decoded: dict[tuple[str, SamplerConfig], Decoded] = {}
     verdicts: dict[tuple[str, SamplerConfig], list[list[bool | None]]] = {}

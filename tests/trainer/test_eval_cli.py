@@ -60,7 +60,7 @@ def tiny_run(tiny_dirs, tmp_path_factory):
 def check_report(data: dict, models: list[str], settings: list[str]) -> None:
     """Every record has every field; the anchor and the comparisons are filled in."""
     assert data["schema_version"] == ev.JSON_SCHEMA_VERSION and data["teacher"] == "teacher"
-    assert data["prompts"] == {"source": "builtin:test", "quality_metric": "validity"}
+    assert data["prompts"] == {"source": "builtin:test", "quality_metric": "validity", "grading": None}  # a file's: per scorer, unjudged
     assert set(data["models"]) == set(models) and data["machine"]["torch"]
     assert [s["label"] for s in data["settings"]] == settings
     anchor = "static B=4 spb=4"

@@ -68,7 +68,9 @@ def test_eval_of_a_real_checkpoint_on_a_published_file(tmp_path, real_fixtures):
     assert result.exit_code == 0, result.output
     assert "prompts: layout: GSM8K (question, answer) layout: 2 records, math answers" in result.stderr
     assert "prompts: graded per record: 2 math" in result.stderr
-    record = json.loads((tmp_path / "eval.json").read_text())["records"][0]
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["prompts"]["grading"] == {"scorer": "auto", "judged_by": {"math": 2}, "unjudged": []}
+    record = data["records"][0]
     assert record["quality_metric"] == "accuracy" and record["quality"] is not None  # random weights: judged, not null
 
 
