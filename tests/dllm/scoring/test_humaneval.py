@@ -6,6 +6,8 @@ repeated) or only the body that completes the prompt. A grader that gets either 
 misreports pass@1 by whole problems.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from t3d.dllm.scoring import CodeScorer, Reference
@@ -33,12 +35,14 @@ def problems():
 
 
 def grade(problems, form):
+    """Every problem's verdict, two sandboxes at a time (as `t3d-eval --grade --code-workers 2` runs them)."""
     scorer = CodeScorer()
-    verdicts = {}
-    for p in problems:
-        reference = Reference(prompt=p["prompt"], test=p["test"], entry_point=p["entry_point"])
-        verdicts[p["task_id"]] = scorer.score(reference, form(p))
-    return verdicts
+
+    def one(p):
+        return scorer.score(Reference(prompt=p["prompt"], test=p["test"], entry_point=p["entry_point"]), form(p))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip((p["task_id"] for p in problems), pool.map(one, problems)))
 
 
 @pytest.mark.slow
