@@ -45,12 +45,13 @@ class RunPlan:
     score: Any  # fills `correct`: the built-in task's validity check, a RowScorer, or None
     scorer: str | None = None  # the registry name behind `score` (what `--scorer auto` resolved to; auto: per record)
     notes: tuple[str, ...] = ()  # the prompts' layout and how they are graded, printed at the start
+    grading: dict[str, Any] | None = None  # records per scorer and those nothing grades (`Grading.summary()`), in the manifest
 
     def manifest_config(self) -> dict[str, Any]:
         key = self.cfg.dataset_key() | {"prompts_digest": self.prompts.digest()}
         encoding = self.cfg.prompts.encoding()
         return {"config": to_dict(self.cfg), "dataset_key": key, "prompts": self.prompt_counts(), "units": len(self.units),
-                "scorer": self.scorer, "prompt_encoding": encoding.to_dict(),
+                "scorer": self.scorer, "grading": self.grading, "prompt_encoding": encoding.to_dict(),
                 "chat_template_applied": applies_chat_template(self.teacher.tokenizer, encoding)}  # fmt: skip
 
     def prompt_counts(self) -> dict[str, int]:
@@ -98,7 +99,8 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
     )
     builtin_score = _builtin_score(teacher.task_seed) if builtin else None
     score = row_scorer(source.grading, records, prepared, teacher.tokenizer, builtin_score)
-    return RunPlan(cfg, teacher, prepared, plan_units(prepared.prompts, cfg.shard_size), score, source.grading.name, source.notes)
+    units = plan_units(prepared.prompts, cfg.shard_size)
+    return RunPlan(cfg, teacher, prepared, units, score, source.grading.name, source.notes, source.grading.summary())
 
 
 def _builtin_score(task_seed: int) -> Any:

@@ -57,6 +57,7 @@ def test_a_mixed_file_names_the_rows_nothing_grades(tmp_path, real_fixtures, cap
     assert plan.score(gsm.ids, say(DATA["GSM8K"]["right"][0])) is True
     assert plan.score(mbpp.ids, say(DATA["MBPP"]["right"][0])) is True and plan.score(mbpp.ids, say(DATA["MBPP"]["wrong"][0])) is False
     assert plan.score(bare.ids, say("hi")) is None  # and named above, before any row is collected
+    assert plan.manifest_config()["grading"]["unjudged"] == [f"{prompts} line 3"]  # and in the manifest
 
 
 def test_a_real_checkpoint_without_prompts_is_refused(one_line_error, tmp_path, real_fixtures):
@@ -111,4 +112,6 @@ def test_a_full_collect_fills_correct_per_row(tmp_path, real_fixtures, ray_sessi
     table = Dataset.open(tmp_path / "out").scan().collect().sort("prompt_index")
     correct = dict(zip(table["prompt_index"].to_list(), table["correct"].to_list()))
     assert {i: v is None for i, v in correct.items()} == {0: False, 1: False, 2: False, 3: True}
-    assert Manifest.load(tmp_path / "out").collect_config["scorer"] == "auto"
+    config = Manifest.load(tmp_path / "out").collect_config
+    assert config["scorer"] == "auto" and config["grading"]["judged_by"] == {"math": 1, "code": 2, "none": 1}
+    assert config["grading"]["unjudged"] == [f"{tmp_path / 'mixed.jsonl'} line 4"]
