@@ -267,7 +267,7 @@ class ModelsConfig:
     """Which models are compared and how they load."""
 
     model: tuple[str, ...] = ()
-    """label=PATH|builtin or a bare PATH (labelled after its directory), repeatable. The anchor is --teacher, else the model labelled `teacher`, else the first given. None given: teacher=builtin (with --grade: no model)."""
+    """label=PATH|builtin or a bare PATH (named after its directory), repeatable; teacher: label `teacher`, else the first. None: teacher=builtin."""
     device: str = "cpu"
     """torch device for the models."""
     trust_remote_code: bool = False
