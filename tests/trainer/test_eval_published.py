@@ -103,3 +103,13 @@ def test_grade_reads_a_parquet_file_in_a_published_layout(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[2].split() == ["m", "-", "2", "4", "4", "0.500", "1.000"]
     assert "graded per record: 4 math" in result.stderr
+
+
+def test_eval_reads_a_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    case = DATA["MBPP sanitized"]
+    datasets.Dataset.from_list(case["rows"]).save_to_disk(str(tmp_path / "mbpp"))
+    prompt_set = load_prompts(tmp_path / "mbpp")
+    assert prompt_set.notes == ("layout: MBPP sanitized (prompt, test_list) layout: 2 records, code tests", "graded per record: 2 code")
+    assert [prompt_set.scorer.judge(p, (), t).correct for p, t in zip(prompt_set.prompts, case["right"] + case["wrong"])] == [True, True]
+    assert [prompt_set.scorer.judge(p, (), t).correct for p, t in zip(prompt_set.prompts, case["wrong"])] == [False, False]
