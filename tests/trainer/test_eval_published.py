@@ -111,5 +111,5 @@ def test_eval_reads_a_save_to_disk_folder(tmp_path):
     datasets.Dataset.from_list(case["rows"]).save_to_disk(str(tmp_path / "mbpp"))
     prompt_set = load_prompts(tmp_path / "mbpp")
     assert prompt_set.notes == ("layout: MBPP sanitized (prompt, test_list) layout: 2 records, code tests", "graded per record: 2 code")
-    assert [prompt_set.scorer.judge(p, (), t).correct for p, t in zip(prompt_set.prompts, case["right"] + case["wrong"])] == [True, True]
+    assert [prompt_set.scorer.judge(p, (), t).correct for p, t in zip(prompt_set.prompts, case["right"])] == [True, True]
     assert [prompt_set.scorer.judge(p, (), t).correct for p, t in zip(prompt_set.prompts, case["wrong"])] == [False, False]
