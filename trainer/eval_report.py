@@ -1,4 +1,4 @@
-"""Outputs of an evaluation: the table, the JSON, the samples file and the plot."""
+"""Outputs of an evaluation: the table and its legend, the JSON, the samples file and the plot."""
 
 from __future__ import annotations
 
