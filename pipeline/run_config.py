@@ -196,12 +196,13 @@ def collect_config(spec: RunSpec, r: int, *, redo: bool = False) -> Any:
 
 def distill_values(spec: RunSpec, r: int) -> dict[str, Any]:
     """[distill] with the round's data, output and starting student; the preset pinned by round 1's model."""
-    from t3d.trainer.config import default_preset
+    from t3d.trainer.config import AUTO, default_preset, size_preset
 
     paths = RoundPaths(run_root(spec), r)
     values = dict(spec.sections["distill"])
     first_model = _absolute(values.get("model", teacher_model(spec)))
-    values.setdefault("preset", default_preset(first_model))  # the same recipe in every round
+    preset = values.get("preset", default_preset(first_model))  # the same recipe in every round:
+    values["preset"] = size_preset(first_model)[0] if preset == AUTO else preset  # auto is round 1's model's size
     values.setdefault("report_to", spec.run.report_to)
     values.setdefault("run_name", f"{paths.root.name}-round-{r}-distill")  # a tracker's run: which job, which round
     values.update(data=str(paths.trajectories), out=str(paths.distill), model=first_model if r == 1 else str(RoundPaths(paths.root, r - 1).student))

@@ -1,4 +1,4 @@
-"""t3d-run `[run] report-to`: passed to the distill and eval stages, checked before any stage runs."""
+"""t3d-run: `[run] report-to` passed to the distill and eval stages, checked before any stage runs; the preset auto pins."""
 
 import sys
 
@@ -36,3 +36,9 @@ def test_a_missing_tracker_library_stops_the_run_before_any_stage(one_line_error
     assert not (tmp_path / "run").exists()
     file.write_text(f'[run]\nout = "{tmp_path / "run"}"\nreport-to = "wandbb"\n')
     one_line_error(CliRunner().invoke(build_app(), [str(file)]), "'wandbb' is not a tracker")
+
+
+def test_auto_is_pinned_by_round_ones_model(real_fixtures, tmp_path):
+    file = {"run": {"out": str(tmp_path)}, "collect": {"model": str(real_fixtures / "sdar")}}
+    spec = rc.parse_spec(file, {}, "job.toml")
+    assert rc.distill_values(spec, 1)["preset"] == rc.distill_values(spec, 2)["preset"] == "paper-2b"
