@@ -223,9 +223,9 @@ def report_to_trackers(report: ev.EvalReport, tracking: TrackingConfig, json_pat
     """--report-to: every record's numbers as `model/setting/field` (the JSON's names), in a run named after the output."""
     if not tracking.backends:
         return
-    out = json_path.parent if json_path is not None else Path("runs/eval")
-    trackers = open_trackers(tracking, out, ev.report_dict(report)["config"])
-    trackers.log(record_metrics(ev.report_dict(report)["records"]), step=0)
+    out, data = json_path.parent if json_path is not None else Path("runs/eval"), ev.report_dict(report)
+    trackers = open_trackers(tracking, out, data["config"])
+    trackers.log(record_metrics(data["records"]), step=0)
     trackers.close()
     print(f"reported to {', '.join(tracking.backends)}", file=sys.stderr)
 
