@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,19 +131,36 @@ class MlflowTracker:
         self.mlflow.end_run()
 
 
+def _mlflow_store() -> None:
+    """MLflow 3's default store is a SQLite database, which mlflow-skinny cannot open (no SQLAlchemy)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        try:
+            import sqlalchemy  # noqa: F401
+        except ImportError:
+            raise UserError(
+                f"--report-to mlflow: the tracking store {uri} needs SQLAlchemy, which mlflow-skinny lacks: pip install "
+                "mlflow, or set MLFLOW_TRACKING_URI (a server's http://HOST:5000, or file:./mlruns with MLFLOW_ALLOW_FILE_STORE=true)"
+            ) from None
+
+
 @dataclass(frozen=True)
 class Backend:
-    """One tracker: the module that must import, the package that provides it, the class."""
+    """One tracker: the module that must import, the package that provides it, the class, and a check of
+    the user's setup that can run before any model loads."""
 
     module: str
     package: str
     tracker: type
+    check: Callable[[], None] | None = None
 
 
 BACKENDS: dict[str, Backend] = {
     "tensorboard": Backend("tensorboard", "tensorboard", TensorBoardTracker),
     "wandb": Backend("wandb", "wandb", WandbTracker),
-    "mlflow": Backend("mlflow", "mlflow (or mlflow-skinny)", MlflowTracker),
+    "mlflow": Backend("mlflow", "mlflow (or mlflow-skinny)", MlflowTracker, _mlflow_store),
 }
 
 
@@ -169,6 +186,8 @@ def check_available(cfg: TrackingConfig) -> None:
                 f"--report-to {name} needs the {backend.package} package: pip install {backend.package.split()[0]} "
                 "(or pip install 't3d[tracking]')"
             ) from None
+        if backend.check is not None:
+            backend.check()
 
 
 def record_metrics(records: Iterable[Mapping[str, Any]], keys: tuple[str, ...] = ("model", "setting")) -> dict[str, float]:
@@ -210,4 +229,12 @@ def open_trackers(
         return Trackers([])
     check_available(cfg)
     out = Path(out).resolve()
-    return Trackers([BACKENDS[name].tracker(cfg, out, config, start_step) for name in cfg.backends])
+    trackers = []
+    for name in cfg.backends:
+        try:
+            trackers.append(BACKENDS[name].tracker(cfg, out, config, start_step))
+        except Exception as err:  # the library's own setup error (login, store, permissions): one line
+            Trackers(trackers).close()
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"--report-to {name}: could not start a run ({type(err).__name__}: {reason})") from None
+    return Trackers(trackers)

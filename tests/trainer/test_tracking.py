@@ -149,3 +149,17 @@ def test_a_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(tmp_p
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(p.step, p.value) for p in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_mlflow_without_a_store_it_can_open_is_one_line_before_anything_loads(one_line_error, teachers, datasets,
+                                                                               tmp_path, monkeypatch):  # fmt: skip
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow 3's default: sqlite:///mlflow.db
+    monkeypatch.chdir(tmp_path)
+    if not mlflow.get_tracking_uri().startswith("sqlite"):
+        pytest.skip(f"this MLflow's default store is {mlflow.get_tracking_uri()}, not SQLite")
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # what mlflow-skinny lacks
+    out = tmp_path / "run"
+    result = distill(datasets["bidirectional"], teachers["bidirectional"], out, "--report-to", "mlflow")
+    one_line_error(result, "--report-to mlflow: the tracking store sqlite:", "needs SQLAlchemy", "MLFLOW_TRACKING_URI")
+    assert not out.exists()
