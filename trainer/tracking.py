@@ -35,7 +35,7 @@ class TrackingConfig:
     report_to: str = NONE
     """Experiment trackers to send metrics to (rank 0 only): comma list of tensorboard, wandb, mlflow, or none."""
     run_name: str | None = None
-    """Run name in W&B / MLflow; default: the output directory's name."""
+    """Run name in W&B / MLflow; default: the output directory's name (distill: --out; eval: --json's directory, else runs/eval)."""
     project: str | None = None
     """W&B project and MLflow experiment; default: $WANDB_PROJECT / $MLFLOW_EXPERIMENT_NAME, else t3d."""
     logging_dir: str | None = None
