@@ -83,7 +83,8 @@ def legend(report: EvalReport) -> dict[str, str]:
         ),
         "distinct": "different responses per prompt, mean over prompts (at most the samples per prompt; 1 = every sample alike)",
         "NFE": "network evaluations (denoising steps) per response",
-        "tok/s": f"response tokens per second of sampler wall clock: median of {repeats} timed pass(es) after a warm-up",
+        "tok/s": f"response tokens per second of sampler wall clock: median of {repeats} timed pass(es)"
+        + (" after an untimed warm-up" if report.config.warmup else " (no warm-up: the first call's start-up is timed)"),
         "spread": "(slowest - fastest) / median of the timed passes; - with one pass (nothing to compare)",
         "speedup": f"tok/s over the anchor's (else the model's own full-step run); ? marks noise: {noisy}",
         "gap": f"gap closure: ({metric} - teacher's at the same setting) / (teacher's at full steps - teacher's at the same "
