@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from t3d.dllm.sampling import SampleOutput, SamplerConfig
 from t3d.dllm.tiny import build_checkpoint
-from t3d.storage_schemas import Manifest, write_shard
+from t3d.storage_schemas import Manifest, shard_arrays, shard_columns, write_shard
 from t3d.trainer.config import build_config
 from t3d.trainer.loop import METRICS_FILE, MetricsLog, build_trainer, make_states, micro_loss, run_steps, step_normalizers, train_step
 
@@ -53,7 +54,7 @@ def synthetic_rows(n: int, length: int, block: int, vocab: int, seed: int) -> di
     for i, end in enumerate(ends):
         if end < length:
             x0[i, end - 1], x0[i, end:], reveal[i, end:] = 2, 1, -1
-    return {"prompts": prompts, "x0": x0, "reveal": reveal, "lengths": np.minimum(ends, length)}
+    return {"prompts": prompts, "x0": x0, "reveal": reveal}
 
 
 def write_dataset(out: Path, model_identity: dict, *, rows: int, shards: int, length: int, block: int, vocab: int) -> Path:
@@ -62,19 +63,19 @@ def write_dataset(out: Path, model_identity: dict, *, rows: int, shards: int, le
     for s in range(shards):
         r = synthetic_rows(per, length, block, vocab, seed=s)
         k = 8
-        columns = {
-            "sample_id": [f"p{s * per + i:07d}-r0" for i in range(per)], "prompt_index": list(range(s * per, (s + 1) * per)),
-            "rollout": [0] * per, "prompt": [""] * per, "prompt_ids": r["prompts"], "response_ids": r["x0"],
-            "response_text": [""] * per, "response_length": r["lengths"], "reveal_step": r["reveal"],
-            "confidence": np.full((per, length), 0.5, np.float32), "num_steps": r["reveal"].max(axis=1) + 1,
-            "finish_reason": ["eos"] * per, "block_size": [block] * per, "steps_per_block": [block // 2] * per,
-            "strategy": ["static"] * per, "threshold": [0.9] * per, "temperature": [1.0] * per, "top_p": [1.0] * per,
-            "top_k": [0] * per, "seed": list(range(per)), "teacher_name": ["bench"] * per,
-            "teacher_fingerprint": ["0" * 16] * per, "zarr_index": list(range(per)),
-        }  # fmt: skip
-        arrays = {"topk_logprobs": -np.random.default_rng(s).random((per, length, k)).astype(np.float32) * 5,
-                  "topk_ids": np.random.default_rng(s).integers(0, vocab, (per, length, k))}  # fmt: skip
-        manifest = manifest.with_shard(write_shard(out, s, columns, arrays))
+        decoded = SampleOutput(
+            tokens=r["x0"], reveal_step=r["reveal"], confidence=np.full((per, length), 0.5, np.float32),
+            topk_logprobs=-np.random.default_rng(s).random((per, length, k)).astype(np.float32) * 5,
+            topk_ids=np.random.default_rng(s).integers(0, vocab, (per, length, k)), states=None,
+            num_steps=r["reveal"].max(axis=1) + 1, finish_reason=["eos"] * per, nfe=0,
+        )  # fmt: skip
+        columns = shard_columns(
+            prompt_index=list(range(s * per, (s + 1) * per)), rollout=[0] * per, prompt=[""] * per,
+            prompt_ids=r["prompts"], seed=list(range(per)), decoded=decoded, response_text=[""] * per,
+            sampler=SamplerConfig(max_new_tokens=length, block_size=block, steps_per_block=block // 2),
+            teacher={"name": "bench", "fingerprint": "0" * 16},
+        )  # fmt: skip
+        manifest = manifest.with_shard(write_shard(out, s, columns, shard_arrays(decoded)))
     manifest.save(out)
     return out
 

@@ -14,13 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from t3d.dllm.sampling import SampleOutput, sample
 from t3d.pipeline.config import RolloutConfig, TeacherConfig
 from t3d.pipeline.prompts import EncodedPrompt
 from t3d.pipeline.units import WorkUnit, unit_rows
-from t3d.storage_schemas import ShardInfo, write_shard
+from t3d.storage_schemas import ShardInfo, shard_arrays, shard_columns, write_shard
 
 
 @dataclass(frozen=True)
@@ -72,9 +70,7 @@ def run_unit(model: Any, unit: WorkUnit, job: RolloutJob) -> UnitResult:
     start = time.perf_counter()
     rows = unit_rows(unit, job.rollout.rollouts_per_prompt, job.seed)
     out, sample_seconds = sample_rows(model, [p.ids for p, _, _ in rows], [s for _, _, s in rows], job.rollout)
-    columns = shard_columns(model, rows, out, job)
-    arrays = {"topk_logprobs": out.topk_logprobs, "topk_ids": out.topk_ids, "states": out.states}
-    info = write_shard(job.out_dir, unit.index, columns, arrays)
+    info = write_shard(job.out_dir, unit.index, unit_columns(model, rows, out, job), shard_arrays(out))
     reasons: dict[str, int] = {}
     for reason in out.finish_reason:
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -103,37 +99,24 @@ def sample_rows(
     return out, time.perf_counter() - tic
 
 
-def shard_columns(
+def unit_columns(
     model: Any, rows: list[tuple[EncodedPrompt, int, int]], out: SampleOutput, job: RolloutJob
 ) -> dict[str, Any]:
-    """The Parquet columns of a unit's rows (names and types: `t3d.storage_schemas.SCHEMA`)."""
-    n = len(rows)
-    sampler = job.rollout.sampler
-    lengths = out.response_length  # (N,)
-    responses = [out.tokens[i, : lengths[i]].tolist() for i in range(n)]
-    columns: dict[str, Any] = {
-        "sample_id": [f"p{p.index:06d}-r{r}" for p, r, _ in rows],
-        "prompt_index": [p.index for p, _, _ in rows],
-        "rollout": [r for _, r, _ in rows],
-        "prompt": [p.text if p.text is not None else _decode(model, p.ids, special=True) for p, _, _ in rows],
-        "prompt_ids": [list(p.ids) for p, _, _ in rows],
-        "response_ids": out.tokens,
-        "response_text": [_decode(model, ids, special=False) for ids in responses],
-        "response_length": lengths,
-        "reveal_step": out.reveal_step,
-        "confidence": out.confidence,
-        "num_steps": out.num_steps,
-        "finish_reason": out.finish_reason,
-        "seed": [s for _, _, s in rows],
-        "teacher_name": [job.teacher_identity["name"]] * n,
-        "teacher_fingerprint": [job.teacher_identity["fingerprint"]] * n,
-        "answer": [p.answer for p, _, _ in rows],
-        "correct": [job.score(p.ids, resp) if job.score else None for (p, _, _), resp in zip(rows, responses)],
-        "zarr_index": np.arange(n),
-    }
-    for name in ("block_size", "steps_per_block", "strategy", "threshold", "temperature", "top_p", "top_k"):
-        columns[name] = [getattr(sampler, name)] * n
-    return columns
+    """The Parquet columns of a unit's rows (built by `t3d.storage_schemas.shard_columns`)."""
+    responses = [out.tokens[i, :length].tolist() for i, length in enumerate(out.response_length)]
+    return shard_columns(
+        prompt_index=[p.index for p, _, _ in rows],
+        rollout=[r for _, r, _ in rows],
+        prompt=[p.text if p.text is not None else _decode(model, p.ids, special=True) for p, _, _ in rows],
+        prompt_ids=[p.ids for p, _, _ in rows],
+        seed=[s for _, _, s in rows],
+        decoded=out,
+        response_text=[_decode(model, ids, special=False) for ids in responses],
+        sampler=job.rollout.sampler,
+        teacher=job.teacher_identity,
+        answer=[p.answer for p, _, _ in rows],
+        correct=[job.score(p.ids, resp) if job.score else None for (p, _, _), resp in zip(rows, responses)],
+    )
 
 
 def _decode(model: Any, ids: Any, special: bool) -> str:

@@ -1,9 +1,12 @@
 """The trajectory data contract between `t3d-collect` (writer) and `t3d-distill` (reader).
 
 A dataset directory holds `manifest.json` and shards `shard-NNNNN.parquet` +
-`shard-NNNNN.zarr/`; see `schema` for the columns and arrays.
+`shard-NNNNN.zarr/`; see `schema` for the columns and arrays. Writers build a shard's
+contents with `shard_columns` / `shard_arrays` and commit it with `write_shard`; readers
+go through `Dataset` (rows, columns and arrays by shard). Nothing else in t3d opens a shard.
 """
 
+from t3d.storage_schemas.columns import Decoded, sample_id, shard_arrays, shard_columns
 from t3d.storage_schemas.errors import DatasetError
 from t3d.storage_schemas.manifest import FORMAT, MANIFEST_NAME, Manifest, ShardInfo
 from t3d.storage_schemas.reader import Dataset
@@ -11,6 +14,7 @@ from t3d.storage_schemas.schema import (
     ARRAYS,
     COLUMNS,
     OPTIONAL_COLUMNS,
+    SAMPLER_COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
     VERSION_KEY,
@@ -31,12 +35,14 @@ __all__ = [
     "FORMAT",
     "MANIFEST_NAME",
     "OPTIONAL_COLUMNS",
+    "SAMPLER_COLUMNS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "VERSION_KEY",
     "ArraySpec",
     "Dataset",
     "DatasetError",
+    "Decoded",
     "Manifest",
     "Reconciled",
     "ShardInfo",
@@ -44,7 +50,10 @@ __all__ = [
     "check_shard_files",
     "parquet_path",
     "reconcile",
+    "sample_id",
     "shard_index",
+    "shard_arrays",
+    "shard_columns",
     "shard_name",
     "validate_arrays",
     "validate_table",

@@ -76,6 +76,30 @@ class Dataset:
         shard = pl.col(_PATH_COLUMN).str.extract(r"(shard-\d+)\.parquet$").alias("shard")
         return frame.with_columns(shard).drop(_PATH_COLUMN)
 
+    def rows(self, shard: str, zarr_indices: Sequence[int] | np.ndarray, columns: Sequence[str]) -> pl.DataFrame:
+        """`zarr_index` and `columns` of rows `zarr_indices` of one shard, sorted by zarr_index.
+
+        Reads that shard's Parquet part alone, so a reader holding a few shards at a time
+        never scans the dataset. DatasetError if the file is unreadable or a row is missing
+        (the shard changed since the caller indexed it).
+        """
+        self._check_readable(shard)
+        wanted = np.unique(np.asarray(zarr_indices, dtype=np.int64))  # (n,)
+        where = f"shard {shard} of {self._path}"
+        try:
+            frame = (
+                pl.scan_parquet(parquet_path(self._path, shard))
+                .select("zarr_index", *columns)
+                .filter(pl.col("zarr_index").is_in(wanted.tolist()))
+                .sort("zarr_index")
+                .collect()
+            )
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise DatasetError(f"cannot read {where}: {first_line(err)}") from None
+        if frame.height != len(wanted):
+            raise DatasetError(f"{where} changed since it was indexed: {len(wanted) - frame.height} row(s) are missing")
+        return frame
+
     def arrays(
         self,
         shard: str,

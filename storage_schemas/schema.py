@@ -61,6 +61,10 @@ SCHEMA = pa.schema(
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 OPTIONAL_COLUMNS = ("answer", "correct")  # may be left out: they are filled with nulls
+SAMPLER_COLUMNS = ("block_size", "steps_per_block", "strategy", "threshold", "temperature", "top_p", "top_k")
+"""The sampler settings stored on every row, each filled from the `SamplerConfig` field of
+the same name (`columns.shard_columns`). Storing another setting is a contract change:
+its column here and in SCHEMA, and a version bump; the writer needs no edit."""
 _PER_POSITION = ("response_ids", "reveal_step", "confidence")  # lists of length L per row
 
 

@@ -30,7 +30,7 @@ import polars as pl
 import torch
 
 from t3d.dllm.errors import UserError
-from t3d.storage_schemas import Dataset, DatasetError, parquet_path
+from t3d.storage_schemas import Dataset
 from t3d.trainer.config import DataConfig
 
 _ROW_COLUMNS = ("prompt_ids", "response_ids", "reveal_step")
@@ -172,15 +172,7 @@ class _ShardRows:
 
 def _read_shard(dataset: Dataset, shard: str, zarr_index: np.ndarray) -> _ShardRows:
     """The kept rows of one shard (its Parquet part alone, not the whole dataset)."""
-    frame = (
-        pl.scan_parquet(parquet_path(dataset.path, shard))
-        .select("zarr_index", *_ROW_COLUMNS)
-        .filter(pl.col("zarr_index").is_in(zarr_index.tolist()))
-        .sort("zarr_index")
-        .collect()
-    )
-    if frame.height != len(zarr_index):
-        raise DatasetError(f"shard {shard} of {dataset.path} changed while training: rows are missing")
+    frame = dataset.rows(shard, zarr_index, _ROW_COLUMNS)
     prompts = frame["prompt_ids"]
     lengths = prompts.list.len().to_numpy()
     width = len(frame["response_ids"][0])
@@ -320,11 +312,7 @@ class TrajectoryDataset(torch.utils.data.IterableDataset):
         if s in self._cache:
             self._cache.move_to_end(s)
             return self._cache[s]
-        wanted = self._zarr[self._shard_no == s]
-        try:
-            rows = _read_shard(self.dataset, self._shard_key[s], wanted)
-        except (OSError, pl.exceptions.PolarsError) as err:
-            raise DatasetError(f"cannot read shard {self._shard_key[s]}: {str(err).splitlines()[0]}") from None
+        rows = _read_shard(self.dataset, self._shard_key[s], self._zarr[self._shard_no == s])
         self._cache[s] = rows
         while len(self._cache) > self.cfg.shuffle_shards:
             self._cache.popitem(last=False)

@@ -1,13 +1,15 @@
 """The output directory: start, resume (repairing a crash), or refuse; --overwrite deletes only a dataset."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from t3d.dllm.errors import UserError
+from t3d.dllm.sampling import SamplerConfig
 from t3d.pipeline.output import first_difference, open_output
-from t3d.storage_schemas import Manifest, write_shard
+from t3d.storage_schemas import Manifest, shard_columns, write_shard
 
 TEACHER = {"name": "tiny", "fingerprint": "aaaa"}
 KEY = {"seed": 0, "rollout": {"sampler": {"temperature": 1.0}}}
@@ -19,15 +21,15 @@ def start(out, key=KEY, teacher=TEACHER, overwrite=False):
 
 def a_shard(out, index):
     n, length = 2, 4
-    columns = {
-        "sample_id": [f"p{index:06d}-r{r}" for r in range(n)], "prompt_index": [index] * n, "rollout": list(range(n)),
-        "prompt": ["w"] * n, "prompt_ids": [[5]] * n, "response_ids": np.full((n, length), 6), "response_text": ["x"] * n,
-        "response_length": [length] * n, "reveal_step": np.tile(np.arange(length, dtype=np.int16), (n, 1)),
-        "confidence": np.ones((n, length), np.float32), "num_steps": [length] * n, "finish_reason": ["length"] * n,
-        "block_size": [4] * n, "steps_per_block": [4] * n, "strategy": ["static"] * n, "threshold": [0.9] * n,
-        "temperature": [1.0] * n, "top_p": [1.0] * n, "top_k": [0] * n, "seed": [1, 2], "teacher_name": ["tiny"] * n,
-        "teacher_fingerprint": ["aaaa"] * n, "zarr_index": list(range(n)),
-    }
+    decoded = SimpleNamespace(
+        tokens=np.full((n, length), 6), reveal_step=np.tile(np.arange(length, dtype=np.int16), (n, 1)),
+        confidence=np.ones((n, length), np.float32), num_steps=[length] * n, finish_reason=["length"] * n,
+        response_length=[length] * n,
+    )  # fmt: skip
+    columns = shard_columns(
+        prompt_index=[index] * n, rollout=list(range(n)), prompt=["w"] * n, prompt_ids=[[5]] * n, seed=[1, 2],
+        decoded=decoded, response_text=["x"] * n, sampler=SamplerConfig(), teacher=TEACHER,
+    )  # fmt: skip
     return write_shard(out, index, columns, {})
 
 

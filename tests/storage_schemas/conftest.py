@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from t3d.storage_schemas import Manifest, write_shard
+from t3d.storage_schemas import Manifest, shard_columns, write_shard
+
+SAMPLER = SimpleNamespace(block_size=4, steps_per_block=2, strategy="static", threshold=0.9, temperature=1.0, top_p=1.0, top_k=0)
+"""The stored sampler settings (a `SamplerConfig` has these fields; the contract does not import it)."""
 
 
 def shard_data(rows: int = 5, length: int = 12, k: int = 4, steps: int = 6, seed: int = 0, states: bool = True):
@@ -21,33 +25,26 @@ def shard_data(rows: int = 5, length: int = 12, k: int = 4, steps: int = 6, seed
     reveal[after_eos] = -1
     tokens = rng.integers(0, 50_000, size=(rows, length))  # (N, L) int64, like SampleOutput.tokens
     tokens[after_eos] = 0
-    columns: dict[str, Any] = {
-        "sample_id": [f"p{i:06d}-r0" for i in prompt_index],
-        "prompt_index": prompt_index,
-        "rollout": np.zeros(rows, dtype=np.int32),
-        "prompt": [f"prompt number {i}" for i in prompt_index],
-        "prompt_ids": [rng.integers(0, 50_000, size=int(n)).tolist() for n in rng.integers(1, 9, size=rows)],
-        "response_ids": tokens,
-        "response_text": [f"response {i}" for i in range(rows)],
-        "response_length": response_length,
-        "reveal_step": reveal,
-        "confidence": rng.random((rows, length), dtype=np.float32),
-        "num_steps": np.full(rows, steps, dtype=np.int32),
-        "finish_reason": ["eos" if i % 2 else "length" for i in range(rows)],
-        "block_size": [4] * rows,
-        "steps_per_block": [2] * rows,
-        "strategy": ["static"] * rows,
-        "threshold": [0.9] * rows,
-        "temperature": [1.0] * rows,
-        "top_p": [1.0] * rows,
-        "top_k": [0] * rows,
-        "seed": prompt_index * 7919,
-        "teacher_name": ["builtin"] * rows,
-        "teacher_fingerprint": ["0123456789abcdef"] * rows,
-        "answer": [None if i % 3 == 0 else f"answer {i}" for i in range(rows)],
-        "correct": [None if i % 3 == 0 else bool(i % 2) for i in range(rows)],
-        "zarr_index": np.arange(rows, dtype=np.int64)[::-1].copy(),
-    }
+    prompt_ids = [rng.integers(0, 50_000, size=int(n)).tolist() for n in rng.integers(1, 9, size=rows)]
+    decoded = SimpleNamespace(
+        tokens=tokens, reveal_step=reveal, confidence=rng.random((rows, length), dtype=np.float32),
+        num_steps=np.full(rows, steps, dtype=np.int32), finish_reason=["eos" if i % 2 else "length" for i in range(rows)],
+        response_length=response_length,
+    )  # fmt: skip
+    columns = shard_columns(
+        prompt_index=prompt_index,
+        rollout=np.zeros(rows, dtype=np.int32),
+        prompt=[f"prompt number {i}" for i in prompt_index],
+        prompt_ids=prompt_ids,
+        seed=prompt_index * 7919,
+        decoded=decoded,
+        response_text=[f"response {i}" for i in range(rows)],
+        sampler=SAMPLER,
+        teacher={"name": "builtin", "fingerprint": "0123456789abcdef"},
+        answer=[None if i % 3 == 0 else f"answer {i}" for i in range(rows)],
+        correct=[None if i % 3 == 0 else bool(i % 2) for i in range(rows)],
+    )
+    columns["zarr_index"] = np.arange(rows, dtype=np.int64)[::-1].copy()
     logprobs = np.log(rng.random((rows, length, k))).astype(np.float32)  # (N, L, k)
     logprobs[0, 0, 0] = -np.inf
     logprobs[0, 0, 1] = 1e-6  # float16 subnormal

@@ -16,7 +16,7 @@ import torch
 
 from t3d.dllm import SamplerConfig, load_model, sample
 from t3d.dllm.tiny import build_checkpoint
-from t3d.storage_schemas import Manifest, write_shard
+from t3d.storage_schemas import Manifest, shard_arrays, shard_columns, write_shard
 
 # Tiny models: waking a second thread for each small op costs more than the op (5x slower
 # per step on a busy 2-core machine), so the trainer tests run single-threaded.
@@ -31,34 +31,18 @@ def random_prompts(n: int, seed: int, vocab: int = 64) -> list[list[int]]:
 
 
 def _columns(prompts, out, cfg: SamplerConfig, seeds, teacher, offset: int) -> dict:
-    n = len(prompts)
-    length = out.response_length
-    return {
-        "sample_id": [f"p{offset + i:06d}-r0" for i in range(n)],
-        "prompt_index": list(range(offset, offset + n)),
-        "rollout": [0] * n,
-        "prompt": [" ".join(map(str, p)) for p in prompts],
-        "prompt_ids": prompts,
-        "response_ids": out.tokens,
-        "response_text": [" ".join(map(str, t[:k])) for t, k in zip(out.tokens.tolist(), length)],
-        "response_length": length,
-        "reveal_step": out.reveal_step,
-        "confidence": out.confidence,
-        "num_steps": out.num_steps,
-        "finish_reason": out.finish_reason,
-        "block_size": [cfg.block_size] * n,
-        "steps_per_block": [cfg.steps_per_block] * n,
-        "strategy": [cfg.strategy] * n,
-        "threshold": [cfg.threshold] * n,
-        "temperature": [cfg.temperature] * n,
-        "top_p": [cfg.top_p] * n,
-        "top_k": [cfg.top_k] * n,
-        "seed": seeds,
-        "teacher_name": [teacher.name] * n,
-        "teacher_fingerprint": [teacher.fingerprint] * n,
-        "correct": [i % 3 != 0 for i in range(offset, offset + n)],  # something to --filter on
-        "zarr_index": list(range(n)),
-    }
+    return shard_columns(
+        prompt_index=list(range(offset, offset + len(prompts))),
+        rollout=[0] * len(prompts),
+        prompt=[" ".join(map(str, p)) for p in prompts],
+        prompt_ids=prompts,
+        seed=seeds,
+        decoded=out,
+        response_text=[" ".join(map(str, t[:k])) for t, k in zip(out.tokens.tolist(), out.response_length)],
+        sampler=cfg,
+        teacher=teacher.identity(),
+        correct=[i % 3 != 0 for i in range(offset, offset + len(prompts))],  # something to --filter on
+    )
 
 
 def collect(out: Path, teacher_dir: Path | str, *, prompts: int | list = 48, shards: int = 3, seed: int = 0,
@@ -74,8 +58,7 @@ def collect(out: Path, teacher_dir: Path | str, *, prompts: int | list = 48, sha
         part = all_prompts[s * per : (s + 1) * per]
         seeds = [seed * 100_000 + s * per + i for i in range(len(part))]
         result = sample(teacher, part, cfg, seeds)
-        info = write_shard(out, s, _columns(part, result, cfg, seeds, teacher, s * per),
-                           {"topk_logprobs": result.topk_logprobs, "topk_ids": result.topk_ids})  # fmt: skip
+        info = write_shard(out, s, _columns(part, result, cfg, seeds, teacher, s * per), shard_arrays(result))
         manifest = manifest.with_shard(info)
     manifest.save(out)
     return out
