@@ -26,6 +26,7 @@ import torch
 from t3d.dllm import weights
 from t3d.dllm.errors import UserError
 from t3d.dllm.families import IDENTITY, Family, family_for_model_type, get_family, known_model_types
+from t3d.dllm.identity import model_identity
 from t3d.dllm.model import DiffusionLM
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
@@ -94,18 +95,10 @@ class CheckpointInfo:
     block_size: int | None
 
     def identity(self, name: str | None = None) -> dict[str, Any]:
-        """What names this checkpoint in a dataset manifest (the same as `DiffusionLM.identity()`)."""
-        return {
-            "name": name or self.path.name,
-            "fingerprint": weights_fingerprint(self.path),
-            "family": self.family.name,
-            "vocab_size": self.vocab_size,
-            "mask_id": self.mask_id,
-            "pad_id": self.pad_id,
-            "eos_id": self.eos_id,
-            "stop_ids": list(self.stop_ids),
-            "path": str(self.path.resolve()),
-        }
+        """What names this checkpoint in a dataset manifest (`t3d.dllm.identity`, as `DiffusionLM.identity()`),
+        with its absolute path, without loading the weights."""
+        return model_identity(self, name=name or self.path.name, fingerprint=weights_fingerprint(self.path),
+                              path=str(self.path.resolve()))  # fmt: skip
 
 
 T3D_FIELDS = "t3d.json"

@@ -12,6 +12,7 @@ import torch
 
 from t3d.dllm import masks
 from t3d.dllm.families import Family
+from t3d.dllm.identity import model_identity
 
 
 @dataclass(eq=False)
@@ -88,18 +89,8 @@ class DiffusionLM:
         return self.family.align(logits)
 
     def identity(self) -> dict[str, Any]:
-        """What names this model in a dataset manifest and a checkpoint."""
-        return {
-            "name": self.name,
-            "fingerprint": self.fingerprint,
-            "family": self.family.name,
-            "vocab_size": self.vocab_size,
-            "mask_id": self.mask_id,
-            "pad_id": self.pad_id,
-            "eos_id": self.eos_id,
-            "stop_ids": list(self.eos_ids),
-            "path": self.path,
-        }
+        """What names this model in a dataset manifest and a checkpoint (`t3d.dllm.identity`)."""
+        return model_identity(self, name=self.name, fingerprint=self.fingerprint, path=self.path)
 
     def to(self, device: str | torch.device) -> DiffusionLM:
         self.net.to(device)
