@@ -144,7 +144,8 @@ def error_name(err):
     return type(err).__name__
 
 
-def trusted_namespace(spec, channel):
+def trusted_namespace(spec):
+    """The reference's own code (setup, the prompt's imports and helpers), run here beside the tests."""
     namespace = {"__name__": "__main__"}
     try:
         exec(compile(spec["trusted"], "reference.py", "exec"), namespace)
@@ -152,18 +153,24 @@ def trusted_namespace(spec, channel):
         namespace = {"__name__": "__main__"}
         imports = "\n".join(line for line in spec["trusted"].splitlines() if line.lstrip().startswith(("import ", "from ")))
         exec(compile(imports, "reference.py", "exec"), namespace)
+    return namespace
+
+
+def add_remotes(namespace, spec, defines, channel):
+    """Each name the tests read that the reference does not define, and is not a builtin the solution left alone,
+    stands for the solution's; so does every name of `calls` (the entry point), whatever the reference defines."""
+    defines = {name for name in defines if type(name) is str} if type(defines) is list else set()
     for name in spec["names"]:  # what the tests read (found by the grader, which has `ast` loaded)
-        if name not in namespace and not hasattr(builtins, name):
+        if name not in namespace and (name in defines or not hasattr(builtins, name)):
             namespace[name] = Remote(channel, name)
     for name in spec["calls"]:
         namespace[name] = Remote(channel, name)
-    return namespace
 
 
 def judge(spec, channel):
     """The verdict: load the solution, then run each test; the first failure decides."""
     try:
-        namespace = trusted_namespace(spec, channel)
+        namespace = trusted_namespace(spec)
     except Exception as err:  # noqa: BLE001
         return {"status": "error", "error": f"the reference's own code failed: {type(err).__name__}"}
     reply = channel.ask({"op": "load", "program": spec["program"]})
@@ -171,6 +178,7 @@ def judge(spec, channel):
         name = reply.get("error")
         status = "memory" if name == "MemoryError" else "error"
         return {"status": status, "error": f"{name if name in BUILTIN_ERRORS else 'an exception'} in the solution"}
+    add_remotes(namespace, spec, reply.get("defines"), channel)
     for test in spec["tests"]:
         try:
             exec(compile(test, "test.py", "exec"), namespace)

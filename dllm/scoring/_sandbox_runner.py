@@ -4,7 +4,8 @@ Run as `python -I -S -c <_sandbox_wire.py + this file> REQ_FD REP_FD LIMITS` by
 bubblewrap. It sets the per-process limits, then answers the trusted harness's
 requests, one frame each on REQ_FD, one reply frame each on REP_FD:
 
-- `{"op": "load", "program": ...}`: run the solution's program in a fresh namespace;
+- `{"op": "load", "program": ...}`: run the solution's program in a fresh namespace,
+  reply with the names of what it defined that can be called;
 - `{"op": "call", "name": ..., "args": ..., "kwargs": ...}`: call one of its names
   with decoded plain-data arguments and reply with the encoded result.
 
@@ -53,7 +54,7 @@ def receive(fd):
 def answer(message, namespace):
     if message["op"] == "load":
         exec(compile(message["program"], "solution.py", "exec"), namespace)
-        return {"ok": True}
+        return {"ok": True, "defines": [name for name, value in namespace.items() if type(name) is str and callable(value)]}
     function = namespace[message["name"]] if message["name"] in namespace else _missing(message["name"])
     return {"ok": True, "value": function(*message["args"], **message["kwargs"])}
 

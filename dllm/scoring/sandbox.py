@@ -34,7 +34,6 @@ verdict is still decided outside it) and a warning says, once, what is not conta
 from __future__ import annotations
 
 import ast
-import builtins
 import json
 import math
 import os
@@ -325,13 +324,13 @@ def run_python(
     """Run `program` in the sandbox, then each of `tests` in the trusted harness against it; stop at the first failure.
 
     trusted: code the tests may rely on (setup, imports, helpers from the prompt), run in
-    the harness. Names the tests read that neither it nor the builtins define, and all of
-    `calls`, stand for the solution's functions.
+    the harness. Names the tests read that it does not define stand for the solution's
+    (a builtin's name only when the solution defines it), and so do all of `calls`.
     """
     here = box()
     began = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as spec:
-        names = sorted(_names_read(tests) - set(dir(builtins)))
+        names = sorted(_names_read(tests))
         spec.write(wire.encode({"program": program, "tests": list(tests), "trusted": trusted, "calls": list(calls),
                                 "names": names, "timeout_s": float(limits.timeout_s)}))  # fmt: skip
         spec.seek(0)

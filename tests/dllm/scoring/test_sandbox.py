@@ -235,3 +235,9 @@ def test_unsandboxed_runs_leave_no_scratch_directory_even_locked(monkeypatch):
     result = run_python(program, [], FAST)
     assert result.passed, result
     assert set(Path(tempfile.gettempdir()).glob("t3d-unsandboxed-*")) == before
+
+
+def test_a_solution_function_named_like_a_builtin_is_the_one_tested():
+    program = "def max(xs):\n    return sorted(xs)[0]\n"  # the task's function, named like a builtin: the smallest
+    assert run_python(program, ["assert max([3, 1, 2]) == 1"], FAST).passed
+    assert not run_python("def other():\n    pass\n", ["assert max([3, 1, 2]) == 1"], FAST).passed, "else the builtin"
