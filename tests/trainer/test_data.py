@@ -5,13 +5,13 @@ import polars as pl
 import pytest
 
 from t3d.dllm.errors import UserError
-from t3d.storage_schemas import Dataset
+from t3d.storage_schemas import Dataset, DatasetError
 from t3d.trainer.config import DataConfig
 from t3d.trainer.data import TrajectoryDataset, epoch_order, row_seeds
 
 
 def loader(path, **kw):
-    data_kw = {k: kw.pop(k) for k in list(kw) if k in ("filter", "max_prompt_len", "max_response_len", "shuffle_shards")}
+    data_kw = {k: kw.pop(k) for k in list(kw) if k in ("filter", "max_prompt_len", "max_response_len", "shuffle_shards", "verify")}
     kw.setdefault("batch_size", 4)
     return TrajectoryDataset(DataConfig(path=str(path), **data_kw), seed=kw.pop("seed", 0), pad_id=1, **kw)
 
@@ -87,6 +87,19 @@ def test_filter_and_length_limits(datasets):
         loader(datasets["bidirectional"], max_prompt_len=1)
     with pytest.raises(UserError, match="fewer than one micro-batch"):
         loader(datasets["bidirectional"], batch_size=1000)
+
+
+def test_a_shard_that_loses_rows_after_indexing_stops_the_stream(dataset_copy):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    data = dataset_copy()
+    stream = loader(data, verify=False)
+    for parquet in data.glob("shard-*.parquet"):  # rewritten without its row 0 behind the loader's back
+        table = pq.read_table(parquet)
+        pq.write_table(table.filter(pc.not_equal(table["zarr_index"], 0)), parquet)
+    with pytest.raises(DatasetError, match="changed since it was indexed: 1 row"):
+        stream.next_batch()
 
 
 def test_topk_comes_with_the_rows(datasets):
