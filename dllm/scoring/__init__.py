@@ -25,7 +25,7 @@ from t3d.dllm.errors import UserError
 from t3d.dllm.scoring.base import Reference, Scorer, Verdict
 from t3d.dllm.scoring.code_tests import CodeScorer
 from t3d.dllm.scoring.math_answers import ExactScorer, MathScorer
-from t3d.dllm.scoring.sandbox import Limits
+from t3d.dllm.scoring.sandbox import Limits, box
 
 __all__ = [
     "AUTO", "AUTO_ORDER", "BUILTIN", "SCORER_NAMES", "TEXT_SCORERS", "AutoScorer", "CodeScorer", "ExactScorer", "Grading", "Limits",
@@ -151,9 +151,16 @@ def choose_scorer(name: str, records: Sequence[Any] | None, source: str) -> Grad
     if name == AUTO:
         auto = AutoScorer()
         picked = [auto.pick(record.reference()) for record in records]
-        return Grading(AUTO, tuple(None if s is None else s.name for s in picked), wheres)
+        return _sandboxed(Grading(AUTO, tuple(None if s is None else s.name for s in picked), wheres))
     scorer = text_scorer(name)
     for record, where in zip(records, wheres):
         if not scorer.fits(record.reference()):
             raise UserError(f"{where}: --scorer {name} needs {scorer.needs} in every record; this one has none")
-    return Grading(name, (name,) * len(records), wheres)
+    return _sandboxed(Grading(name, (name,) * len(records), wheres))
+
+
+def _sandboxed(grading: Grading) -> Grading:
+    """Fail closed before anything loads: code to run and no sandbox here is one line (sandbox.box), unless opted out."""
+    if "code" in grading.judges:
+        box()
+    return grading

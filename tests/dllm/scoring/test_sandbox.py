@@ -241,3 +241,21 @@ def test_a_solution_function_named_like_a_builtin_is_the_one_tested():
     program = "def max(xs):\n    return sorted(xs)[0]\n"  # the task's function, named like a builtin: the smallest
     assert run_python(program, ["assert max([3, 1, 2]) == 1"], FAST).passed
     assert not run_python("def other():\n    pass\n", ["assert max([3, 1, 2]) == 1"], FAST).passed, "else the builtin"
+
+
+def test_choosing_the_code_scorer_without_a_sandbox_is_refused_before_anything_runs(monkeypatch):
+    from t3d.dllm.scoring import choose_scorer
+
+    class Record:
+        where = "p.jsonl line 1"
+
+        def reference(self):
+            return MBPP
+
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "")
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    for name in ("code", "auto"):
+        with pytest.raises(UserError, match="refuses to run model-written code without a sandbox"):
+            choose_scorer(name, [Record()], "p.jsonl")
+    math_only = type("Math", (), {"where": "m.jsonl line 1", "reference": lambda self: Reference(answer="2")})
+    assert choose_scorer("auto", [math_only()], "m.jsonl").name == "math", "no code to run: no sandbox needed"
