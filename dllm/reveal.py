@@ -1,6 +1,10 @@
 """Reveal strategies: given the proposals of a block, which positions to reveal this step.
 
 One class per strategy in a registry picked by name; the sampler never branches on it.
+A strategy also says whether it follows the steps-per-block schedule (`scheduled`) and
+how a setting of it is written (`describe`), so the evaluation's labels, records and
+plot never compare strategy names either: a new strategy with one setting is its class
+here plus that field of `SamplerConfig`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ class RevealStrategy(Protocol):
 
     def max_reveals(self, cfg) -> int:
         """The most positions one step can choose in a row (the engine records top-k for that many only)."""
+        ...
+
+    def describe(self, cfg) -> str:
+        """Its own setting in labels (`spb=2`, `t=0.9`); block size and temperature are written by the caller."""
         ...
 
 
@@ -67,6 +75,9 @@ class StaticStrategy:
         # its own count is left: no step exceeds the largest scheduled count.
         return max(static_schedule(cfg.block_size, cfg.steps_per_block))
 
+    def describe(self, cfg):
+        return f"spb={cfg.steps_per_block}"
+
 
 class ThresholdStrategy:
     """Reveal every masked position whose confidence exceeds the threshold, at least one (Fast-dLLM)."""
@@ -80,6 +91,9 @@ class ThresholdStrategy:
 
     def max_reveals(self, cfg):
         return cfg.block_size
+
+    def describe(self, cfg):
+        return f"t={cfg.threshold:g}"
 
 
 STRATEGIES: dict[str, RevealStrategy] = {"static": StaticStrategy(), "threshold": ThresholdStrategy()}

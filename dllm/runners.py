@@ -1,7 +1,10 @@
 """Runners: how the engine gets the logits of each active slot's current block.
 
-One class per cache mode, picked by name from `RUNNERS`; `select_runner` turns the
-sampler's `cache` setting and the model's capabilities into one of them:
+One class per cache mode, picked by name from `RUNNERS` (the one list of cache modes:
+`cache_modes()` is what `SamplerConfig.cache` accepts); `select_runner` turns the
+sampler's `cache` setting and the model's capabilities into one of them. Masks come from
+the family (`attention_bias` for whole sequences, `column_blocks` for the query rows of a
+cached step), so a family with its own block pattern needs nothing here:
 
 - `none`: the reference path. Every step runs the whole visible sequence (for
   block-causal families only up to the furthest current block, since later blocks are
@@ -33,6 +36,9 @@ def _mask_dtype(model) -> torch.dtype:
 
 class Runner:
     """Common helpers; subclasses implement `admit` and `block_logits`."""
+
+    selectable = True
+    """Whether `--cache` may name this mode; False: only `auto` picks it."""
 
     def __init__(self, engine) -> None:
         self.model = engine.model
@@ -110,7 +116,7 @@ class CachedRunner(Runner):
         if slots and self.block_causal:
             index = torch.tensor(slots, device=engine.device)
             lay = engine.layout
-            self.key_block[index] = masks.block_index(engine.real[index], lay.prompt_len, lay.block, lay.absolute)
+            self.key_block[index] = self.model.family.column_blocks(engine.real[index], lay.prompt_len, lay.block)
 
     def partial_forward(
         self, engine, slots: torch.Tensor, live: list[int], cols: torch.Tensor, width: int, logits: bool,
@@ -134,6 +140,8 @@ class CachedRunner(Runner):
 
 class ExactBlockCache(CachedRunner):
     """Exact KV cache for block-causal families (prefill, block steps, one commit per finished block)."""
+
+    selectable = False  # `auto` picks it for block-causal families; naming it is refused as before
 
     def __init__(self, engine) -> None:
         super().__init__(engine)
@@ -223,10 +231,19 @@ RUNNERS: dict[str, type[Runner]] = {
 }
 
 
+AUTO = "auto"
+"""The cache mode that lets the model's capabilities choose (see `select_runner`)."""
+
+
+def cache_modes() -> tuple[str, ...]:
+    """What `SamplerConfig.cache` accepts: `auto`, then every runner a user may name."""
+    return (AUTO, *(name for name, runner in RUNNERS.items() if runner.selectable))
+
+
 def select_runner(engine, mode: str) -> Runner:
     """`auto`: the exact cache for block-causal families whose network takes a cache, else `none`."""
     model = engine.model
-    if mode == "auto":
+    if mode == AUTO:
         mode = "exact" if model.family.block_causal and model.cache_argument else "none"
     if mode != "none" and not model.cache_argument:
         raise UserError(f"cache {mode!r} needs a network whose forward takes a KV cache; {type(model.net).__name__} does not")

@@ -39,10 +39,7 @@ from t3d.dllm.errors import UserError
 from t3d.dllm.model import DiffusionLM
 from t3d.dllm.engine import Engine, run
 from t3d.dllm.reveal import STRATEGIES
-from t3d.dllm.runners import select_runner
-
-
-CACHE_MODES = ("auto", "none", "prefix", "dual")
+from t3d.dllm.runners import cache_modes, select_runner
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,8 +84,8 @@ class SamplerConfig:
             raise UserError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.temperature < 0 or self.top_k < 0 or self.logits_top_k < 0:
             raise UserError("temperature, top_k and logits_top_k must be >= 0")
-        if self.cache not in CACHE_MODES:
-            raise UserError(f"unknown cache {self.cache!r} (known: {', '.join(CACHE_MODES)})")
+        if self.cache not in cache_modes():
+            raise UserError(f"unknown cache {self.cache!r} (known: {', '.join(cache_modes())})")
         if not 0.0 < self.top_p <= 1.0:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
 

@@ -68,33 +68,16 @@ def build_checkpoint(
 def real_layout_config(family: str, *, vocab_size: int = 96, hidden_size: int = 32, num_layers: int = 2,
                        num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 64,
                        dtype: str = "bfloat16") -> dict:
-    """A config.json shaped like the published one of `family` (sdar, llada, dream), sizes as given.
+    """A config.json shaped like the published one of `family` (sdar, llada, dream: its `example_config`), sizes
+    as given.
 
     Special ids sit at the top of the vocabulary: mask = V-1, eos = V-2, turn end = V-3.
     """
-    mask, eos = vocab_size - 1, vocab_size - 2
-    if family == "llada":
-        return {
-            "architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": hidden_size, "n_heads": num_heads,
-            "n_kv_heads": num_heads, "n_layers": num_layers, "mlp_hidden_size": intermediate_size, "mlp_ratio": 4,
-            "vocab_size": vocab_size, "embedding_size": vocab_size, "max_sequence_length": 4096,
-            "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "weight_tying": False, "include_bias": False,
-            "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
-            "alibi": False, "mask_token_id": mask, "eos_token_id": eos, "pad_token_id": eos, "torch_dtype": dtype,
-        }
-    qwen = {
-        "hidden_size": hidden_size, "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
-        "num_hidden_layers": num_layers, "intermediate_size": intermediate_size, "vocab_size": vocab_size,
-        "max_position_embeddings": 4096, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-        "tie_word_embeddings": False, "mask_token_id": mask, "eos_token_id": eos, "pad_token_id": eos,
-        "torch_dtype": dtype, "rope_scaling": None,
-    }
-    if family == "sdar":
-        return qwen | {"architectures": ["SDARForCausalLM"], "model_type": "sdar", "block_size": 4,
-                       "head_dim": hidden_size // num_heads, "attention_bias": False}
-    if family == "dream":
-        return qwen | {"architectures": ["DreamModel"], "model_type": "Dream"}
-    raise ValueError(f"no published layout for family {family!r}")
+    example = get_family(family).example_config
+    if example is None:
+        raise ValueError(f"no published layout for family {family!r}")
+    return example(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                   num_kv_heads=num_kv_heads, intermediate_size=intermediate_size, dtype=dtype)  # fmt: skip
 
 
 def build_real_layout(

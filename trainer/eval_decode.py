@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from t3d.dllm import DiffusionLM, SamplerConfig, UserError, sample
+from t3d.dllm.reveal import get_strategy
 from t3d.dllm.scoring import Verdict
 from t3d.trainer import metrics
 from t3d.trainer.eval_prompts import EvalPrompt, PromptSet, Scorer, decode_response
@@ -35,7 +36,7 @@ def sampler_settings(
     temperature: float = 1.0,
     cache: str = "auto",
 ) -> list[SamplerConfig]:
-    """The settings to compare: static at each steps-per-block value, one setting per other strategy.
+    """The settings to compare: a scheduled strategy (static) at each steps-per-block value, one setting per other.
 
     No top-k log-probs are recorded (logits_top_k=0): evaluation never reads them, and
     recording them would slow the speed measurement.
@@ -46,7 +47,7 @@ def sampler_settings(
     )
     settings = []
     for strategy in dict.fromkeys(strategies):
-        steps = steps_per_block if strategy == "static" else [block_size]  # steps only schedule `static`
+        steps = steps_per_block if get_strategy(strategy).scheduled else [block_size]  # steps only schedule those
         settings += [SamplerConfig(strategy=strategy, steps_per_block=s, **common) for s in steps]
     return settings
 
@@ -58,10 +59,7 @@ def full_steps(setting: SamplerConfig) -> SamplerConfig:
 
 def setting_label(setting: SamplerConfig) -> str:
     """Short name of a setting for tables, samples and the plot."""
-    if setting.strategy == "static":
-        label = f"static B={setting.block_size} spb={setting.steps_per_block}"
-    else:
-        label = f"{setting.strategy} B={setting.block_size} t={setting.threshold:g}"
+    label = f"{setting.strategy} B={setting.block_size} {get_strategy(setting.strategy).describe(setting)}"
     return label if setting.temperature == 1.0 else f"{label} T={setting.temperature:g}"
 
 
@@ -301,18 +299,18 @@ def make_record(label: str, setting: SamplerConfig, prompts: PromptSet, decoded:
     tokens = sum(len(r) for r in decoded.responses)
     steps = sum(decoded.num_steps)
     measured = tokens / steps if steps else 0.0
-    static = setting.strategy == "static"
+    scheduled = get_strategy(setting.strategy).scheduled  # a schedule fixes the steps; otherwise they are measured
     return EvalRecord(
         model=label,
         setting=setting_label(setting),
         strategy=setting.strategy,
         block_size=setting.block_size,
-        steps_per_block=setting.steps_per_block if static else None,
-        threshold=None if static else setting.threshold,
+        steps_per_block=setting.steps_per_block if scheduled else None,
+        threshold=None if scheduled else setting.threshold,
         temperature=setting.temperature,
         max_new_tokens=setting.max_new_tokens,
         is_full_steps=setting == full_steps(setting),
-        tokens_per_step=setting.block_size / setting.steps_per_block if static else measured,
+        tokens_per_step=setting.block_size / setting.steps_per_block if scheduled else measured,
         measured_tokens_per_step=measured,
         prompts=len(prompts.prompts),
         samples_per_prompt=n,

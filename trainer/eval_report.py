@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from t3d.dllm.reveal import get_strategy
 from t3d.trainer import metrics
 from t3d.trainer.eval_decode import EvalRecord, EvalReport, setting_label
 
@@ -177,16 +178,16 @@ def _categories(report: EvalReport) -> list[tuple[Any, str]]:
     blocks = {s.block_size for s in report.settings}
     cats: dict[Any, str] = {}
     for s in report.settings:
-        if s.strategy == "static":
+        if get_strategy(s.strategy).scheduled:
             cats.setdefault((s.block_size, s.steps_per_block), str(s.steps_per_block) if len(blocks) == 1 else f"B{s.block_size}:{s.steps_per_block}")
     for s in report.settings:
-        if s.strategy != "static":
-            cats.setdefault(setting_label(s), f"{s.strategy}\nt={s.threshold:g}")
+        if not get_strategy(s.strategy).scheduled:
+            cats.setdefault(setting_label(s), f"{s.strategy}\n{get_strategy(s.strategy).describe(s)}")
     return list(cats.items())
 
 
 def _key(r: Any) -> Any:
-    return (r.block_size, r.steps_per_block) if r.strategy == "static" else r.setting
+    return (r.block_size, r.steps_per_block) if get_strategy(r.strategy).scheduled else r.setting
 
 
 def plot_figure(report: EvalReport) -> Any:
@@ -229,7 +230,7 @@ def plot_figure(report: EvalReport) -> Any:
         low = [max(0.0, y - b[0]) if b else 0.0 for y, b in zip(ys, bars)]
         high = [max(0.0, b[1] - y) if b else 0.0 for y, b in zip(ys, bars)]
         style = dict(color=palette(index % palette.N), marker=MARKERS[index % len(MARKERS)], markersize=6)
-        static = [r.strategy == "static" for r in rows]  # the line joins steps per block; other strategies stand alone
+        static = [get_strategy(r.strategy).scheduled for r in rows]  # the line joins steps per block; others stand alone
         ax.plot([x for x, st in zip(xs, static) if st], [y for y, st in zip(ys, static) if st],
                 linestyle=LINESTYLES[index % len(LINESTYLES)], label=label, **style)  # fmt: skip
         if not all(static):

@@ -1,4 +1,11 @@
-"""`--strategy fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) over the Ray Train workers.
+"""The distributed strategies (`--strategy`, a registry: `STRATEGIES`) and FSDP2's machinery.
+
+A strategy says how the student (and the reference) are spread over more than one
+worker: `ddp` keeps a whole copy per worker and wraps the student's log-probs module in
+DistributedDataParallel after a resume; `fsdp` shards before the resume (so the optimizer
+state loads onto the shards). The loop calls both hooks and never asks which it has.
+
+`--strategy fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) over the Ray Train workers.
 
 Each decoder layer is one FSDP unit and the head module (`ResponseLogProbs`: embeddings,
 final norm, LM head) the root, for the student and the frozen reference alike, so no
@@ -18,6 +25,7 @@ every worker and shards it again.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -106,3 +114,39 @@ def export_model(model: DiffusionLM, state: dict[str, torch.Tensor]) -> Diffusio
 def grad_norm(total: torch.Tensor) -> float:
     """clip_grad_norm_'s result as a float (a DTensor under FSDP)."""
     return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
+
+
+class DDP:
+    """A whole copy of the student per worker; gradients all-reduced by DistributedDataParallel."""
+
+    autocast = True
+    """The loop's bf16 autocast applies (on CUDA with --bf16)."""
+
+    def shard(self, trainer: Any, rebuild_optimizer: Callable[[Any], None]) -> None:
+        """Before a resume: nothing to shard."""
+
+    def wrap(self, trainer: Any) -> None:
+        """After a resume: the student's log-probs module in DDP."""
+        ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+        trainer.logprobs = torch.nn.parallel.DistributedDataParallel(trainer.logprobs, device_ids=ids)
+
+
+class FSDP:
+    """FSDP2 over the workers: student and reference sharded, the optimizer rebuilt on the shards."""
+
+    autocast = False
+    """FSDP brings its own mixed precision (`MixedPrecisionPolicy`) instead of the loop's autocast."""
+
+    def shard(self, trainer: Any, rebuild_optimizer: Callable[[Any], None]) -> None:
+        bf16 = trainer.cfg.train.bf16
+        trainer.logprobs = shard_module(trainer.logprobs, trainer.student.net, trainer.device, bf16)
+        if trainer.ref_logprobs is not None:
+            trainer.ref_logprobs = shard_module(trainer.ref_logprobs, trainer.reference.net, trainer.device, bf16)
+        rebuild_optimizer(trainer)
+
+    def wrap(self, trainer: Any) -> None:
+        """After a resume: already sharded."""
+
+
+STRATEGIES: dict[str, DDP | FSDP] = {"ddp": DDP(), "fsdp": FSDP()}
+"""`--strategy` with more than one worker; one worker runs the plain loop whatever is named."""

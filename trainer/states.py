@@ -48,16 +48,19 @@ columns are response positions.
   `path_mode="levels"` (`paper_path_weights`), `padding_shows="pad"` (the pad token stays
   visible after EOS in both copies, so the model sees where an answer ends: a quirk).
 
-Two views, one per attention layout (`layout`):
-- "block_causal": every block is trained at once, each at its own state step; the
-  input is [prompt | clean response | noisy response] with a mask where each noisy
-  block sees the prompt, the clean blocks before it and itself. With absolute blocks
+Two views, picked by the family's training layout (`layout`, a `TrainingLayout` from
+`t3d.dllm.training_layouts`, which also builds the input and its mask; nothing here asks
+which family or layout it is):
+- every block at once (`every_block`, the "block_causal" layout): each block at its own
+  state step; the input is [prompt | clean response | noisy response] with a mask where
+  each noisy block sees the prompt, the clean blocks before it and itself. With absolute blocks
   the prompt section holds the prompt's whole blocks (block-causal among themselves,
   as SDAR prefills them) and both copies start with the prompt's tail, so a noisy
   block is exactly the input SDAR's decoder gives that block at that step.
-- "semi_ar": one state per row for bidirectional models: a current block c, uniform
-  over the blocks holding a decoded token (over all blocks with `supervise_padding`); blocks before c clean, c at its state step, blocks after c fully
-  masked. Input [prompt | noisy response]; only block c is supervised, since that is
+- one current block (the "semi_ar" layout): one state per row for bidirectional models:
+  a current block c, uniform over the blocks holding a decoded token (over all blocks
+  with `supervise_padding`); blocks before c clean, c at its state step, blocks after c
+  fully masked. Input [prompt | noisy response]; only block c is supervised, since that is
   the only block a semi-autoregressive sampler reveals from this state.
 
 `random_ratio` of the supervised positions show a uniformly random token from
@@ -69,13 +72,17 @@ states.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from t3d.dllm import masks
 from t3d.dllm.errors import UserError
+from t3d.dllm.training_layouts import (  # noqa: F401  (re-exported: the layouts' inputs are part of the states API)
+    ModelInputs, TrainingLayout, absolute_block_causal_pattern, block_causal_inputs, block_causal_pattern,
+    get_training_layout, semi_ar_inputs,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,10 +95,12 @@ class StateConfig:
     """The model's mask token."""
     eos_id: int
     """Target (and revealed token) of padding after EOS."""
-    layout: Literal["block_causal", "semi_ar"] = "block_causal"
-    """"block_causal": all blocks in one forward; "semi_ar": one state for bidirectional models."""
-    state_order: Literal["trajectory", "reference"] = "trajectory"
-    """"trajectory": true teacher states; "reference": the reference code's first-revealed masking."""
+    layout: TrainingLayout | str = "block_causal"
+    """The family's `TrainingLayout` (or a registered one's name): "block_causal" trains all blocks in one forward,
+    "semi_ar" one state per row for bidirectional models."""
+    state_order: str = "trajectory"
+    """"trajectory": true teacher states; "reference": the reference code's first-revealed masking; "paper": the
+    official rule."""
     random_ratio: float = 0.1
     """Share of supervised positions that show a random token instead of the mask."""
     random_vocab: tuple[int, int] | None = None
@@ -102,11 +111,11 @@ class StateConfig:
     """Blocks at absolute positions from the first prompt token (SDAR; block_causal layout only)."""
     supervise_padding: bool = False
     """Supervise padding after EOS with EOS as its target (LLaDA's SFT habit); default: never."""
-    random_count: Literal["share", "exact"] = "share"
+    random_count: str = "share"
     """"share": each position of M is random with probability random_ratio; "exact": max(1, floor(ratio·|M|)) per row."""
-    path_mode: Literal["steps", "levels"] = "steps"
+    path_mode: str = "steps"
     """"steps": CE on what the teacher reveals in [s, s + K); "levels": the official level-averaged path (K tokens)."""
-    padding_shows: Literal["eos", "pad"] = "eos"
+    padding_shows: str = "eos"
     """What padding after EOS shows when not masked: EOS (what a decoder shows) or the pad token (the official code)."""
     pad_id: int = 0
     """The pad token (shown on padding with padding_shows="pad")."""
@@ -121,14 +130,17 @@ class StateConfig:
             raise ValueError(f"random_ratio must be in [0, 1], got {self.random_ratio}")
         if self.random_ratio > 0 and (self.random_vocab is None or self.random_vocab[0] >= self.random_vocab[1]):
             raise ValueError("random_ratio > 0 needs random_vocab = (low, high) with low < high")
-        if self.layout not in _LAYOUTS or self.state_order not in _ORDERS:
-            raise ValueError(f"layout in {sorted(_LAYOUTS)}, state_order in {sorted(_ORDERS)}")
-        if self.absolute_blocks and self.layout != "block_causal":
-            raise ValueError("absolute_blocks needs the block_causal layout")
-        if self.random_count not in ("share", "exact") or self.path_mode not in ("steps", "levels"):
-            raise ValueError("random_count in (share, exact), path_mode in (steps, levels)")
-        if self.padding_shows not in ("eos", "pad") or self.pad_columns < 0:
-            raise ValueError("padding_shows in (eos, pad), pad_columns >= 0")
+        try:
+            object.__setattr__(self, "layout", get_training_layout(self.layout))
+        except UserError as err:
+            raise ValueError(str(err)) from None
+        if self.absolute_blocks and not self.layout.absolute_blocks:
+            raise ValueError(f"absolute_blocks needs a layout that places them (the {self.layout.name} layout does not)")
+        for name, known in CHOICES.items():
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} in ({', '.join(known)}), got {getattr(self, name)!r}")
+        if self.pad_columns < 0:
+            raise ValueError("pad_columns >= 0")
 
 
 @dataclass(frozen=True)
@@ -344,6 +356,22 @@ def _semi_ar_view(masked: Tensor, step: Tensor, real_blocks: Tensor, generator) 
     return _View((supervised | later).flatten(1), supervised.flatten(1), step, current, trained)
 
 
+def _share_flags(supervised: Tensor, scores: Tensor, ratio: float) -> Tensor:
+    """Each supervised position random with probability `ratio`. (N, L) bool."""
+    return supervised & (scores < ratio)
+
+
+def _exact_flags(supervised: Tensor, scores: Tensor, ratio: float) -> Tensor:
+    """max(1, floor(ratio·|M|)) of a row's |M| positions (at most |M|): the smallest scores. (N, L) bool."""
+    size = supervised.sum(-1)  # (N,)
+    want = torch.minimum((size * ratio).long().clamp(min=1), size)  # (N,)
+    rank = torch.argsort(torch.argsort(torch.where(supervised, scores, 2.0), dim=-1), dim=-1)  # (N, L)
+    return supervised & (rank < want[:, None])
+
+
+_RANDOM_COUNTS: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {"share": _share_flags, "exact": _exact_flags}
+
+
 def _randomise(noisy: Tensor, supervised: Tensor, cfg: StateConfig, generator) -> tuple[Tensor, Tensor]:
     """Replace a random_ratio share of supervised positions by random tokens. -> noisy, flags (N, L).
 
@@ -352,102 +380,10 @@ def _randomise(noisy: Tensor, supervised: Tensor, cfg: StateConfig, generator) -
     if cfg.random_ratio == 0.0:
         return noisy, torch.zeros_like(supervised)
     scores = _uniform(tuple(noisy.shape), generator, noisy.device)  # (N, L)
-    if cfg.random_count == "share":
-        flags = supervised & (scores < cfg.random_ratio)
-    else:
-        size = supervised.sum(-1)  # (N,)
-        want = torch.minimum((size * cfg.random_ratio).long().clamp(min=1), size)  # (N,)
-        rank = torch.argsort(torch.argsort(torch.where(supervised, scores, 2.0), dim=-1), dim=-1)  # (N, L)
-        flags = supervised & (rank < want[:, None])
+    flags = _RANDOM_COUNTS[cfg.random_count](supervised, scores, cfg.random_ratio)  # (N, L)
     low, high = cfg.random_vocab
     tokens = _randint(low, high, tuple(noisy.shape), generator, noisy.device)  # (N, L)
     return torch.where(flags, tokens, noisy), flags
-
-
-def block_causal_pattern(prompt_len: int, response_len: int, block_size: int, device=None) -> Tensor:
-    """(T, T) bool, query row / key column, for [prompt | clean | noisy], T = P + 2L.
-
-    Prompt queries see the prompt. A clean block j sees the prompt and clean blocks
-    <= j (block-causal, as at inference). A noisy block j sees the prompt, clean
-    blocks < j and itself, never another noisy block, never its own clean copy.
-    """
-    blk = torch.arange(response_len, device=device) // block_size  # (L,)
-    none = torch.full((prompt_len,), -1, device=device)
-    block = torch.cat([none, blk, blk])  # (T,)
-    part = torch.cat([torch.zeros_like(none), torch.ones_like(blk), torch.full_like(blk, 2)])  # 0 / 1 / 2
-    qp, kp, qb, kb = part[:, None], part[None, :], block[:, None], block[None, :]
-    clean_key = (kp == 1) & (((qp == 1) & (kb <= qb)) | ((qp == 2) & (kb < qb)))
-    noisy_key = (kp == 2) & (qp == 2) & (kb == qb)
-    return (kp == 0) | clean_key | noisy_key
-
-
-class ModelInputs(NamedTuple):
-    """What the model is called with; fields as in `TrainingStates`."""
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    attention_bias: Tensor
-    position_ids: Tensor
-    response_start: int
-
-
-def absolute_block_causal_pattern(prompt_blocks: Tensor, first_block: Tensor, response_len: int, block_size: int) -> Tensor:
-    """(N, T, T) bool for [prompt | clean | noisy] with blocks at absolute positions.
-
-    prompt_blocks: (N, P) absolute block of each prompt column (its position // B);
-    first_block: (N,) absolute block of the copies' first column. Prompt and clean
-    queries see keys of blocks <= their own (SDAR's block-causal prefill); a noisy block
-    sees the prompt and clean blocks strictly before it and its own noisy block.
-    """
-    n, p = prompt_blocks.shape
-    device = prompt_blocks.device
-    resp = first_block[:, None] + torch.arange(response_len, device=device) // block_size  # (N, L)
-    block = torch.cat([prompt_blocks, resp, resp], dim=1)  # (N, T)
-    part = torch.cat([torch.zeros(p, device=device), torch.ones(response_len, device=device),
-                      torch.full((response_len,), 2, device=device)]).long()  # (T,)  # fmt: skip
-    qp, kp = part[None, :, None], part[None, None, :]  # (1, T, 1), (1, 1, T)
-    qb, kb = block[:, :, None], block[:, None, :]  # (N, T, 1), (N, 1, T)
-    earlier = torch.where(qp == 2, kb < qb, kb <= qb)  # (N, T, T)
-    return ((kp < 2) & earlier) | ((kp == 2) & (qp == 2) & (kb == qb))
-
-
-def block_causal_inputs(
-    prompt_ids: Tensor, prompt_mask: Tensor, clean: Tensor, noisy: Tensor, block_size: int, dtype: torch.dtype,
-    absolute: bool = False,
-) -> ModelInputs:  # fmt: skip
-    """[prompt | clean | noisy] (N, P + 2L) with its block-causal additive mask.
-
-    prompt_ids, prompt_mask: (N, P), left padded (with absolute blocks: the mask of the
-    prompt's whole blocks, the tail being the copies' first columns); clean, noisy:
-    (N, L). Both copies get positions n_prompt + c, so noisy block j sits where clean
-    block j does.
-    """
-    n, p = prompt_ids.shape
-    length = clean.shape[1]
-    input_ids = torch.cat([prompt_ids.long(), clean, noisy], dim=1)  # (N, T)
-    keys = torch.cat([prompt_mask.bool(), prompt_mask.new_ones((n, 2 * length), dtype=torch.bool)], dim=1)
-    prompt_pos = masks.position_ids(prompt_mask.bool())  # (N, P)
-    n_prompt = prompt_mask.sum(-1)  # (N,)
-    if absolute:
-        pattern = absolute_block_causal_pattern(prompt_pos // block_size, n_prompt // block_size, length, block_size)
-    else:
-        pattern = block_causal_pattern(p, length, block_size, prompt_ids.device)[None]  # (1, T, T)
-    allowed = pattern & keys[:, None, :] & keys[:, :, None]  # (N, T, T)
-    response_pos = n_prompt[:, None] + torch.arange(length, device=prompt_ids.device)  # (N, L)
-    positions = torch.cat([prompt_pos, response_pos, response_pos], dim=1)
-    return ModelInputs(input_ids, keys, masks.additive(allowed, dtype), positions, p + length)
-
-
-def semi_ar_inputs(
-    prompt_ids: Tensor, prompt_mask: Tensor, clean: Tensor, noisy: Tensor, block_size: int, dtype: torch.dtype,
-    absolute: bool = False,
-) -> ModelInputs:  # fmt: skip
-    """[prompt | noisy] (N, P + L) with a bidirectional additive mask (clean and absolute are unused)."""
-    n, p = prompt_ids.shape
-    input_ids = torch.cat([prompt_ids.long(), noisy], dim=1)  # (N, T)
-    keys = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(noisy.shape, dtype=torch.bool)], dim=1)
-    bias = masks.bidirectional_mask(keys, dtype)  # (N, 1, T, T)
-    return ModelInputs(input_ids, keys, bias, masks.position_ids(keys), p)
 
 
 class Sections(NamedTuple):
@@ -512,15 +448,11 @@ def _real_blocks(padding: Tensor, shape: tuple[int, int, int], every_block: bool
     return torch.where(holds, ranks, 0).max(dim=-1).values
 
 
-class _Layout(NamedTuple):
-    view: Callable[..., _View]
-    inputs: Callable[..., ModelInputs]
-
-
-_LAYOUTS: dict[str, _Layout] = {
-    "block_causal": _Layout(_block_view, block_causal_inputs),
-    "semi_ar": _Layout(_semi_ar_view, semi_ar_inputs),
+_SHOWN: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
+    "eos": lambda targets, padding, pad_id: targets,
+    "pad": lambda targets, padding, pad_id: torch.where(padding, pad_id, targets),
 }
+"""What the input shows where the response is not masked, by `padding_shows`: (N, L) targets, padding -> (N, L)."""
 
 
 def build_states(
@@ -551,16 +483,16 @@ def build_states(
     padding = sec.reveal_step < 0  # (N, L)
     targets = response_targets(sec.x0, sec.reveal_step, cfg.eos_id)  # (N, L)
     reveal = torch.where(sec.tail, -1, effective_reveal_step(sec.reveal_step, cfg.block_size))  # (N, L)
-    layout = _LAYOUTS[cfg.layout]
     order = _ORDERS[cfg.state_order]
     masked, step, *ratio = order(reveal.reshape(shape), padding.reshape(shape), sec.tail.reshape(shape), generator)
-    view = layout.view(masked, step, _real_blocks(padding, shape, cfg.supervise_padding), generator)
+    cut = _block_view if cfg.layout.every_block else _semi_ar_view
+    view = cut(masked, step, _real_blocks(padding, shape, cfg.supervise_padding), generator)
     supervised = view.supervised if cfg.supervise_padding else view.supervised & ~padding  # (N, L)
-    shown = targets if cfg.padding_shows == "eos" else torch.where(padding, cfg.pad_id, targets)  # (N, L)
+    shown = _SHOWN[cfg.padding_shows](targets, padding, cfg.pad_id)  # (N, L)
     noisy = torch.where(view.masked, cfg.mask_id, shown)  # (N, L)
     noisy, randomized = _randomise(noisy, supervised, cfg, generator)
     path, path_weight = _path(reveal, padding, sec.tail, view, supervised, cfg, shape)
-    inputs = layout.inputs(prompt_ids, sec.head_mask, shown, noisy, cfg.block_size, dtype, cfg.absolute_blocks)
+    inputs = cfg.layout.inputs(prompt_ids, sec.head_mask, shown, noisy, cfg.block_size, dtype, cfg.absolute_blocks)
     return TrainingStates(
         **inputs._asdict(), targets=targets, noisy=noisy, supervised=supervised,
         randomized=randomized, path=path, padding=padding, state_step=view.state_step,
@@ -576,9 +508,24 @@ def _path(reveal, padding, tail, view: _View, supervised, cfg: StateConfig, shap
     valid position of the trained blocks of a row with a non-empty M (the official code
     drops rows with an empty M), weighted by `paper_path_weights` with K tokens a level.
     """
-    if cfg.path_mode == "steps":
-        position_step = view.state_step.repeat_interleave(cfg.block_size, dim=1)  # (N, L)
-        return path_mask(reveal, position_step, cfg.path_k_steps) & supervised, None
+    return _PATH_MODES[cfg.path_mode](reveal, padding, tail, view, supervised, cfg, shape)
+
+
+def _steps_path(reveal, padding, tail, view: _View, supervised, cfg: StateConfig, shape) -> tuple[Tensor, None]:
+    position_step = view.state_step.repeat_interleave(cfg.block_size, dim=1)  # (N, L)
+    return path_mask(reveal, position_step, cfg.path_k_steps) & supervised, None
+
+
+def _levels_path(reveal, padding, tail, view: _View, supervised, cfg: StateConfig, shape) -> tuple[Tensor, Tensor]:
     valid = ~padding & ~tail & view.trained & supervised.any(-1, keepdim=True)  # (N, L)
     weight = paper_path_weights(reveal.reshape(shape), valid.reshape(shape), cfg.path_k_steps)
     return valid, weight
+
+
+_PATH_MODES: dict[str, Callable[..., tuple[Tensor, Tensor | None]]] = {"steps": _steps_path, "levels": _levels_path}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "state_order": tuple(_ORDERS), "random_count": tuple(_RANDOM_COUNTS), "path_mode": tuple(_PATH_MODES),
+    "padding_shows": tuple(_SHOWN),
+}
+"""The values each named setting takes: the keys of its registry (`StatesConfig` checks flags against them)."""

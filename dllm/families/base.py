@@ -3,17 +3,25 @@
 A `Family` carries every family-specific fact as data or as a method, so that nothing
 outside the registry compares family names:
 
-- attention layout (`block_causal`, `absolute_blocks`) and the additive mask it builds,
+- attention pattern (`block_causal`, `absolute_blocks`, `column_blocks`) and the additive
+  masks it builds, for whole sequences and for the few query rows of a KV-cached step,
+- training layout (`training_layout`: which input the trainer builds and with which mask),
 - logit alignment (`align`: Dream-style families predict token i from row i - 1),
 - the checkpoint layout (`architecture`: which transformers class the weights fit, the
   config mapping and the weight names), or None for networks that only run their own
   remote code,
-- the published mask id, for configs that do not carry one.
+- the published mask id, for configs that do not carry one,
+- an example config.json in the published layout (`example_config`, for tests).
+
+A family with its own attention pattern subclasses `Family`, overrides `column_blocks`
+(or `attention_bias`) and names its `TrainingLayout`; `register_family` adds it from
+anywhere, and nothing else changes (tests/dllm/test_toy_family.py does exactly that).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +29,7 @@ import torch
 
 from t3d.dllm import masks
 from t3d.dllm.errors import UserError
+from t3d.dllm.training_layouts import BLOCK_CAUSAL, SEMI_AR, TrainingLayout
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,19 @@ IDENTITY = Architecture(config_class="AutoConfig", model_class="AutoModelForCaus
 """A checkpoint already written by transformers (the built-in models): the config's own class."""
 
 
+def qwen_example_config(*, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
+                        intermediate_size: int, dtype: str) -> dict[str, Any]:  # fmt: skip
+    """The Qwen fields of a published Qwen2/Qwen3-based config.json (SDAR, Dream); special ids at the top."""
+    mask, eos = vocab_size - 1, vocab_size - 2
+    return {
+        "hidden_size": hidden_size, "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
+        "num_hidden_layers": num_layers, "intermediate_size": intermediate_size, "vocab_size": vocab_size,
+        "max_position_embeddings": 4096, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+        "tie_word_embeddings": False, "mask_token_id": mask, "eos_token_id": eos, "pad_token_id": eos,
+        "torch_dtype": dtype, "rope_scaling": None,
+    }
+
+
 @dataclass(frozen=True)
 class Family:
     """Bidirectional attention, logits aligned with positions (LLaDA-style)."""
@@ -94,6 +116,18 @@ class Family:
     """config.json key holding the block size the network was trained with (SDAR: `block_size`); None: any
     block size decodes as trained (bidirectional semi-AR families)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    training: TrainingLayout | None = None
+    """How the trainer builds this family's states and input (`t3d.dllm.training_layouts`); None: the layout of
+    its attention, every block at once when block-causal, one current block per row when bidirectional."""
+    example_config: Callable[..., dict[str, Any]] | None = None
+    """sizes -> a config.json shaped like the published checkpoint's (`t3d.dllm.tiny.real_layout_config`); None: none."""
+
+    @property
+    def training_layout(self) -> TrainingLayout:
+        """The `TrainingLayout` the trainer uses (see `training`)."""
+        if self.training is not None:
+            return self.training
+        return BLOCK_CAUSAL if self.block_causal else SEMI_AR
 
     def trained_block_size(self, raw_config: dict[str, Any]) -> int | None:
         """The block size this family's network was trained with, from its raw config.json; None: not fixed."""
@@ -103,12 +137,20 @@ class Family:
     def attention_bias(
         self, attention_mask: torch.Tensor, prompt_len: int, block_size: int | None, dtype: torch.dtype
     ) -> torch.Tensor:
-        """(B, 1, T, T) additive mask for a (B, T) bool padding mask."""
+        """(B, 1, T, T) additive mask for a (B, T) bool padding mask; a query sees the keys `column_blocks` allows."""
         if not self.block_causal:
             return masks.bidirectional_mask(attention_mask, dtype)
         if block_size is None:
             raise UserError("a block-causal model needs a block size (set block_size in config.json or pass --block-size)")
-        return masks.block_causal_mask(attention_mask, prompt_len, block_size, dtype, absolute=self.absolute_blocks)
+        blocks = self.column_blocks(attention_mask, prompt_len, block_size)  # (B, T)
+        allowed = blocks[:, None, :] <= blocks[:, :, None]  # (B, T, T) query row, key column
+        return masks.additive(allowed & attention_mask[:, None, :] & attention_mask[:, :, None], dtype)
+
+    def column_blocks(self, attention_mask: torch.Tensor, prompt_len: int, block_size: int) -> torch.Tensor:
+        """(B, T) int64 attention block of every column of a block-causal family: a query sees the real keys
+        of blocks <= its own. The same numbers build the whole-sequence mask and a KV-cached step's query rows
+        (`t3d.dllm.runners`), so a family that overrides this decodes alike cached or not."""
+        return masks.block_index(attention_mask, prompt_len, block_size, self.absolute_blocks)
 
     def align(self, logits: torch.Tensor) -> torch.Tensor:
         """Raw network logits (B, T, V) -> logits whose row i predicts token i."""

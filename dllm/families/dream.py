@@ -5,7 +5,15 @@ fp32 it gives Dream's logits exactly under a bidirectional mask. Dream keeps the
 habit of predicting token i from row i - 1, so the logits are unshifted once.
 """
 
-from t3d.dllm.families.base import Architecture, Family
+from typing import Any
+
+from t3d.dllm.families.base import Architecture, Family, qwen_example_config
+
+
+def _example_config(**sizes) -> dict[str, Any]:
+    """Dream-v0-Instruct's config.json layout (Qwen2 fields, its own architecture)."""
+    return qwen_example_config(**sizes) | {"architectures": ["DreamModel"], "model_type": "Dream"}
+
 
 DREAM = Family(
     name="dream",
@@ -14,4 +22,5 @@ DREAM = Family(
     model_types=("dream",),
     architecture=Architecture(config_class="Qwen2Config", model_class="Qwen2ForCausalLM"),
     mask_id=151666,
+    example_config=_example_config,
 )

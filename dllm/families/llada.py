@@ -78,6 +78,20 @@ class _LLaDAArchitecture(Architecture):
         return fields
 
 
+def _example_config(*, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
+                    intermediate_size: int, dtype: str) -> dict[str, Any]:  # fmt: skip
+    """LLaDA-8B-Instruct's config.json layout (OLMo-style keys; no grouped-query heads); special ids at the top."""
+    mask, eos = vocab_size - 1, vocab_size - 2
+    return {
+        "architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": hidden_size, "n_heads": num_heads,
+        "n_kv_heads": num_heads, "n_layers": num_layers, "mlp_hidden_size": intermediate_size, "mlp_ratio": 4,
+        "vocab_size": vocab_size, "embedding_size": vocab_size, "max_sequence_length": 4096,
+        "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "weight_tying": False, "include_bias": False,
+        "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
+        "alibi": False, "mask_token_id": mask, "eos_token_id": eos, "pad_token_id": eos, "torch_dtype": dtype,
+    }
+
+
 LLADA = Family(
     name="llada",
     description="LLaDA: LLaMA under OLMo-style names, bidirectional attention",
@@ -86,6 +100,7 @@ LLADA = Family(
         config_class="LlamaConfig", model_class="LlamaForCausalLM", renames=RENAMES, export_renames=EXPORT_RENAMES
     ),
     mask_id=126336,
+    example_config=_example_config,
 )
 
 LLADA_MOE = Family(

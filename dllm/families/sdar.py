@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from t3d.dllm.families.base import Architecture, Family
+from t3d.dllm.families.base import Architecture, Family, qwen_example_config
 
 # config.json keys of SDAR's own code that mean nothing to Qwen3 (or would switch its attention kernel).
 _SDAR_ONLY = (
@@ -26,6 +26,14 @@ class _SDARArchitecture(Architecture):
         return {k: v for k, v in fields.items() if k not in _SDAR_ONLY}
 
 
+def _example_config(**sizes) -> dict[str, Any]:
+    """SDAR-Chat's config.json layout (Qwen3 fields, its own architecture and block size 4)."""
+    return qwen_example_config(**sizes) | {
+        "architectures": ["SDARForCausalLM"], "model_type": "sdar", "block_size": 4,
+        "head_dim": sizes["hidden_size"] // sizes["num_heads"], "attention_bias": False,
+    }
+
+
 SDAR = Family(
     name="sdar",
     description="SDAR: Qwen3 with block-causal attention, blocks at absolute positions",
@@ -35,6 +43,7 @@ SDAR = Family(
     model_types=("sdar",),
     architecture=_SDARArchitecture(config_class="Qwen3Config", model_class="Qwen3ForCausalLM"),
     mask_id=151669,
+    example_config=_example_config,
 )
 
 SDAR_MOE = Family(
