@@ -33,8 +33,15 @@ from t3d.dllm.families import family_for_model_type, get_family
 from t3d.dllm.loading import DTYPES, read_json, resolve_model_path
 from t3d.dllm.weights import parameter_count, weight_files
 from t3d.dllm.options import OptionTree
+from t3d.trainer import sharding, states
 from t3d.trainer.losses import ObjectiveConfig
 from t3d.trainer.tracking import TrackingConfig
+
+
+def _one_of(flag: str, value: str, known: tuple[str, ...]) -> None:
+    """`value` is one of a registry's keys, or a one-line error naming the flag and the keys."""
+    listed = f"{', '.join(known[:-1])} or {known[-1]}" if len(known) > 1 else known[0]
+    _check(value in known, f"{flag} must be {listed}, got {value!r}")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -117,11 +124,8 @@ class StatesConfig:
     """Build each row's training state once for all epochs (the official code); default: a fresh state every epoch."""
 
     def __post_init__(self) -> None:
-        order_ok = self.state_order in ("trajectory", "reference", "paper")
-        _check(order_ok, f"--state-order must be trajectory, reference or paper, got {self.state_order!r}")
-        _check(self.random_count in ("share", "exact"), f"--random-count must be share or exact, got {self.random_count!r}")
-        _check(self.path_mode in ("steps", "levels"), f"--path-mode must be steps or levels, got {self.path_mode!r}")
-        _check(self.padding_shows in ("eos", "pad"), f"--padding-shows must be eos or pad, got {self.padding_shows!r}")
+        for name, known in states.CHOICES.items():  # the values are the keys of the states' own registries
+            _one_of(f"--{name.replace('_', '-')}", getattr(self, name), known)
         _check(0.0 <= self.random_ratio <= 1.0, f"--random-ratio must be in [0, 1], got {self.random_ratio}")
         _check(self.path_k_steps >= 1, f"--path-k-steps must be >= 1, got {self.path_k_steps}")
 
@@ -225,7 +229,7 @@ class DistConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
-        _check(self.strategy in ("ddp", "fsdp"), f"--strategy must be ddp or fsdp, got {self.strategy!r}")
+        _one_of("--strategy", self.strategy, tuple(sharding.STRATEGIES))
         _check(self.cpus_per_worker >= 1, f"--cpus-per-worker must be >= 1, got {self.cpus_per_worker}")
         _check(self.gpus_per_worker in (-1, 0, 1), "--gpus-per-worker must be -1, 0 or 1")
 
