@@ -27,7 +27,7 @@ MB = 1024 * 1024
 def set_limits(cpu_s, memory_mb, file_size_mb, nproc):
     """Per-process limits, set before the solution runs (what no cgroup gives); nproc 0: none."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU at cpu_s (a timeout), SIGKILL a second later
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb * MB, memory_mb * MB))
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_mb * MB, file_size_mb * MB))
     if nproc:  # counted per user namespace: this sandbox's own tasks (init included)

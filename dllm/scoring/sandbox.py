@@ -437,8 +437,10 @@ class _Run:
         code = self._sandbox_exit()
         if self.cgroup is not None and self.cgroup.out_of_memory():
             return {"status": "memory", "error": f"the sample's processes went over {self.limits.memory_mb} MiB"}
-        if code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL, -signal.SIGXCPU, -signal.SIGKILL):
+        if code in (128 + signal.SIGXCPU, -signal.SIGXCPU):  # bwrap exits 128 + the signal that ended its child
             return {"status": "timeout", "error": f"killed at {self.limits.cpu_seconds()} s CPU"}
+        if code in (128 + signal.SIGKILL, -signal.SIGKILL):
+            return {"status": "error", "error": "the solution's process was killed (its own SIGKILL, or past the CPU limit)"}
         if status == "died":
             return {"status": "error", "error": f"the solution's process ended (exit code {code}) before its verdict"}
         return {"status": "error", "error": "the harness gave no verdict"}

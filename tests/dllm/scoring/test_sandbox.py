@@ -44,6 +44,11 @@ def test_an_infinite_loop_times_out():
     assert in_a_call.status == "timeout"
 
 
+def test_the_cpu_limit_is_a_timeout_before_the_wall_clock():
+    result = run_python("def f():\n    while True:\n        pass\n", ["assert f() == 1"], Limits(timeout_s=20.0, cpu_s=1))
+    assert result.status == "timeout" and "CPU" in result.error and result.seconds < 20
+
+
 def test_a_memory_hog_hits_the_limit():
     result = run_python("hog = [bytearray(64 * 1024 * 1024) for _ in range(64)]\n", [], Limits(timeout_s=5.0, memory_mb=256))
     assert result.status == "memory"
