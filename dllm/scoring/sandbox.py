@@ -273,18 +273,23 @@ class Cgroup:
             "pids": [("pids.max", pids)],
             "v2": [("memory.max", memory), ("memory.swap.max", "0"), ("pids.max", pids)],
         }
-        self.dirs = [parent / name for parent in parents]
-        for path in self.dirs:
-            path.mkdir()
-            controller = next((c for c in ("memory", "pids") if Path("/sys/fs/cgroup", c) in path.parents), "v2")
-            for file, value in settings[controller]:
-                try:
-                    (path / file).write_text(value)
-                except FileNotFoundError:  # no swap accounting
-                    continue
+        self.dirs: list[Path] = []
+        try:
+            for path in (parent / name for parent in parents):
+                path.mkdir()
+                self.dirs.append(path)
+                controller = next((c for c in ("memory", "pids") if Path("/sys/fs/cgroup", c) in path.parents), "v2")
+                for file, value in settings[controller]:
+                    try:
+                        (path / file).write_text(value)
+                    except FileNotFoundError:  # no swap accounting
+                        continue
+        except OSError:
+            self.remove()
+            raise
 
     def joining(self) -> list[str]:
-        """A command prefix that moves itself into the group(s), closes their files and execs the rest.
+        """A command prefix that moves itself into the group(s), then execs the rest (a failed move: no sandbox).
 
         A shell rather than `preexec_fn`: that would make every start a full fork of the
         grader (no vfork), ~20-40 ms here, and is unsafe beside threads.

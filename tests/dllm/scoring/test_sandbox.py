@@ -46,7 +46,7 @@ def test_an_infinite_loop_times_out():
 
 def test_the_cpu_limit_is_a_timeout_before_the_wall_clock():
     result = run_python("def f():\n    while True:\n        pass\n", ["assert f() == 1"], Limits(timeout_s=20.0, cpu_s=1))
-    assert result.status == "timeout" and "CPU" in result.error and result.seconds < 20
+    assert result.status == "timeout" and "CPU" in result.error  # not the wall clock: that would say "no verdict"
 
 
 def test_a_memory_hog_hits_the_limit():
