@@ -6,8 +6,9 @@ Each sample is two processes the grader starts and always reaps before it answer
   new user, PID, network, mount, IPC, UTS and cgroup namespaces; every capability
   dropped; uid/gid 65534 inside; no further user namespaces; a new session; an empty
   environment; a filesystem of read-only system directories (`/usr`, `/lib*`, `/bin`, the
-  interpreter's prefix), a fresh `/proc`, a minimal `/dev` and one tmpfs scratch
-  directory (`/tmp`, its cwd and HOME, `file_size_mb` big) that vanishes with the sandbox;
+  interpreter's prefix) under a read-only root, a fresh `/proc`, a minimal `/dev` and one
+  tmpfs scratch directory (`/tmp`, its cwd and HOME, `file_size_mb` big) that vanishes
+  with the sandbox;
 - the **tests** run in a trusted harness process (`_sandbox_harness.py`) outside it, where
   each name the solution should define is a proxy: calls cross two pipes as plain data
   (`_sandbox_wire.py`), so the verdict is decided where the solution cannot reach, and a
@@ -18,7 +19,7 @@ Limits:
 | limit | how | on breach |
 |---|---|---|
 | wall clock `timeout_s` | the harness waits at most that long for each answer; the grader kills everything after it | `timeout` |
-| CPU seconds `cpu_s` | RLIMIT_CPU per process; the whole tree is bounded by the wall clock (all killed) | `timeout` |
+| CPU seconds `cpu_s` | RLIMIT_CPU per process (SIGXCPU); the whole tree is bounded by the wall clock (all killed) | `timeout` |
 | memory `memory_mb` | a memory cgroup for the whole tree where one can be made; always RLIMIT_AS per process | `memory` |
 | processes `max_processes` | a pids cgroup where one can be made; always RLIMIT_NPROC, counted in the sandbox's own user namespace (root-mapped sandboxes are exempt from it: then only the cgroup binds) | fork fails |
 | scratch + file size `file_size_mb` | tmpfs size and RLIMIT_FSIZE | the write fails |
