@@ -12,7 +12,7 @@ asking which family or layout it is. Two ship with t3d:
   is [prompt | noisy response] with a bidirectional mask.
 
 A family with another attention pattern defines its own `TrainingLayout` (see
-tests/dllm/test_toy_family.py) and names it in `Family.training`.
+tests/trainer/test_toy_family.py) and names it in `Family.training`.
 """
 
 from __future__ import annotations

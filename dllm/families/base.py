@@ -15,7 +15,7 @@ outside the registry compares family names:
 
 A family with its own attention pattern subclasses `Family`, overrides `column_blocks`
 (or `attention_bias`) and names its `TrainingLayout`; `register_family` adds it from
-anywhere, and nothing else changes (tests/dllm/test_toy_family.py does exactly that).
+anywhere, and nothing else changes (tests/trainer/test_toy_family.py does exactly that).
 """
 
 from __future__ import annotations
