@@ -126,35 +126,3 @@ def test_bad_config_file_is_one_line_exit_2(tmp_path):
     cfg.write_text("stpes = 3\n")
     result = CliRunner().invoke(_app([]), ["--config", str(cfg)])
     assert result.exit_code == 2 and result.stderr.strip() == f"error: unknown option 'stpes' in {cfg}"
-
-
-# --- t3d-pretrain on the mechanism ---------------------------------------------------------------
-
-
-def _pretrain_config(args: list[str]):
-    from t3d.dllm.pretrain import TREE as PRETRAIN, _app
-
-    params = dict(typer.main.get_command(_app()).make_context("t3d-pretrain", args).params)
-    return PRETRAIN.load(params.pop("config"), params)
-
-
-def test_pretrain_defaults_file_flags(tmp_path):
-    from t3d.dllm.pretrain import PretrainConfig
-
-    assert _pretrain_config([]) == PretrainConfig()
-    cfg_file = tmp_path / "p.toml"
-    cfg_file.write_text('steps = 5\nminutes = 1\nout-dir = "from-file"\n[model]\nhidden_size = 64\n')
-    cfg = _pretrain_config(["--config", str(cfg_file), "--steps", "7"])
-    assert (cfg.train.steps, cfg.train.time_limit_minutes, cfg.out_dir, cfg.model.hidden_size) == (7, 1.0, Path("from-file"), 64)
-    assert cfg.train.lr == PretrainConfig().train.lr
-
-
-def test_pretrain_help_shows_the_dataclass_defaults():
-    from t3d.dllm.pretrain import PretrainConfig, _app
-
-    text = CliRunner().invoke(_app(), ["--help"], env={"COLUMNS": "250"}).output
-    d = PretrainConfig()
-    for flag, default in (("--steps", d.train.steps), ("--minutes", d.train.time_limit_minutes), ("--lr", d.train.lr),
-                          ("--hidden-size", d.model.hidden_size), ("--out-dir", d.out_dir), ("--threads", d.threads)):  # fmt: skip
-        line = next(line for line in text.splitlines() if f" {flag} " in line)
-        assert f"[default: ({default})]" in line, (flag, line)

@@ -30,14 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from t3d.dllm import masks
 from t3d.dllm.errors import UserError
+from t3d.dllm.families import get_family
+from t3d.dllm.model import DiffusionLM
 from t3d.dllm.options import OptionTree
 from t3d.dllm.task import BuiltinTask, TaskConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+class TeacherNetConfig:
     """The teacher network: a tiny Llama made bidirectional by the 4D attention mask."""
 
     hidden_size: int = 128
@@ -59,7 +60,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TeacherTrainConfig:
     """Optimisation and noise schedule."""
 
     steps: int = 1200
@@ -110,9 +111,9 @@ class PretrainConfig:
     """torch CPU threads (on a busy shared machine set OMP_WAIT_POLICY=PASSIVE, or use 1)."""
     eval_samples: int = 16
     """Responses per held-out test prompt in the final measurement (0: skip)."""
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: TeacherNetConfig = field(default_factory=TeacherNetConfig)
     """The network."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     """The optimisation."""
 
     def __post_init__(self) -> None:
@@ -126,7 +127,7 @@ TREE = OptionTree(PretrainConfig, rename={"train.time_limit_minutes": "minutes"}
 # ----- model ------------------------------------------------------------------------
 
 
-def build_network(task: BuiltinTask, cfg: ModelConfig, seed: int) -> torch.nn.Module:
+def build_network(task: BuiltinTask, cfg: TeacherNetConfig, seed: int) -> torch.nn.Module:
     """A freshly initialised LlamaForCausalLM whose config carries the fields t3d's loader reads."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -153,20 +154,25 @@ def build_network(task: BuiltinTask, cfg: ModelConfig, seed: int) -> torch.nn.Mo
     return LlamaForCausalLM(config)
 
 
-def network_logits(net: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """Bidirectional logits (B, T, V): the same call `DiffusionLM.logits` makes for this family."""
-    bias = masks.bidirectional_mask(attention)  # (B, 1, T, T)
-    return net(input_ids=input_ids, attention_mask=bias, position_ids=masks.position_ids(attention)).logits
+def as_model(net: torch.nn.Module, task: BuiltinTask) -> DiffusionLM:
+    """The network in training as a `DiffusionLM`, so it is called (mask, positions, alignment)
+    exactly as the loader's model of the saved checkpoint will be."""
+    config = net.config
+    return DiffusionLM(
+        net=net, family=get_family(config.t3d_family), mask_id=task.mask_id, pad_id=task.pad_id, eos_id=task.eos_id,
+        vocab_size=config.vocab_size, max_length=config.max_position_embeddings, name="builtin (training)",
+        fingerprint="", path="", block_size=config.t3d_block_size, max_new_tokens=config.t3d_max_new_tokens,
+    )  # fmt: skip
 
 
-def check_bidirectional(net: torch.nn.Module, task: BuiltinTask) -> None:
+def check_bidirectional(model: DiffusionLM, task: BuiltinTask) -> None:
     """Changing the last token must change the first position's logits, or the mask was ignored."""
     ids = torch.tensor([task.prompt_ids([0, 1]) + [task.mask_id] * task.config.max_new_tokens])
     changed = ids.clone()
     changed[0, -1] = task.eos_id
     attention = torch.ones_like(ids, dtype=torch.bool)
     with torch.no_grad():
-        a, b = network_logits(net, ids, attention), network_logits(net, changed, attention)
+        a, b = model.logits(ids, attention), model.logits(changed, attention)
     if torch.allclose(a[0, 0], b[0, 0]):
         raise RuntimeError("attention is not bidirectional: a later token did not reach an earlier position")
 
@@ -175,7 +181,7 @@ def check_bidirectional(net: torch.nn.Module, task: BuiltinTask) -> None:
 
 
 @dataclass
-class Batch:
+class MaskedBatch:
     """One training batch; the response occupies the last L columns."""
 
     input_ids: torch.Tensor  # (N, P + L) int64, prompt left-padded, masked response
@@ -217,7 +223,7 @@ def block_masking(words: np.ndarray, block: int, length: int, rng: np.random.Gen
     return masked, weights
 
 
-def make_batch(task: BuiltinTask, prompts: list[list[int]], cfg: TrainConfig, rng: np.random.Generator) -> Batch:
+def make_batch(task: BuiltinTask, prompts: list[list[int]], cfg: TeacherTrainConfig, rng: np.random.Generator) -> MaskedBatch:
     """Draw prompts, their true responses, and the noise (block-shaped rows first)."""
     tc = task.config
     chosen = [prompts[i] for i in rng.integers(len(prompts), size=cfg.batch_size)]
@@ -233,7 +239,7 @@ def make_batch(task: BuiltinTask, prompts: list[list[int]], cfg: TrainConfig, rn
         prompt_ids[row, tc.max_words - len(prompt) :] = prompt
         prompt_real[row, tc.max_words - len(prompt) :] = True
     noisy = np.where(masked, task.mask_id, targets)
-    return Batch(
+    return MaskedBatch(
         input_ids=torch.from_numpy(np.concatenate([prompt_ids, noisy], axis=1)),
         attention=torch.from_numpy(np.concatenate([prompt_real, np.ones_like(masked)], axis=1)),
         targets=torch.from_numpy(targets),
@@ -241,7 +247,7 @@ def make_batch(task: BuiltinTask, prompts: list[list[int]], cfg: TrainConfig, rn
     )
 
 
-def diffusion_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+def diffusion_loss(logits: torch.Tensor, batch: MaskedBatch) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted masked cross-entropy averaged over examples.
 
     logits: (N, L, V) response logits; batch.targets (N, L); batch.weights (N, L).
@@ -255,7 +261,7 @@ def diffusion_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, di
     return loss, {"loss": loss.item(), "masked_ce": float((ce * scored).sum()) / count, "masked_acc": float(hits.sum()) / count}
 
 
-def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
+def lr_at(step: int, cfg: TeacherTrainConfig, time_used: float = 0.0) -> float:
     """Linear warm-up, then cosine from lr to min_lr_ratio * lr.
 
     Progress is the larger of the share of steps done and the share of the time budget
@@ -271,15 +277,15 @@ def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
 # ----- training -----------------------------------------------------------------------
 
 
-def train_network(net: torch.nn.Module, task: BuiltinTask, cfg: PretrainConfig) -> dict[str, Any]:
+def train_network(model: DiffusionLM, task: BuiltinTask, cfg: PretrainConfig) -> dict[str, Any]:
     """The optimisation loop; returns what the model card reports about it."""
     from tqdm import tqdm
 
     tc = cfg.train
     prompts = task.prompts("train")  # the teacher never sees val/test prompts
     rng = np.random.default_rng([cfg.seed, 2])
-    opt = build_optimizer(net, tc)
-    net.train()
+    opt = build_optimizer(model.net, tc)
+    model.net.train()
     start, budget = time.monotonic(), 60 * tc.time_limit_minutes
     running: dict[str, float] = {}
     bar = tqdm(range(tc.steps), desc="pretrain", unit="step", dynamic_ncols=True)
@@ -288,7 +294,7 @@ def train_network(net: torch.nn.Module, task: BuiltinTask, cfg: PretrainConfig) 
         time_used = (time.monotonic() - start) / budget
         for group in opt.param_groups:
             group["lr"] = lr_at(step, tc, time_used)
-        metrics = train_step(net, opt, make_batch(task, prompts, tc, rng), tc.grad_clip)
+        metrics = train_step(model, opt, make_batch(task, prompts, tc, rng), tc.grad_clip)
         running = {k: 0.98 * running.get(k, v) + 0.02 * v for k, v in metrics.items()}
         if step % 25 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
@@ -296,12 +302,12 @@ def train_network(net: torch.nn.Module, task: BuiltinTask, cfg: PretrainConfig) 
             bar.write(f"time limit of {tc.time_limit_minutes} min reached at step {step + 1} of {tc.steps}")
             break
     bar.close()
-    net.eval()
+    model.net.eval()
     seconds = round(time.monotonic() - start, 1)
     return {"steps_done": step + 1, "train_seconds": seconds, **{k: round(v, 4) for k, v in running.items()}}
 
 
-def build_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(net: torch.nn.Module, cfg: TeacherTrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on norms (1-D parameters)."""
     decay = [p for p in net.parameters() if p.ndim >= 2]
     other = [p for p in net.parameters() if p.ndim < 2]
@@ -309,13 +315,13 @@ def build_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
 
 
-def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, grad_clip: float) -> dict[str, float]:
+def train_step(model: DiffusionLM, opt: torch.optim.Optimizer, batch: MaskedBatch, grad_clip: float) -> dict[str, float]:
     length = batch.targets.shape[1]
-    logits = network_logits(net, batch.input_ids, batch.attention)[:, -length:]  # (N, L, V)
+    logits = model.logits(batch.input_ids, batch.attention)[:, -length:]  # (N, L, V)
     loss, metrics = diffusion_loss(logits, batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    torch.nn.utils.clip_grad_norm_(model.net.parameters(), grad_clip)
     opt.step()
     return metrics
 
@@ -482,13 +488,14 @@ def _run(cfg: PretrainConfig) -> list[dict[str, Any]]:
     task = BuiltinTask(seed=cfg.task_seed, config=TaskConfig())
     net = build_network(task, cfg.model, cfg.seed)
     params = sum(p.numel() for p in net.parameters())
-    check_bidirectional(net, task)
+    model = as_model(net, task)
+    check_bidirectional(model, task)
     tc = cfg.train
     splits = [len(task.prompts(s)) for s in ("train", "val", "test")]
     print(f"task: {len(task.vocabulary)} tokens; prompts train/val/test {splits}")
     print(f"model: {params / 1e6:.2f}M parameters; {tc.steps} steps x {tc.batch_size} examples "
           f"({tc.steps * tc.batch_size / 1e6:.2f}M sequences), budget {tc.time_limit_minutes} min, {cfg.threads} threads")
-    info = train_network(net, task, cfg)
+    info = train_network(model, task, cfg)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(cfg.out_dir, safe_serialization=True)
     save_tokenizer(task.tokenizer(), cfg.out_dir)
