@@ -6,7 +6,7 @@ import contextlib
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -15,12 +15,22 @@ from t3d.dllm.families import Family
 from t3d.dllm.identity import model_identity
 
 
+class HeadRows(NamedTuple):
+    """The LM head's input at chosen positions and the head, or the logits there (`DiffusionLM.response_rows`)."""
+
+    rows: torch.Tensor  # (N, H) hidden states, or (N, V) logits when weight is None
+    weight: torch.Tensor | None  # (V, H) the head's weight; None: rows are logits already
+    bias: torch.Tensor | None  # (V,) or None
+
+
 @dataclass(eq=False)
 class DiffusionLM:
     """A network that maps token ids containing `mask_id` to per-position logits.
 
-    `logits()` is the only way the samplers and the trainer call the network, so the
-    family's attention mask and logit alignment are applied in exactly one place.
+    The only code that calls `net` (tests/trainer/test_network_calls.py checks it): the samplers
+    (`logits`, `raw_logits_at`), the trainer's log-probs (`response_rows`) and the tiny
+    teacher's training (`logits`) all come through here, so a family's attention mask,
+    logit alignment and LM-head handling are applied in exactly one place.
     """
 
     net: torch.nn.Module
@@ -84,9 +94,57 @@ class DiffusionLM:
         For layouts the family does not build itself, such as the trainer's
         [prompt | clean | noisy] sequence; the family's logit alignment still applies.
         """
-        out = self.net(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids)
-        logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
-        return self.family.align(logits)
+        return self.family.align(self._forward(input_ids, attention_bias, position_ids))  # (B, T, V)
+
+    def response_rows(
+        self, input_ids: torch.Tensor, attention_bias: torch.Tensor, position_ids: torch.Tensor, length: int,
+        select: torch.Tensor, split_head: bool = True,
+    ) -> HeadRows:  # fmt: skip
+        """What predicts the `select`ed response tokens: the LM head's input there, and the head.
+
+        For the trainer, whose sequence ends with the response copy (its last `length`
+        columns) and which reads log p of a few ids per position, never all V logits.
+        select: (B, L = length) bool, row-major, giving N rows. With `split_head` and a
+        plain linear head (`lm_head`) the trunk alone runs and the rows are its hidden
+        states (N, H), so the caller applies the head in chunks; otherwise the whole
+        network runs (its head only on the last length + 1 columns when it can) and the
+        rows are logits (N, V) in the model's dtype. Either way aligned by the family.
+        """
+        head = self.lm_head if split_head else None
+        if head is not None:
+            hidden = self.net.model(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids,
+                                    use_cache=False).last_hidden_state  # (B, T, H)  # fmt: skip
+            return HeadRows(self._response(hidden, length)[select], head.weight, head.bias)
+        keep = length + 1 if self.accepts_logits_to_keep else None
+        logits = self._forward(input_ids, attention_bias, position_ids, logits_to_keep=keep)  # (B, T' >= L + 1, V)
+        return HeadRows(self._response(logits, length)[select], None, None)
+
+    @property
+    def lm_head(self) -> torch.nn.Linear | None:
+        """The LM head when the network is a trunk (`.model`) plus a plain linear head, else None
+        (soft-capped or scaled logits, remote code: only the whole network gives logits)."""
+        net = self.net
+        head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+        config = getattr(net, "config", None)
+        scaled = any(getattr(config, key, None) not in (None, 1, 1.0) for key in
+                     ("final_logit_softcapping", "logit_scale", "logits_scaling"))  # fmt: skip
+        if not isinstance(head, torch.nn.Linear) or not isinstance(getattr(net, "model", None), torch.nn.Module) or scaled:
+            return None
+        return head
+
+    def _response(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """Rows (B, T, ...) -> (B, L, ...) whose row j predicts the response's token j (its last L columns)."""
+        return self.family.align(x[:, -(length + 1) :])[:, 1:]
+
+    def _forward(
+        self, input_ids: torch.Tensor, attention_bias: torch.Tensor, position_ids: torch.Tensor,
+        logits_to_keep: int | torch.Tensor | None = None, **kwargs: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        """The network's raw (unaligned) logits: the one call of the whole network."""
+        if logits_to_keep is not None:
+            kwargs["logits_to_keep"] = logits_to_keep
+        out = self.net(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids, **kwargs)
+        return out.logits if hasattr(out, "logits") else out[0]
 
     def identity(self) -> dict[str, Any]:
         """What names this model in a dataset manifest and a checkpoint (`t3d.dllm.identity`)."""
@@ -141,13 +199,11 @@ class DiffusionLM:
         kwargs: dict[str, Any] = {}
         if cache is not None:
             kwargs = {self.cache_argument: cache, "use_cache": True}
-        if columns is not None and self.accepts_logits_to_keep:
-            kwargs["logits_to_keep"] = columns
-        head_rows = rows_keep if "logits_to_keep" in kwargs else None  # the head's input is then (B, K, H)
+        keep = columns if columns is not None and self.accepts_logits_to_keep else None
+        head_rows = rows_keep if keep is not None else None  # the head's input is then (B, K, H)
         with _head_rows(self.net, head_rows, len(columns) if head_rows is not None else 0) as gathered:
-            out = self.net(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids, **kwargs)
-        logits = out.logits if hasattr(out, "logits") else out[0]
-        if columns is not None and "logits_to_keep" not in kwargs:
+            logits = self._forward(input_ids, attention_bias, position_ids, logits_to_keep=keep, **kwargs)
+        if columns is not None and keep is None:
             logits = logits[:, columns]
         if rows_keep is not None and not gathered:
             logits = take_rows(logits, rows_keep)

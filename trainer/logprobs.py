@@ -9,8 +9,9 @@ log-sum-exp and the picked logits are known; the backward pass recomputes them c
 chunk (a fused linear log-prob, like the fused linear cross-entropy of the official
 code). Peak extra memory: a few chunk × V float32 buffers.
 
-`ResponseLogProbs` wraps a network so that the whole thing (trunk, head, chunked
-log-probs) is one module `forward`, which is what DDP and FSDP hook into.
+`ResponseLogProbs` wraps a `DiffusionLM` so that the whole thing (trunk, head, chunked
+log-probs) is one module `forward`, which is what DDP and FSDP hook into; the network
+itself is called by `DiffusionLM.response_rows` only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from t3d.dllm.model import DiffusionLM
 
 CHUNK_ELEMENTS = 1 << 23
 """Logit elements per chunk (8 M: 32 MB in float32); rows per chunk = this // V."""
@@ -122,59 +125,32 @@ def linear_proposal(
     return Proposal(*out)
 
 
-def _plain_head(net: nn.Module) -> nn.Linear | None:
-    """The LM head when the network is trunk (`.model`) + a plain linear head, else None
-    (then the full logits are used: soft-capped or scaled logits, remote code)."""
-    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
-    config = getattr(net, "config", None)
-    scaled = any(getattr(config, key, None) not in (None, 1, 1.0) for key in
-                 ("final_logit_softcapping", "logit_scale", "logits_scaling"))  # fmt: skip
-    if not isinstance(head, nn.Linear) or not isinstance(getattr(net, "model", None), nn.Module) or scaled:
-        return None
-    return head
-
-
 class ResponseLogProbs(nn.Module):
-    """A network whose forward returns log-probs of chosen ids at chosen response positions.
+    """A model whose forward returns log-probs of chosen ids at chosen response positions.
 
     `forward(input_ids, attention_bias, position_ids, length, select, ids=None, targets=None, ...)`:
     the response copy is the last `length` columns; `select` (B, L) bool picks positions
     (row-major), giving N rows. With `ids` (N, k): returns (N, k) log-probs (with grad).
     With `targets` (N,) instead: returns the `Proposal` (no grad; the reference's use).
-    `fused=False` (or a head that is not plain) takes the full-logits route, in the
-    model's dtype, with log-probs in float32 chunks: the same numbers, more memory.
+    The rows come from `DiffusionLM.response_rows` (the network is called there only):
+    hidden states and the LM head when it is plain, applied here in chunks. `fused=False`
+    (or a head that is not plain) takes the full-logits route, in the model's dtype, with
+    log-probs in float32 chunks: the same numbers, more memory.
     """
 
-    def __init__(self, net: nn.Module, shifted: bool, fused: bool = True) -> None:
+    def __init__(self, model: DiffusionLM, fused: bool = True) -> None:
         super().__init__()
-        self.net = net
-        self.shifted = shifted
-        self.fused = fused and _plain_head(net) is not None
-
-    def _align(self, x: Tensor, length: int) -> Tensor:
-        """Rows of the last length + 1 columns -> (B, L, ...) with row j predicting token j."""
-        x = x[:, -(length + 1) :]
-        if self.shifted:  # row i - 1 predicts token i
-            x = torch.cat([x[:, :1], x[:, :-1]], dim=1)
-        return x[:, 1:]
+        self.net = model.net  # registered, so DDP / FSDP and `.parameters()` see the weights
+        self.model = model
+        self.fused = fused and model.lm_head is not None
 
     def forward(self, input_ids: Tensor, attention_bias: Tensor, position_ids: Tensor, length: int, select: Tensor,
                 ids: Tensor | None = None, targets: Tensor | None = None, temperature: float = 0.0,
                 generator: torch.Generator | None = None):  # fmt: skip
-        inputs = {"input_ids": input_ids, "attention_mask": attention_bias, "position_ids": position_ids}
-        if self.fused:
-            head = self.net.get_output_embeddings()
-            hidden = self.net.model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
-            rows = self._align(hidden, length)[select]  # (N, H)
-            weight, bias = head.weight, head.bias
-        else:
-            out = self.net(**inputs, logits_to_keep=length + 1) if _takes_logits_to_keep(self.net) else self.net(**inputs)
-            logits = out.logits if hasattr(out, "logits") else out[0]
-            rows = self._align(logits, length)[select]  # (N, V) in the model's dtype
-            weight = bias = None  # the rows are logits
+        rows, weight, bias = self.model.response_rows(input_ids, attention_bias, position_ids, length, select, self.fused)
         if targets is not None:
             return linear_proposal(rows, weight, bias, targets, temperature, generator)
-        if not self.fused:  # log-probs of the logits rows, float32 a chunk at a time
+        if weight is None:  # log-probs of the logits rows, float32 a chunk at a time
             return _logit_rows_logprobs(rows, ids)
         return linear_logprobs(rows, weight, bias, ids)
 
@@ -188,8 +164,3 @@ def _logit_rows_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
         parts.append(chunk.gather(-1, ids[start : start + rows].long()) - torch.logsumexp(chunk, -1, keepdim=True))
     return torch.cat(parts) if parts else logits.new_zeros(ids.shape, dtype=torch.float32)
 
-
-def _takes_logits_to_keep(net: nn.Module) -> bool:
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(type(net).forward).parameters

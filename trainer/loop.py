@@ -81,9 +81,9 @@ class Trainer:
 
     cfg: DistillConfig
     student: DiffusionLM
-    net: torch.nn.Module  # the student's `ResponseLogProbs`, DDP-wrapped with more than one worker
+    logprobs: torch.nn.Module  # the student's `ResponseLogProbs` (log-probs through `DiffusionLM`), DDP-wrapped with more than one worker
     reference: Reference | None
-    ref_net: torch.nn.Module | None  # the reference's `ResponseLogProbs`
+    ref_logprobs: torch.nn.Module | None  # the reference's `ResponseLogProbs`
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loader: TrajectoryDataset
@@ -274,8 +274,8 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
     reference = _build_reference(cfg, student, device, resume_from)
     optimizer = build_optimizer(student.net, cfg)
     trainer = Trainer(
-        cfg=cfg, student=student, net=ResponseLogProbs(student.net, student.family.shifted), reference=reference,
-        ref_net=ResponseLogProbs(reference.net, student.family.shifted) if reference is not None else None,
+        cfg=cfg, student=student, logprobs=ResponseLogProbs(student), reference=reference,
+        ref_logprobs=ResponseLogProbs(reference.model) if reference is not None else None,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg), loader=loader,
         states=build_state_config(cfg, student, loader), device=device, dist=dist,
@@ -286,16 +286,16 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
         restore(trainer, resume_from, log if dist.is_main else _quiet)
     if dist.world > 1 and cfg.dist.strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
-        trainer.net = torch.nn.parallel.DistributedDataParallel(trainer.net, device_ids=ids)
+        trainer.logprobs = torch.nn.parallel.DistributedDataParallel(trainer.logprobs, device_ids=ids)
     return trainer
 
 
 def _shard(trainer: Trainer) -> None:
     """FSDP2 over the workers: student and reference sharded; the optimizer rebuilt on the shards."""
     bf16 = trainer.cfg.train.bf16
-    trainer.net = sharding.shard_module(trainer.net, trainer.student.net, trainer.device, bf16)
-    if trainer.ref_net is not None:
-        trainer.ref_net = sharding.shard_module(trainer.ref_net, trainer.reference.net, trainer.device, bf16)
+    trainer.logprobs = sharding.shard_module(trainer.logprobs, trainer.student.net, trainer.device, bf16)
+    if trainer.ref_logprobs is not None:
+        trainer.ref_logprobs = sharding.shard_module(trainer.ref_logprobs, trainer.reference.net, trainer.device, bf16)
     trainer.optimizer = build_optimizer(trainer.student.net, trainer.cfg)
     trainer.scheduler = build_scheduler(trainer.optimizer, trainer.cfg)
 
@@ -456,16 +456,16 @@ def micro_loss(trainer: Trainer, states: TrainingStates, batch: Batch, norms: di
     with _autocast(trainer):
         if objective.needs_reference:
             with torch.no_grad():
-                prop = trainer.ref_net(*inputs, targets=targets, temperature=trainer.cfg.loss.fake_temperature,
-                                       generator=_fake_generator(trainer, micro))  # fmt: skip
-            if hasattr(trainer.ref_net, "reshard"):  # FSDP keeps a root unsharded after forward; no backward here
-                trainer.ref_net.reshard()
+                prop = trainer.ref_logprobs(*inputs, targets=targets, temperature=trainer.cfg.loss.fake_temperature,
+                                            generator=_fake_generator(trainer, micro))  # fmt: skip
+            if hasattr(trainer.ref_logprobs, "reshard"):  # FSDP keeps a root unsharded after forward; no backward here
+                trainer.ref_logprobs.reshard()
             in_m = states.supervised[select]  # (N,) the fake is the reference's answer on M only
             fake_sel = torch.where(in_m, prop.fake, targets)
             ref_logp = _scatter(torch.stack([prop.logp_target, torch.where(in_m, prop.logp_fake, prop.logp_target)], -1), select)
             fake = torch.where(select, _scatter(fake_sel, select), states.targets)  # (B, L)
         ids = objective.ids(targets, fake_sel if fake is not None else None, topk_ids[select] if topk_ids is not None else None)
-        logp = _scatter(trainer.net(*inputs, ids=ids), select)  # (B, L, k)
+        logp = _scatter(trainer.logprobs(*inputs, ids=ids), select)  # (B, L, k)
     loss_batch = LossBatch(
         logp=logp, ref_logp=ref_logp, fake=fake, targets=states.targets, supervised=states.supervised,
         path=states.path, path_weight=states.path_weight, padding=states.padding,
@@ -483,10 +483,10 @@ def micro_step(trainer: Trainer, states: TrainingStates, batch: Batch, norms: di
     DDP all-reduces gradients only on the last micro-batch of the step (`sync`).
     """
     sync_ctx = contextlib.nullcontext()
-    if hasattr(trainer.net, "set_requires_gradient_sync"):  # FSDP2
-        trainer.net.set_requires_gradient_sync(sync)
+    if hasattr(trainer.logprobs, "set_requires_gradient_sync"):  # FSDP2
+        trainer.logprobs.set_requires_gradient_sync(sync)
     elif not sync and trainer.dist.world > 1:
-        sync_ctx = trainer.net.no_sync()
+        sync_ctx = trainer.logprobs.no_sync()
     with sync_ctx:
         loss, metrics = micro_loss(trainer, states, batch, norms, micro)
         (loss * trainer.dist.world).backward()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from t3d.dllm import load_model
+from t3d.dllm.tiny import build_checkpoint
 from t3d.trainer.logprobs import ResponseLogProbs, linear_logprobs, linear_proposal
 
 
@@ -44,9 +45,15 @@ def test_proposal_is_the_argmax_and_its_logprob():
     assert torch.equal(peaked.fake, prop.fake)  # sampling a near one-hot distribution gives its mode
 
 
-@pytest.mark.parametrize("family", ["bidirectional", "block_causal"])
-def test_fused_head_equals_the_full_logits_route_on_a_real_network(teachers, family):
-    model = load_model(teachers[family])
+@pytest.fixture(scope="module")
+def shifted_teacher(tmp_path_factory):
+    """A Dream-style network (row i - 1 predicts token i): the response rows come from one column earlier."""
+    return build_checkpoint(tmp_path_factory.mktemp("shifted") / "m", "shifted", max_position_embeddings=32, seed=3)
+
+
+@pytest.mark.parametrize("family", ["bidirectional", "block_causal", "shifted"])
+def test_fused_head_equals_the_full_logits_route_on_a_real_network(teachers, shifted_teacher, family):
+    model = load_model(teachers.get(family, shifted_teacher))
     g = torch.Generator().manual_seed(2)
     b, t, length = 3, 12, 8
     input_ids = torch.randint(3, 60, (b, t), generator=g)
@@ -56,15 +63,15 @@ def test_fused_head_equals_the_full_logits_route_on_a_real_network(teachers, fam
     ids = torch.randint(0, model.vocab_size, (int(select.sum()), 2), generator=g)
     results = []
     for fused in (True, False):
-        head = ResponseLogProbs(model.net, model.family.shifted, fused=fused)
+        head = ResponseLogProbs(model, fused=fused)
         assert head.fused == fused
         model.net.zero_grad()
         out = head(input_ids, bias, positions, length, select, ids=ids)
         out.sum().backward()
         results.append((out.detach(), {n: p.grad.clone() for n, p in model.net.named_parameters()}))
         with torch.no_grad():
-            full = model.net(input_ids=input_ids, attention_mask=bias, position_ids=positions).logits
-            expected = torch.log_softmax(model.family.align(full)[:, -length:][select], -1).gather(-1, ids)
+            full = model.logits_with_bias(input_ids, bias, positions)  # (B, T, V) aligned by the family
+            expected = torch.log_softmax(full[:, -length:][select], -1).gather(-1, ids)
         torch.testing.assert_close(out.detach(), expected, rtol=1e-5, atol=1e-5)
     (a, ga), (c, gc) = results
     torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
