@@ -17,6 +17,7 @@
    per step and with the threshold sampler.
 4. `docs/RESULTS.md` (table, plot, what the invalid answers are, exact commands, seeds,
    machine, the validation sweep that chose the options) and `docs/results.json` (every number).
+   The prose around the numbers, findings included, is `docs/RESULTS.template.md`.
 
 The distillation options (`TUNED`) were chosen on the *val* split with
 `benchmarks/sweep.py` (its results: `docs/sweep_val.jsonl`); the test prompts were never
@@ -32,6 +33,7 @@ import os
 import re
 import shlex
 import shutil
+import string
 import subprocess
 import sys
 import time
@@ -40,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS_TEMPLATE = REPO / "docs" / "RESULTS.template.md"
+"""RESULTS.md's prose (what the sweep found, the paper preset's quirks); `write_results` fills in the numbers."""
 
 # Chosen on the val split (docs/sweep_val.jsonl, grid benchmarks/grids/val_sweep.json).
 # Shared by every student, so the budgets match; only `--loss` and its own weights differ.
@@ -337,137 +341,26 @@ def observations(records: list[dict[str, Any]], teacher: str, block: int, faults
 
 
 def write_results(docs: Path, results: dict[str, Any], sweep: Path) -> Path:
-    """docs/RESULTS.md from `results` (what main writes to results.json): the eval report plus the run's record."""
-    records, teacher = results["records"], results["teacher"]
-    block = records[0]["block_size"]
+    """docs/RESULTS.md from `results` (what main writes to results.json): the prose of
+    `RESULTS_TEMPLATE` with this run's numbers, verdicts and tables in its `${...}` slots."""
+    records, teacher, options = results["records"], results["teacher"], results["options"]
+    block, first, faults = records[0]["block_size"], records[0], results.get("faults", {})
     teacher_full, teacher_k = find(records, teacher, spb=block), find(records, teacher, spb=1)
-    commands = "\n".join(f"{s['command']}    # {s['seconds']:.0f} s" for s in results["commands"])
-    options = results["options"]
-    text = f"""# Results: T3D on the built-in task
-
-Written by `python benchmarks/reproduce.py` on {results['written_at']}, in {results['total_seconds'] / 60:.1f} minutes.
-
-**Machine:** {results['machine_line']}.
-Tokens per second are wall-clock numbers from this machine, best of {options['eval']['timing-repeats']} timed runs.
-
-**Task:** the built-in "marked words" task (`t3d.dllm.task`): each prompt names 2-3 categories,
-the answer is one 4-token word per category with exactly one marker in its first two positions.
-Validity is exact. The teacher is the shipped tiny model (`dllm/builtin`). One block = one word
-(B = {block}), so {block} tokens per step is one step per block; the teacher is
-{_f(teacher_full['quality'] if teacher_full else None)} valid at full steps and
-{_f(teacher_k['quality'] if teacher_k else None)} at one step per block.
-
-**Prompts:** students are distilled from trajectories on the `train` split, options were chosen
-on `val` (sweep below), and everything in the table is on `test`
-({records[0]['prompts']} prompts x {records[0]['samples_per_prompt']} samples, seeds 0..{records[0]['samples_per_prompt'] - 1} per prompt, the same for every model).
-
-## Targets
-
-{chr(10).join(verdicts(records, teacher, block))}
-
-## Table (test split)
-
-Gap closure = (student@K - teacher@K) / (teacher@full - teacher@K) on validity.
-Marker-first rate: share of words with the marker first, among words with exactly one marker in
-their first two positions ({true_marker_first_rate():.2f} in the true distribution); a one-step-per-block sampler is valid
-only when the two first positions agree, so a student can trade this rate for validity. Distinct valid / prompt is out of {records[0]['samples_per_prompt']} samples.
-
-{results_table(records, teacher)}
-
-Every student once per training seed (`--seed` of t3d-distill; the data and the evaluation seeds are the same):
-
-{seeds_table(records, block)}
-
-Students named `_r2` are the second of the on-policy rounds that `t3d-run --run.rounds 2` runs:
-the round-1 student of the same loss and training seed collects the train prompts again (the
-same collect command) and starts a second distillation from its own trajectories (the same
-options), so `t3d_r2` is t3d twice and `ce_r2` is CE twice.
-
-![validity against tokens per step](results.png)
-
-## What the invalid answers are, at one step per block
-
-Share of all words (one word per block) with each fault (`BuiltinTask.faults`): the marker pair
-(`no marker`, `two markers`), a token outside the word's alphabet (`foreign token`), or a response
-of the wrong length (counted once per response).
-
-{faults_table(results.get("faults", {}))}
-
-## Reading the numbers
-
-{observations(records, teacher, block, results.get("faults", {}))}
-
-## Commands (run in this order; seeds as shown)
-
-```
-{commands}
-```
-
-Budget shared by the students: {json.dumps(options['budget'])}; per loss: {json.dumps(options['tuned'])}; common: {json.dumps(options['common'])}.
-
-## Validation sweep (val split, never test)
-
-`python benchmarks/sweep.py --data <train trajectories> --grid benchmarks/grids/val_sweep.json`
-on the trajectories of the collect command above; each trial is scored at 1, 2 and 4 tokens per
-step on the 72 val prompts x 8 samples. `train s` is wall time with two trials sharing the 2 cores
-(one thread each). What the rows say, in the order they were run:
-
-- The reference code's defaults (beta 0.1, lambda_path 0.2, path loss on the next teacher step
-  only: `t3d_default_600`) barely move the student; DDO's log-ratios stay near 0.
-- The path loss over the whole block (`path_k_steps` = B = 4: the one student step fuses the
-  teacher's four) with lambda_path 1 is what makes t3d at least as good as CE; beta 1 beats 0.1.
-- DDO alone (`ddo_*`) closes part of the gap on its own, less than t3d.
-- The reference code's state sampling (`state_order=reference`, ~91% fully masked blocks)
-  helps t3d at one step per block; CE gains less from it and loses at 2 tokens per step.
-- Sampled fakes (`fake_temperature=1`) did not beat the argmax fake; 3000 steps did not beat
-  1500 by much. (These trials ran before padding after EOS left the loss.)
-- CE varies more with the training seed than t3d (`L_ce_traj_s0/s1`).
-- After padding left the loss (the `P_*` trials, from the `builtin` preset, on trajectories
-  collected with `--seed 0`): 1600 steps gained a little over 800; nothing else tried (batch 16,
-  beta 2, lambda_path 2, no random tokens, alpha 1, lr 1e-3, the reference refreshed every 200
-  or 50 steps) beat the preset at one step per block, and refreshing the reference lost most.
-  The preset keeps its choices and the README's 800 steps.
-- Sharper data and on-policy rounds (the `Q_*` trials, rows that name their data): trajectories
-  collected at temperature 0.5 or 0.7 lift both t3d and CE to about 0.9 of the gap, with CE ahead
-  (0.95 vs 0.90 at 0.5); no t3d variant tried there (beta 0.3 or 2, alpha 1, lambda_path 3)
-  passed CE: DDO's edge over CE here is sharpening the marker pair, which sharper data already
-  gives CE, so collect keeps the teacher's temperature 1. A second round trained from one t3d
-  student's trajectories reaches 0.91 with t3d and 0.94 with CE (the same data for both: not the
-  CE-twice pipeline of the table), and keeping the teacher as the round-2 reference (a patched
-  trainer, not an option) lowers t3d to 0.84, so round 2 keeps the preset unchanged. Sampled fakes,
-  with or without a refreshed reference, stay below the preset (0.64-0.71).
-
-{sweep_table(sweep)}
-
-## The `paper` preset: the official recipe, and its quirks
-
-`--preset paper` (trainer/presets/paper.toml) is the recipe of Tyrion58/T3D
-(train/self_ddo_sdar_full.py, train/prepare.py, configs/ddo_sdar_full_self.yaml): DDO with
-alpha 0.5, beta 0.1 and the reference's argmax as the fake, lambda_path 0.2; a mask ratio r in
-{{1, .75, .5, .25}} with weight r^8 drawn once per *sequence*, masking the int(n r) first-decoded
-of the n valid tokens of each block; exactly max(1, floor(0.1 |M|)) random tokens; the path loss
-as the mean over ceil(8 / 4) levels of the token-mean CE against x0 on the first (s+1) 4 tokens
-in decode order of each training block, over all valid response positions; training block 8
-over rollouts of block 4; the reference refreshed every 10 optimizer steps; AdamW lr 1e-5,
-weight decay 0.01, 20 warm-up steps, cosine to 0.1 of the peak, global batch 256 by
-accumulation, 30 epochs; its data: 1 rollout per prompt at temperature 0.1, no correctness filter.
-Where the official code has a quirk, `paper` copies it and the default does better:
-
-- states are built once for all epochs (`--fixed-states`; default: a fresh state each epoch);
-- the pad token stays visible after EOS in the noisy copy, so the model sees where an answer
-  ends (`--padding-shows pad`; default: EOS, what a decoder shows);
-- weight decay on every parameter, norms and biases too (`--decay-all`; default: matrices only);
-- random tokens come from the whole base vocabulary there; t3d draws them from the widest id
-  range without a special token;
-- the rollout prompt carries a "reason step by step ... \\boxed{{}}" suffix that training omits,
-  and the text is re-tokenised; t3d trains on the dataset's own prompt and response ids;
-- SDAR's training blocks there are aligned to the response start, not to absolute positions as
-  SDAR decodes; t3d keeps the family's absolute blocks (padding columns make block 8 fit).
-
-Every number: `docs/results.json` (the `t3d-eval` JSON plus the commands).
-"""
+    values = {
+        "written_at": results["written_at"], "minutes": f"{results['total_seconds'] / 60:.1f}",
+        "machine": results["machine_line"], "timing_repeats": options["eval"]["timing-repeats"], "block": block,
+        "teacher_full": _f(teacher_full["quality"] if teacher_full else None),
+        "teacher_one_step": _f(teacher_k["quality"] if teacher_k else None),
+        "prompts": first["prompts"], "samples": first["samples_per_prompt"], "last_seed": first["samples_per_prompt"] - 1,
+        "verdicts": "\n".join(verdicts(records, teacher, block)), "true_marker_first": f"{true_marker_first_rate():.2f}",
+        "results_table": results_table(records, teacher), "seeds_table": seeds_table(records, block),
+        "faults_table": faults_table(faults), "observations": observations(records, teacher, block, faults),
+        "commands": "\n".join(f"{s['command']}    # {s['seconds']:.0f} s" for s in results["commands"]),
+        "budget": json.dumps(options["budget"]), "tuned": json.dumps(options["tuned"]), "common": json.dumps(options["common"]),
+        "sweep_table": sweep_table(sweep),
+    }  # fmt: skip
     path = docs / "RESULTS.md"
-    path.write_text(text)
+    path.write_text(string.Template(RESULTS_TEMPLATE.read_text()).substitute(values))
     return path
 
 

@@ -134,6 +134,14 @@ def test_results_md_holds_the_table_commands_and_sweep(tmp_path):
     assert "## The `paper` preset" in text and "--fixed-states" in text
 
 
+def test_the_committed_results_md_is_the_template_filled_from_results_json(tmp_path):
+    """The findings live in docs/RESULTS.template.md, the numbers in docs/results.json; together they are docs/RESULTS.md."""
+    docs = REPO / "docs"
+    path = reproduce.write_results(tmp_path, json.loads((docs / "results.json").read_text()), docs / "sweep_val.jsonl")
+    assert path.read_text() == (docs / "RESULTS.md").read_text()
+    assert "${" not in path.read_text() and "${verdicts}" in reproduce.RESULTS_TEMPLATE.read_text()
+
+
 def test_rounds_below_one_are_refused_before_anything_runs(tmp_path):
     argv = [sys.executable, str(REPO / "benchmarks" / "reproduce.py"), "--out", str(tmp_path / "work"), "--rounds", "0"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
