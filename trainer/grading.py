@@ -23,7 +23,7 @@ from typing import Any
 
 from t3d.dllm.errors import UserError
 from t3d.dllm.prompt_files import FieldMap, PromptRecord, read_rows, record_from_value
-from t3d.dllm.scoring import Grading, Limits, Verdict, choose_scorer, text_scorer
+from t3d.dllm.scoring import TEXT_SCORERS, Grading, Limits, Verdict, choose_scorer, text_scorer
 from t3d.trainer import metrics
 
 GRADE_SCHEMA_VERSION = 1
@@ -104,7 +104,8 @@ def grade(
             "'entry_point' (code) -- a t3d-eval --samples file has neither"
         )
     judge = text_scorer(plan.scorer, code_limits)
-    verdicts = _judge_all(judge, lines, [name == "code" for name in plan.judges], code_workers)
+    runs_code = [getattr(TEXT_SCORERS.get(name), "runs_code", False) for name in plan.judges]  # the scorer says so
+    verdicts = _judge_all(judge, lines, runs_code, code_workers)
     groups: dict[tuple[str, str], list[tuple[ResponseLine, Verdict]]] = {}
     for line, verdict in zip(lines, verdicts):
         groups.setdefault((line.model, line.setting), []).append((line, verdict))
