@@ -47,9 +47,10 @@ def _process_group() -> None:
 
 
 def run_strategy(strategy: str, ckpt: Path, data: Path, out: Path, args) -> dict:
-    from t3d.trainer import loop
+    from t3d.trainer import build, sharding, step
     from t3d.trainer.config import build_config
-    from t3d.trainer.loop import Dist, build_trainer, make_states, micro_loss, step_normalizers
+    from t3d.trainer.build import Dist, build_trainer
+    from t3d.trainer.step import make_states, micro_loss, step_normalizers
 
     cfg = build_config({"data": str(data), "model": str(ckpt), "out": str(out / strategy), "batch_size": args.batch_size,
                         "max_steps": 10 * args.steps, "device": "cuda", "progress": False, "save_every": 0, "lr": 1e-5,
@@ -58,13 +59,12 @@ def run_strategy(strategy: str, ckpt: Path, data: Path, out: Path, args) -> dict
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(cfg, Dist(), log=lambda *a: None)
-    if strategy == "fsdp":
-        loop._shard(trainer)  # the loop shards with > 1 worker; one GPU here, the same code
+    sharding.STRATEGIES[strategy].shard(trainer, build._rebuild_optimizer)  # the loop shards with > 1 worker; one GPU here, the same code
     tokens = []
 
     def one_step():
         batch = [trainer.loader.next_batch()]
-        metrics = loop.train_step(trainer, batch)
+        metrics = step.train_step(trainer, batch)
         tokens.append(metrics["input_tokens"])
 
     one_step()  # warm-up (allocator, kernels)
@@ -76,8 +76,8 @@ def run_strategy(strategy: str, ckpt: Path, data: Path, out: Path, args) -> dict
     loop_s = (time.perf_counter() - start) / args.steps
     peak = torch.cuda.max_memory_allocated()
     batch = trainer.loader.next_batch()
-    states = make_states(batch, trainer.states, trainer.device, loop._state_dtype(trainer))
-    norms = step_normalizers([states], trainer.dist)
+    states = make_states(batch, trainer.states, trainer.device, step._state_dtype(trainer))
+    norms = step_normalizers([states], trainer.dist, trainer.objective)
     times = []
     for _ in range(args.steps):
         torch.cuda.synchronize()

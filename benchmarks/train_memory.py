@@ -83,7 +83,8 @@ def plain_step(trainer, states) -> None:
 def child(args) -> dict:
     """One variant in this (fresh) process: build, warm up, then the measured steps."""
     from t3d.trainer.config import build_config
-    from t3d.trainer.loop import build_trainer, make_states, train_step
+    from t3d.trainer.build import build_trainer
+    from t3d.trainer.step import make_states, train_step
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

@@ -37,7 +37,10 @@ from t3d.dllm.sampling import SampleOutput, SamplerConfig
 from t3d.dllm.tiny import build_checkpoint
 from t3d.storage_schemas import Manifest, shard_arrays, shard_columns, write_shard
 from t3d.trainer.config import build_config
-from t3d.trainer.loop import METRICS_FILE, MetricsLog, build_trainer, make_states, micro_loss, run_steps, step_normalizers, train_step
+from t3d.trainer.build import build_trainer
+from t3d.trainer.loop import run_steps
+from t3d.trainer.reporting import METRICS_FILE, MetricsLog
+from t3d.trainer.step import make_states, micro_loss, step_normalizers, train_step
 
 
 def synthetic_rows(n: int, length: int, block: int, vocab: int, seed: int) -> dict:
@@ -83,7 +86,7 @@ def write_dataset(out: Path, model_identity: dict, *, rows: int, shards: int, le
 def bare_step(trainer, states, batch) -> None:
     """Forward (student + reference) + loss + backward + AdamW on pre-built states: no data, no logging."""
     trainer.optimizer.zero_grad(set_to_none=True)
-    loss, _ = micro_loss(trainer, states, batch, step_normalizers([states], trainer.dist))
+    loss, _ = micro_loss(trainer, states, batch, step_normalizers([states], trainer.dist, trainer.objective))
     loss.backward()
     trainer.optimizer.step()
 

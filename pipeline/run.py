@@ -216,12 +216,14 @@ def run_distill(cfg: Any, resume: bool, resources: dict[str, float], progress: b
 
 
 def distill_outputs(cfg: Any) -> dict[str, Any]:
+    from t3d.trainer.objectives import loss_parts
+
     out = Path(cfg.train.out)
     metrics = out / "metrics.jsonl"
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
     last = json.loads(lines[-1]) if lines else {}
     return {"student": str(out / "student"), "step": last.get("step"), "log": str(out.parent / "distill.log"),
-            "last_step": {k: round(last[k], 5) for k in ("loss", "ddo", "path", "ce", "fkl") if k in last}}  # fmt: skip
+            "last_step": {k: round(last[k], 5) for k in loss_parts(cfg.loss.kind) if k in last}}  # fmt: skip
 
 
 # --- stage: eval (a Ray task) ------------------------------------------------------------------

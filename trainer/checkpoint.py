@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,11 +42,14 @@ import torch
 from t3d.dllm import weights
 from t3d.dllm.errors import UserError
 from t3d.dllm.loading import resolve_model_path, weights_fingerprint
-from t3d.trainer.config import DistillConfig, from_dict, save_config, to_dict
+from t3d.dllm.prompt_encoding import dataset_encoding
+from t3d.trainer import sharding
+from t3d.trainer.config import DistillConfig, describe_changes, from_dict, save_config, to_dict
 from t3d.trainer.reference import REFERENCE_WEIGHTS
 
 if TYPE_CHECKING:
     from t3d.dllm.model import DiffusionLM
+    from t3d.trainer.build import Trainer
     from t3d.trainer.reference import Reference
 
 CHECKPOINTS = "checkpoints"
@@ -305,3 +309,55 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+# ---- a trainer's checkpoint: save every worker's part, restore exactly ----
+
+
+def save(trainer: Trainer) -> Path | None:
+    """Checkpoint the current step (rank 0 writes; every worker waits for it)."""
+    path = None
+    student, optimizer_state, reference_state = trainer.student, None, None
+    if sharding.is_sharded(trainer.student.net):  # every worker joins in gathering the full states (to rank 0)
+        weights = sharding.full_state(trainer.student.net)
+        student = sharding.export_model(trainer.student, weights) if trainer.dist.is_main else None
+        optimizer_state = sharding.full_optimizer_state(trainer.student.net, trainer.optimizer)
+        if trainer.reference is not None and trainer.reference.refreshed_at:
+            reference_state = sharding.full_state(trainer.reference.net)
+    if trainer.dist.is_main:
+        state = {
+            "optimizer": optimizer_state or trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+            "data": trainer.loader.state_dict(), "rng": rng_state(),
+            "reference_refreshed_at": trainer.reference.refreshed_at if trainer.reference else 0,
+        }  # fmt: skip
+        out = Path(trainer.cfg.train.out)
+        meta = {"block_size": trainer.states.block_size, "absolute_blocks": trainer.states.absolute_blocks,
+                "teacher": trainer.loader.manifest.teacher, "data": str(Path(trainer.cfg.data.path).resolve()),
+                "prompt_encoding": dataset_encoding(trainer.loader.manifest.collect_config).to_dict()}  # fmt: skip
+        path = save_checkpoint(out, trainer.step, student, state, trainer.cfg, trainer.reference, meta,
+                                    reference_state=reference_state)  # fmt: skip
+    trainer.dist.barrier()
+    trainer.saved_step = trainer.step
+    trainer.last_checkpoint = path or trainer.last_checkpoint
+    return path
+
+
+def restore(trainer: Trainer, path: Path, log: Callable = print) -> None:
+    """Continue exactly where checkpoint `path` stopped (the student weights are already loaded)."""
+    state = load_trainer_state(path)
+    changes = describe_changes(load_checkpoint_config(path), trainer.cfg)
+    changes = [c for c in changes if not c.startswith("train.resume")]
+    if changes:
+        log(f"resuming {path} with changed settings: {'; '.join(changes)}")
+    if sharding.is_sharded(trainer.student.net):
+        sharding.load_full_optimizer_state(trainer.student.net, trainer.optimizer, state["optimizer"])
+    else:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.loader.load_state_dict(state["data"])
+    if trainer.reference is not None:
+        trainer.reference.load(path, int(state.get("reference_refreshed_at", 0)))
+    trainer.step = trainer.saved_step = int(state["step"])
+    trainer.last_checkpoint = path
+    set_rng_state(state["rng"])
+    log(f"resumed from {path} at step {trainer.step}")

@@ -34,7 +34,7 @@ from t3d.dllm.loading import DTYPES, read_json, resolve_model_path
 from t3d.dllm.weights import parameter_count, weight_files
 from t3d.dllm.options import OptionTree
 from t3d.trainer import sharding, states
-from t3d.trainer.losses import ObjectiveConfig
+from t3d.trainer.objectives import ObjectiveConfig
 from t3d.trainer.tracking import TrackingConfig
 
 

@@ -22,6 +22,7 @@ from t3d.dllm.options import config_parameter, with_signature
 from t3d.dllm.outdir import Output, claim
 from t3d.storage_schemas import DatasetError
 from t3d.trainer.config import AUTO, TREE, DistillConfig, default_preset, load_config, preset_values, presets, size_preset
+from t3d.trainer.objectives import loss_parts
 from t3d.trainer.tracking import check_available
 from t3d.dllm.block_checks import check_training_block
 
@@ -100,7 +101,8 @@ def run(cfg: DistillConfig) -> None:
             from t3d.trainer.loop import train
 
             result = train(cfg)
-    final = {k: round(v, 4) for k, v in result.metrics.items() if k in ("loss", "ddo", "path", "ce", "fkl")}
+    parts = loss_parts(cfg.loss.kind)
+    final = {k: round(v, 4) for k, v in result.metrics.items() if k in parts}
     print(f"done: {result.step} steps; last step {final}; student in {result.student}")
 
 

@@ -1,5 +1,6 @@
 """The T3D objective and its ablations as pure functions (DESIGN.md section 5).
 
+The objectives (`t3d.trainer.objectives`) call these on the log-probs they gather.
 Every loss takes tensors and returns `(loss, metrics)`. A loss is a *sum* over its
 supervised items (sequences for DDO, tokens for the cross-entropies) divided by an
 explicit count. By default the count is the one in the batch at hand; under gradient
@@ -12,15 +13,10 @@ with zero (finite) gradients, never NaN.
 Metrics are detached 0-d tensors (no host sync here; call `.item()` when logging),
 averaged over the micro-batch at hand.
 
-Log-probabilities are computed in float32 whatever the logits' dtype.
+Log-probabilities arrive in float32 (`logprobs.ResponseLogProbs`).
 """
 
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass
-from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,33 +38,11 @@ def _average(values: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, values, 0).sum() / mask.sum().clamp(min=1)
 
 
-def gather_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
-    """log p(id) under softmax(logits) for several ids per position.
-
-    logits: (B, L, V); ids: (B, L, k) int. Returns (B, L, k) float32. One logsumexp
-    serves all k ids, so the real and fake answers of DDO cost one pass over V.
-    """
-    logits = logits.float()  # (B, L, V)
-    picked = logits.gather(-1, ids.long())  # (B, L, k)
-    return picked - torch.logsumexp(logits, dim=-1, keepdim=True)
-
-
 def _masked_mean(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per-row mean of values (B, L) over mask (B, L) bool -> (mean (B,), count (B,)); 0 if empty."""
     count = mask.sum(dim=-1)  # (B,)
     total = torch.where(mask, values, 0).sum(dim=-1)  # (B,)
     return total / count.clamp(min=1), count
-
-
-def masked_mean_logprob(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """ℓ(y | x_s): the mean over supervised positions of log p(target), per sequence.
-
-    logits: (B, L, V); targets: (B, L) int; mask: (B, L) bool (the supervised set M).
-    Returns (mean (B,) float32, count (B,) int): the mean is 0 where M is empty, and
-    the count says which rows to leave out of a sequence-level loss.
-    """
-    logp = gather_logprobs(logits, targets.unsqueeze(-1)).squeeze(-1)  # (B, L)
-    return _masked_mean(logp, mask)
 
 
 def ddo_loss(
@@ -77,13 +51,13 @@ def ddo_loss(
     student_logp_fake: Tensor,
     ref_logp_fake: Tensor,
     valid: Tensor,
-    alpha: float = 0.5,
-    beta: float = 0.1,
+    alpha: float,
+    beta: float,
     normalizer: Count | None = None,
 ) -> tuple[Tensor, Metrics]:
     """Direct Discriminative Optimization with the student as implicit discriminator.
 
-    All log-probability arguments are (B,) sequence-level ℓ (`masked_mean_logprob`);
+    All log-probability arguments are (B,) sequence-level ℓ (mean log-prob over M per row);
     `valid` (B,) bool marks rows with a non-empty supervised set. With the implicit
     discriminator d(y) = σ(β (ℓ_θ(y) - ℓ_ref(y))), per row
 
@@ -115,80 +89,10 @@ def ddo_loss(
     return loss, metrics
 
 
-@torch.no_grad()
-def fake_tokens(
-    ref_logits: Tensor,
-    targets: Tensor,
-    mask: Tensor,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """The reference's one-shot answer y_fake: its proposal on the masked positions.
-
-    ref_logits: (B, L, V); targets: (B, L) int (x0); mask: (B, L) bool. Returns (B, L)
-    int64 equal to `targets` outside `mask` (those positions are not in M, so they
-    never enter ℓ) and, inside, the argmax (temperature 0) or one sample of
-    softmax(logits / temperature) per position. `generator` must live on the logits'
-    device; only masked positions draw, in row-major order.
-    """
-    targets = targets.long()
-    if temperature == 0.0:
-        proposal = ref_logits.argmax(dim=-1)  # (B, L)
-        return torch.where(mask, proposal, targets)
-    probs = torch.softmax(ref_logits[mask].float() / temperature, dim=-1)  # (M, V)
-    fake = targets.clone()
-    fake[mask] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return fake
-
-
-def _masked_ce(logp: Tensor, mask: Tensor, normalizer: Count | None) -> tuple[Tensor, Tensor]:
+def masked_ce(logp: Tensor, mask: Tensor, normalizer: Count | None) -> tuple[Tensor, Tensor]:
     """Sum of -logp (B, L) over mask / count -> (loss, count)."""
     count = mask.sum()
     return _divide(torch.where(mask, -logp, 0).sum(), count, normalizer), count
-
-
-def path_loss(
-    logits: Tensor, x0: Tensor, supervise_mask: Tensor, normalizer: Count | None = None
-) -> tuple[Tensor, Metrics]:
-    """Path loss: cross-entropy of p_θ(· | x_s) against x0 on the path window.
-
-    logits: (B, L, V); x0: (B, L) int; supervise_mask: (B, L) bool, the positions the
-    teacher reveals within the next K steps (`states.path_mask`), so one student step
-    is taught to do what K teacher steps did. Token-level: summed over those positions
-    and divided by `normalizer` (default: their number).
-    """
-    logp = gather_logprobs(logits, x0.unsqueeze(-1)).squeeze(-1)  # (B, L)
-    loss, count = _masked_ce(logp, supervise_mask, normalizer)
-    return loss, {"path": loss.detach(), "path_tokens": count}
-
-
-def ce_loss(logits: Tensor, x0: Tensor, mask: Tensor, normalizer: Count | None = None) -> tuple[Tensor, Metrics]:
-    """Naive trajectory distillation: cross-entropy against x0 on every supervised position.
-
-    logits: (B, L, V); x0: (B, L) int; mask: (B, L) bool, all supervised (masked or
-    randomised) positions of the state. Token-level, like `path_loss` (which is this
-    loss restricted to the path window).
-    """
-    logp = gather_logprobs(logits, x0.unsqueeze(-1)).squeeze(-1)  # (B, L)
-    loss, count = _masked_ce(logp, mask, normalizer)
-    return loss, {"ce": loss.detach(), "ce_tokens": count}
-
-
-def fkl_loss(
-    logits: Tensor,
-    topk_logprobs: Tensor,
-    topk_ids: Tensor,
-    mask: Tensor,
-    normalizer: Count | None = None,
-) -> tuple[Tensor, Metrics]:
-    """Forward KL(q_teacher || p_θ) from the teacher's stored top-k, per position.
-
-    logits: (B, L, V) student; topk_logprobs: (B, L, k) the teacher's log-probs at the
-    reveal step of each position (float16 on disk is fine); topk_ids: (B, L, k) their
-    ids; mask: (B, L) bool. See `fkl_from_logprobs`.
-    """
-    ids = torch.where(mask.unsqueeze(-1), topk_ids.long(), 0)  # (B, L, k)
-    return fkl_from_logprobs(gather_logprobs(logits, ids), topk_logprobs, mask, normalizer)
 
 
 def fkl_from_logprobs(
@@ -214,41 +118,6 @@ def fkl_from_logprobs(
     return loss, {"fkl": loss.detach(), "fkl_tokens": count}
 
 
-def t3d_objective(
-    student_logits: Tensor,
-    ref_logits: Tensor,
-    targets: Tensor,
-    supervised: Tensor,
-    path: Tensor,
-    *,
-    alpha: float = 0.5,
-    beta: float = 0.1,
-    lambda_path: float = 0.2,
-    fake_temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-    seq_normalizer: Count | None = None,
-    path_normalizer: Count | None = None,
-    path_weight: Tensor | None = None,
-) -> tuple[Tensor, Metrics]:
-    """T3D: L = L_DDO + λ_path · L_path, from one student and one reference forward.
-
-    student_logits, ref_logits: (B, L, V), both on the same state x_s (the reference
-    under no_grad); targets: (B, L) x0; supervised: (B, L) bool, M; path: (B, L) bool,
-    the path window. Real y = x0, fake y = the reference's proposal on M
-    (`fake_tokens`). See `t3d_from_logprobs`, which this computes after gathering the
-    log-probs of the real and fake answers.
-    """
-    fake = fake_tokens(ref_logits, targets, supervised, fake_temperature, generator)  # (B, L)
-    ids = torch.stack([targets.long(), fake], dim=-1)  # (B, L, 2): real, fake
-    student = gather_logprobs(student_logits, ids)  # (B, L, 2)
-    with torch.no_grad():
-        ref = gather_logprobs(ref_logits, ids)  # (B, L, 2)
-    return t3d_from_logprobs(
-        student, ref, fake, targets, supervised, path, alpha=alpha, beta=beta, lambda_path=lambda_path,
-        seq_normalizer=seq_normalizer, path_normalizer=path_normalizer, path_weight=path_weight,
-    )  # fmt: skip
-
-
 def t3d_from_logprobs(
     student: Tensor,
     ref: Tensor,
@@ -257,9 +126,9 @@ def t3d_from_logprobs(
     supervised: Tensor,
     path: Tensor,
     *,
-    alpha: float = 0.5,
-    beta: float = 0.1,
-    lambda_path: float = 0.2,
+    alpha: float,
+    beta: float,
+    lambda_path: float,
     seq_normalizer: Count | None = None,
     path_normalizer: Count | None = None,
     path_weight: Tensor | None = None,
@@ -273,7 +142,7 @@ def t3d_from_logprobs(
     path window, per token (`path_normalizer`: the step's path tokens); with `path_weight`
     (B, L) float it is Σ w·CE per sequence instead, averaged like DDO over sequences
     (`path_normalizer`: the step's sequences; the `paper` levels, `states.paper_path_weights`).
-    Defaults α=0.5, β=0.1, λ_path=0.2 are the reference code's. λ_path=0 is DDO alone
+    The weights' defaults (the reference code's) are `ObjectiveConfig`'s. λ_path=0 is DDO alone
     (the path term is then still reported).
 
     Extra metrics: `ddo`, `path`, `loss`, and `fake_match` (share of M where the fake
@@ -285,7 +154,7 @@ def t3d_from_logprobs(
     r_fake, _ = _masked_mean(ref[..., 1], supervised)
     ddo, metrics = ddo_loss(s_real, r_real, s_fake, r_fake, count > 0, alpha, beta, seq_normalizer)
     if path_weight is None:
-        path_ce, path_count = _masked_ce(student[..., 0], path, path_normalizer)
+        path_ce, path_count = masked_ce(student[..., 0], path, path_normalizer)
     else:
         path_ce, path_count = _weighted_ce(student[..., 0], path_weight, path, path_normalizer)
     loss = ddo + lambda_path * path_ce
@@ -306,68 +175,6 @@ def _weighted_ce(logp: Tensor, weight: Tensor, path: Tensor, normalizer: Count |
     return _divide(per_row.sum(), rows.sum(), normalizer), rows.sum()
 
 
-# ---- registry: one objective per name, all called the same way by the training loop ----
-
-
-@dataclass(frozen=True, kw_only=True)
-class ObjectiveConfig:
-    """Which objective to train and its weights."""
-
-    kind: str = "t3d"
-    """One of `OBJECTIVES`: "t3d" (DDO + λ_path·path), "ddo" (DDO alone), "ce" (naive
-    trajectory distillation), "fkl" (forward KL to the stored teacher top-k)."""
-    alpha: float = 0.5
-    """Weight of the fake term of DDO."""
-    beta: float = 0.1
-    """Scale of the log-ratio inside the implicit discriminator; sweep 0.1-1."""
-    lambda_path: float = 0.2
-    """Weight of the path loss in "t3d"."""
-    fake_temperature: float = 0.0
-    """0: the fake is the reference's argmax; > 0: a sample at this temperature."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.kind!r}; choose from {sorted(OBJECTIVES)}")
-        if self.alpha < 0 or self.beta <= 0 or self.lambda_path < 0 or self.fake_temperature < 0:
-            raise ValueError("need alpha >= 0, beta > 0, lambda_path >= 0, fake_temperature >= 0")
-
-
-@dataclass(frozen=True, kw_only=True)
-class LossBatch:
-    """What one micro-batch gives the objective; response positions only.
-
-    Either the full logits (`logits`, `ref_logits`: small models, tests) or the log-probs
-    of just the ids the objective reads (`logp`, `ref_logp`, `fake`: what the training
-    loop computes in chunks, `logprobs.ResponseLogProbs`, with `Objective.ids` choosing the ids).
-    """
-
-    targets: Tensor
-    """(B, L) int, x0 (EOS on padding, see `states.response_targets`)."""
-    supervised: Tensor
-    """(B, L) bool, M: masked or randomised positions."""
-    path: Tensor | None = None
-    """(B, L) bool, the path window ("t3d", "ddo")."""
-    path_weight: Tensor | None = None
-    """(B, L) float, per-position weights of the path loss (the `paper` levels); None: token mean."""
-    padding: Tensor | None = None
-    """(B, L) bool, padding after EOS: no stored top-k there ("fkl")."""
-    topk_logprobs: Tensor | None = None
-    """(B, L, k) teacher log-probs at reveal ("fkl")."""
-    topk_ids: Tensor | None = None
-    """(B, L, k) their ids ("fkl")."""
-    logits: Tensor | None = None
-    """(B, L, V) student logits on the state (with grad)."""
-    ref_logits: Tensor | None = None
-    """(B, L, V) reference logits on the same state, no grad ("t3d", "ddo")."""
-    logp: Tensor | None = None
-    """(B, L, k) student log-probs (with grad) of `Objective.ids`: [..., 0] x0, [..., 1] the fake
-    ("t3d", "ddo"), or the teacher's k ids ("fkl"); 0 off the selected positions."""
-    ref_logp: Tensor | None = None
-    """(B, L, 2) reference log-probs of [x0, fake] ("t3d", "ddo")."""
-    fake: Tensor | None = None
-    """(B, L) int64 the reference's one-shot answer, x0 outside M ("t3d", "ddo")."""
-
-
 def _topk_mask(supervised: Tensor, padding: Tensor | None) -> Tensor:
     return supervised if padding is None else supervised & ~padding
 
@@ -378,7 +185,7 @@ def normalizer_counts(
     """The counts each objective divides by, for one micro-batch (masks (B, L) bool).
 
     Under gradient accumulation, sum these over the micro-batches of an optimiser step
-    (and all-reduce over workers), then pass the totals to `combine`: the step's loss
+    (and all-reduce over workers), then pass the totals as the normalizers: the step's loss
     is then exactly the full-batch loss. Known before the forward pass. "path_sequences"
     is the weighted path loss's count (rows with a path position).
     """
@@ -388,101 +195,3 @@ def normalizer_counts(
     counts["path_sequences"] = path.any(dim=-1).sum() if path is not None else zero
     counts["topk"] = _topk_mask(supervised, padding).sum()
     return counts
-
-
-def _require(value: Tensor | None, name: str, kind: str) -> Tensor:
-    if value is None:
-        raise ValueError(f'objective "{kind}" needs LossBatch.{name}')
-    return value
-
-
-def _t3d(batch: LossBatch, cfg: ObjectiveConfig, norm: dict, lambda_path: float | None = None) -> tuple[Tensor, Metrics]:
-    """T3D; lambda_path=0.0 gives DDO alone."""
-    lambda_path = cfg.lambda_path if lambda_path is None else lambda_path
-    path = batch.path if batch.path is not None else torch.zeros_like(batch.supervised)
-    weighted = batch.path_weight is not None
-    return t3d_from_logprobs(
-        _require(batch.logp, "logp", cfg.kind), _require(batch.ref_logp, "ref_logits", cfg.kind),
-        _require(batch.fake, "fake", cfg.kind), batch.targets, batch.supervised, path,
-        alpha=cfg.alpha, beta=cfg.beta, lambda_path=lambda_path, seq_normalizer=norm.get("sequences"),
-        path_normalizer=norm.get("path_sequences" if weighted else "path"), path_weight=batch.path_weight,
-    )  # fmt: skip
-
-
-def _ce(batch: LossBatch, cfg: ObjectiveConfig, norm: dict) -> tuple[Tensor, Metrics]:
-    logp = _require(batch.logp, "logp", cfg.kind)[..., 0]
-    loss, count = _masked_ce(logp, batch.supervised, norm.get("supervised"))
-    return loss, {"ce": loss.detach(), "ce_tokens": count, "loss": loss.detach()}
-
-
-def _fkl(batch: LossBatch, cfg: ObjectiveConfig, norm: dict) -> tuple[Tensor, Metrics]:
-    lp = _require(batch.topk_logprobs, "topk_logprobs", cfg.kind)
-    mask = _topk_mask(batch.supervised, batch.padding)
-    loss, metrics = fkl_from_logprobs(_require(batch.logp, "logp", cfg.kind), lp, mask, norm.get("topk"))
-    return loss, metrics | {"loss": loss.detach()}
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A registered objective and what it needs: the reference (DDO's p_ref and fake), the
-    stored teacher top-k; `ids` says which token ids' log-probs it reads per position."""
-
-    loss: Callable[[LossBatch, ObjectiveConfig, dict], tuple[Tensor, Metrics]]
-    needs_reference: bool = False
-    needs_topk: bool = False
-
-    def ids(self, targets: Tensor, fake: Tensor | None = None, topk_ids: Tensor | None = None) -> Tensor:
-        """(..., k) int64 ids whose student log-probs the loss reads: [x0, fake], the top-k, or [x0]."""
-        if self.needs_topk:
-            return _require(topk_ids, "topk_ids", "fkl").long()
-        if self.needs_reference:
-            return torch.stack([targets.long(), _require(fake, "fake", "t3d")], dim=-1)
-        return targets.long().unsqueeze(-1)
-
-    def positions(self, supervised: Tensor, path: Tensor | None, padding: Tensor | None) -> Tensor:
-        """(B, L) bool: where the loss reads a log-prob (M, the path window; no top-k on padding)."""
-        if self.needs_topk:
-            return _topk_mask(supervised, padding)
-        return supervised | path if (self.needs_reference and path is not None) else supervised
-
-
-OBJECTIVES: dict[str, Objective] = {
-    "t3d": Objective(_t3d, needs_reference=True),
-    "ddo": Objective(partial(_t3d, lambda_path=0.0), needs_reference=True),
-    "ce": Objective(_ce),
-    "fkl": Objective(_fkl, needs_topk=True),
-}
-
-
-def _gathered(batch: LossBatch, objective: Objective, cfg: ObjectiveConfig, generator) -> LossBatch:
-    """A full-logits batch -> the log-probs the objective reads (fake first, from the reference)."""
-    fake = ref_logp = None
-    if objective.needs_reference:
-        ref_logits = _require(batch.ref_logits, "ref_logits", cfg.kind)
-        fake = fake_tokens(ref_logits, batch.targets, batch.supervised, cfg.fake_temperature, generator)
-    ids = objective.ids(batch.targets, fake, batch.topk_ids)
-    if objective.needs_topk:
-        ids = torch.where(objective.positions(batch.supervised, None, batch.padding).unsqueeze(-1), ids, 0)
-    if fake is not None:
-        with torch.no_grad():
-            ref_logp = gather_logprobs(batch.ref_logits, ids)  # (B, L, 2)
-    logp = gather_logprobs(_require(batch.logits, "logits", cfg.kind), ids)
-    return dataclasses.replace(batch, logp=logp, ref_logp=ref_logp, fake=fake)
-
-
-def combine(
-    batch: LossBatch,
-    cfg: ObjectiveConfig,
-    normalizers: dict[str, Count] | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Metrics]:
-    """The objective `cfg.kind` on one micro-batch; every metric dict has "loss".
-
-    `normalizers`: totals of `normalizer_counts` over the optimiser step (None: this
-    micro-batch's own counts). `generator`: for a sampled fake (fake_temperature > 0) when
-    the batch carries full logits.
-    """
-    objective = OBJECTIVES[cfg.kind]
-    if batch.logp is None:
-        batch = _gathered(batch, objective, cfg, generator)
-    return objective.loss(batch, cfg, normalizers or {})

@@ -29,7 +29,8 @@ from t3d.dllm.cli import check_ray_address
 from t3d.dllm.errors import UserError
 from t3d.trainer import sharding
 from t3d.trainer.config import DistillConfig, from_dict, to_dict
-from t3d.trainer.loop import Dist, RunResult
+from t3d.trainer.build import Dist
+from t3d.trainer.loop import RunResult
 
 WORKERS = "workers"
 ERROR_FILE = "error.txt"
@@ -103,7 +104,7 @@ def preflight(cfg: DistillConfig) -> None:
     then fails in a second with one line instead of after a cluster spin-up."""
     from t3d.dllm import loading
     from t3d.trainer.data import open_dataset
-    from t3d.trainer.loop import check_compatible
+    from t3d.trainer.build import check_compatible
 
     dataset, _ = open_dataset(dataclasses.replace(cfg.data, verify=False), log=lambda *a: None)
     info = loading.describe_checkpoint(cfg.model.path, cfg.model.family, cfg.model.trust_remote_code)

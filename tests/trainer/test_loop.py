@@ -13,7 +13,8 @@ from t3d.dllm.loading import BUILTIN_DIR
 BUILTIN = "builtin"  # the shipped teacher
 from t3d.trainer import checkpoint as ckpt
 from t3d.trainer.config import build_config
-from t3d.trainer.loop import build_trainer, evaluate, run_steps, train, train_step
+from t3d.trainer.loop import build_trainer, run_steps, train, train_step
+from t3d.trainer.step import evaluate
 
 
 def grads(trainer):
@@ -158,7 +159,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(kit, teachers, datasets
 
 def test_random_tokens_are_drawn_between_special_ids(teachers, tmp_path):
     from t3d.dllm.tiny import build_checkpoint
-    from t3d.trainer.loop import random_token_range
+    from t3d.trainer.build import random_token_range
 
     assert random_token_range(load_model(teachers["bidirectional"])) == (3, 63)  # pad 1, eos 2, mask 63
     middle = build_checkpoint(tmp_path / "m", "bidirectional", mask_id=5, max_position_embeddings=32)

@@ -5,21 +5,16 @@ import math
 import pytest
 import torch
 
-from t3d.trainer.losses import (
-    OBJECTIVES,
-    LossBatch,
-    ObjectiveConfig,
-    ce_loss,
-    combine,
-    ddo_loss,
-    fake_tokens,
-    fkl_loss,
-    masked_mean_logprob,
-    normalizer_counts,
-    path_loss,
+from full_logits import (
+    DEFAULTS, LogitsStudent, ce_loss, fake_tokens, fkl_loss, masked_mean_logprob, path_loss, run_objective, states_of,
     t3d_objective,
-)
+)  # fmt: skip
+
+from t3d.trainer.build import Dist
+from t3d.trainer.losses import ddo_loss
+from t3d.trainer.objectives import OBJECTIVES, ObjectiveConfig
 from t3d.trainer.states import StateConfig, build_states
+from t3d.trainer.step import reduce_metrics
 
 
 def log_sigmoid(x):
@@ -56,7 +51,7 @@ def test_ddo_by_hand():
 
 def test_ddo_is_stable_for_large_ratios():
     big = torch.tensor([1e4, -1e4])
-    loss, _ = ddo_loss(big, -big, -big, big, torch.tensor([True, True]), beta=1.0)
+    loss, _ = ddo_loss(big, -big, -big, big, torch.tensor([True, True]), alpha=DEFAULTS.alpha, beta=1.0)
     assert torch.isfinite(loss)
 
 
@@ -102,7 +97,7 @@ def test_empty_supervised_set_gives_zero_with_finite_grads():
         path_loss(logits, targets, empty)[0],
         ce_loss(logits, targets, empty)[0],
         fkl_loss(logits, topk_lp, topk_ids, empty)[0],
-        ddo_loss(*torch.zeros(4, 2).unbind(), torch.zeros(2, dtype=torch.bool))[0],
+        ddo_loss(*torch.zeros(4, 2).unbind(), torch.zeros(2, dtype=torch.bool), DEFAULTS.alpha, DEFAULTS.beta)[0],
     ]
     for loss in losses:
         assert loss.item() == 0.0
@@ -154,7 +149,8 @@ def test_ce_equals_path_when_window_covers_everything():
 
 
 def _grads(kind, micro_batches):
-    """Gradients of a tiny linear student after accumulating `kind` over micro-batches."""
+    """Gradients of a tiny linear student and the step's metrics after accumulating the registered
+    objective `kind` over micro-batches (full logits behind `ResponseLogProbs`'s interface)."""
     gen = torch.Generator().manual_seed(0)
     n, length, dim, vocab, k = 4, 6, 5, 11, 3
     feats = torch.randn(n, length, dim, generator=gen)
@@ -169,28 +165,29 @@ def _grads(kind, micro_batches):
     padding[0, -2:] = True
     topk_lp = torch.log_softmax(torch.randn(n, length, k, generator=gen), -1)
     topk_ids = torch.randint(0, vocab, (n, length, k), generator=gen)
-    fields = dict(targets=targets, supervised=supervised, path=path, padding=padding,
-                  topk_logprobs=topk_lp, topk_ids=topk_ids)  # fmt: skip
-    totals = normalizer_counts(supervised, path, padding)
-    cfg = ObjectiveConfig(kind=kind)
+    rows_of = torch.arange(n)[:, None].expand(n, length)  # input ids: the row, so logits_of finds its features
+    student, reference = LogitsStudent(lambda ids: net(feats[ids[:, 0]])), LogitsStudent(lambda ids: ref_net(feats[ids[:, 0]]))
+    totals = OBJECTIVES[kind].counts(states_of(targets, supervised, path, padding))
+    parts = []
     for rows in torch.arange(n).chunk(micro_batches):
-        part = {name: value[rows] for name, value in fields.items()}
-        with torch.no_grad():
-            ref_logits = ref_net(feats[rows])
-        batch = LossBatch(logits=net(feats[rows]), ref_logits=ref_logits, **part)
-        norm = totals if micro_batches > 1 else None
-        loss, metrics = combine(batch, cfg, norm)
+        states = states_of(targets[rows], supervised[rows], path[rows], padding[rows], input_ids=rows_of[rows])
+        loss, metrics = run_objective(kind, states, student, reference, totals if micro_batches > 1 else None,
+                                      topk_ids[rows], topk_lp[rows])  # fmt: skip
         loss.backward()
-        assert "loss" in metrics
-    return [p.grad for p in net.parameters()]
+        parts.append(metrics)
+    return [p.grad for p in net.parameters()], reduce_metrics(parts, Dist())
 
 
 @pytest.mark.parametrize("kind", sorted(OBJECTIVES))
 def test_accumulation_equals_full_batch(kind):
-    full, accumulated = _grads(kind, 1), _grads(kind, 4)
+    """Gradients and every metric of the step: the registered objective under 4 micro-batches equals one batch."""
+    (full, m_full), (accumulated, m_acc) = _grads(kind, 1), _grads(kind, 4)
     for a, b in zip(full, accumulated):
         assert a.abs().sum() > 0
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    assert "loss" in m_full and sorted(m_full) == sorted(m_acc)
+    for key in m_full:
+        assert m_acc[key] == pytest.approx(m_full[key], rel=1e-5, abs=1e-6), key
 
 
 def test_accumulation_without_global_counts_is_not_exact():
@@ -212,7 +209,3 @@ def test_objective_config_checks():
         ObjectiveConfig(kind="dpo")
     with pytest.raises(ValueError):
         ObjectiveConfig(beta=0.0)
-    batch = LossBatch(logits=torch.zeros(1, 2, 3), targets=torch.zeros(1, 2, dtype=torch.long),
-                      supervised=torch.ones(1, 2, dtype=torch.bool))  # fmt: skip
-    with pytest.raises(ValueError, match="ref_logits"):
-        combine(batch, ObjectiveConfig())

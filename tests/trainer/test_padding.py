@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from t3d.trainer.losses import t3d_objective
+from full_logits import t3d_objective
 from t3d.trainer.states import StateConfig, build_states
 
 MASK, EOS, PAD, V = 31, 2, 0, 32

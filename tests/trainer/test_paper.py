@@ -77,8 +77,8 @@ def test_paper_path_loss_on_hand_computed_numbers():
                       torch.Generator().manual_seed(0))  # fmt: skip
     ce = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]])  # -log p(x0) per position
     student = torch.stack([-ce, -ce], dim=-1)
-    _, metrics = t3d_from_logprobs(student, student.detach(), x0, st.targets, st.supervised, st.path,
-                                   path_weight=st.path_weight)  # fmt: skip
+    _, metrics = t3d_from_logprobs(student, student.detach(), x0, st.targets, st.supervised, st.path, alpha=0.5, beta=0.1,
+                                   lambda_path=0.2, path_weight=st.path_weight)  # fmt: skip
     level0 = (2 + 4 + 6 + 1) / 4  # the first 4 in decode order: positions 1, 3, 5, 0
     level1 = (1 + 2 + 3 + 4 + 5 + 6) / 6  # the first min(8, 6): all six decoded, no padding
     assert float(metrics["path"]) == pytest.approx((level0 + level1) / 2)  # 3.375
