@@ -66,6 +66,13 @@ CASES = [
         "code = 'while True: pass  # {token}'",
         "[subprocess.Popen([sys.executable, '-c', code], start_new_session=True) for _ in range(2)]",
     ), correct=True),
+    Case("setsid children, then the timeout", (
+        "import subprocess, sys\n"
+        "kids = [subprocess.Popen([sys.executable, '-c', '" + SLEEPER + "'], start_new_session=True) for _ in range(2)]\n"
+        "def f():\n"
+        "    while True:\n"
+        "        pass\n"
+    )),
     Case("daemon thread after return", attempt(
         "import subprocess, sys, threading, time",
         "threading.Thread(target=lambda: (time.sleep(0.5), subprocess.Popen([sys.executable, '-c', '" + SLEEPER + "'])),"
