@@ -17,7 +17,7 @@ import zarr
 from t3d.storage_schemas.errors import DatasetError, first_line
 from t3d.storage_schemas.files import sha256_file, sha256_tree
 from t3d.storage_schemas.manifest import Manifest, ShardInfo
-from t3d.storage_schemas.schema import SCHEMA, parquet_path, zarr_path
+from t3d.storage_schemas.schema import ARRAYS, SCHEMA, parquet_path, zarr_path
 
 _PATH_COLUMN = "__t3d_source_path"
 
@@ -161,6 +161,10 @@ class Dataset:
             for part, size in info.bytes.items():
                 totals[part] = totals.get(part, 0) + size
         return {part: size / tokens for part, size in sorted(totals.items())}
+
+    def stored_arrays(self, shard: str) -> list[str]:
+        """Names of the Zarr arrays a readable shard holds, in `ARRAYS` order (from the manifest: no file is opened)."""
+        return [name for name in ARRAYS if name in self.shard_info(shard).bytes]
 
     def shard_info(self, shard: str) -> ShardInfo:
         """The manifest entry of a readable shard."""

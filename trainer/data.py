@@ -319,7 +319,7 @@ class TrajectoryDataset(torch.utils.data.IterableDataset):
         return rows
 
     def _check_topk_stored(self) -> None:
-        missing = [name for name in self._shard_key if "topk_logprobs" not in self.dataset.shard_info(name).bytes]
+        missing = [name for name in self._shard_key if "topk_logprobs" not in self.dataset.stored_arrays(name)]
         if missing:
             raise UserError(
                 f"{self.cfg.path}: shard {missing[0]} stores no teacher top-k log-probs (collected with "

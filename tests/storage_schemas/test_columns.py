@@ -66,6 +66,7 @@ def test_a_built_shard_reads_back_with_the_sampler_and_teacher_it_was_given(tmp_
     for name in SAMPLER_COLUMNS:
         assert frame[name].to_list() == [pytest.approx(getattr(sampler, name))] * 3, name
     assert np.array_equal(ds.arrays("shard-00000", [2, 0])["topk_ids"], out.topk_ids[[2, 0]])
+    assert ds.stored_arrays("shard-00000") == ["topk_logprobs", "topk_ids"]  # states were None: not stored
 
 
 def test_shard_arrays_reads_every_contract_array_by_name():
