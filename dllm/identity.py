@@ -3,8 +3,8 @@
 A checkpoint read without its weights (`loading.CheckpointInfo`, what the collect driver
 records) and a loaded model (`DiffusionLM`) both describe themselves through
 `model_identity`, so the two cannot drift. Collected datasets store this dict as their
-manifest's `teacher`, and a resumed collect compares it: its keys, their order and the
-eos-first `stop_ids` stay as they are.
+manifest's `teacher` (a resumed collect checks its fingerprint; the trainer its vocabulary,
+mask id and family), so its keys, their order and the eos-first `stop_ids` stay as they are.
 """
 
 from __future__ import annotations
