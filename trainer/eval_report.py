@@ -249,14 +249,16 @@ def plot_figure(report: EvalReport) -> Any:
     ax.set_ylim(-0.03, 1.08)  # every plotted metric is a rate
     ax.set_xlabel(f"steps per block (block of {'/'.join(str(b) for b in sorted({s.block_size for s in report.settings}))} tokens), as asked")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs steps per block: {report.prompt_source}, n = {_n(report)} per point\n"
+    source = str(report.prompt_source)
+    source = source if len(source) <= 60 else "..." + source[-57:]  # a long path would run off the figure
+    ax.set_title(f"{metric} vs steps per block: {source}\nn = {_n(report)} per point; "
                  + ("bars: bootstrap 95 % interval over prompts" if has_metric else "no task metric: agreement with the teacher"),
                  fontsize="medium")  # fmt: skip
     ax.grid(True, alpha=0.3)
     if many:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + count // 24)
     else:
-        ax.legend(fontsize="small", loc="lower left")
+        ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     return fig
 
