@@ -8,6 +8,9 @@ every leaf field into one option:
   renames it (`data.path` -> `--data`); flat names are unique across the tree;
 - its help is the one-line docstring written under the field (the one source of help),
   its default the field's default, shown in `--help`;
+- a dataclass embedded with `inline(Cls)` lends its fields to the section that embeds it:
+  they are that section's options and config-file keys, and `as_dict` writes them there,
+  so one dataclass (`PromptEncoding`, `LoadConfig`) serves several commands unchanged;
 - values come from defaults < config file < flags; a flag that was not given is None;
 - a config file (TOML or YAML, `t3d.dllm.cli.load_config_file`) holds the same keys,
   flat or grouped in tables named after the dataclass sections (`[rollout] batch_size`;
@@ -22,13 +25,14 @@ command's `--config` file holds, parsed by the same tree.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import inspect
 import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Optional
@@ -49,6 +53,7 @@ class Option:
     default: Any
     help: str
     repeated: bool = False  # a tuple of values: a repeatable flag, a list in a file
+    route: tuple[str, ...] = ()  # attributes from the root config down to the value (with inline fields)
 
     @property
     def flag(self) -> str:
@@ -92,6 +97,35 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+INLINE = "t3d.options.inline"
+
+
+def inline(cls: type) -> Any:
+    """A field embedding dataclass `cls` whose fields count as the embedding section's own.
+
+    Flags, config-file keys (`[prompts] chat_template`) and `as_dict` see them as if they
+    were written in the embedding dataclass; the code reads them through the field
+    (`cfg.prompts.encoding.chat_template`).
+    """
+    return field(default_factory=cls, metadata={INLINE: True})
+
+
+def is_inline(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get(INLINE))
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """`dataclasses.asdict` with inline fields merged into their section (the keys config files use)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and is_inline(f):
+            out.update(as_dict(value))
+        else:
+            out[f.name] = as_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
+
+
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
@@ -115,7 +149,7 @@ class OptionTree:
         self.rename = dict(rename or {})
         self.exclude = frozenset(exclude)
         self.metavars = dict(metavars or {})  # option name -> metavar shown in --help (e.g. PATH)
-        self.options = self._walk(root, ())
+        self.options = self._walk(root, (), ())
         self.by_name = {o.name: o for o in self.options}
         self.by_key = {o.key: o for o in self.options}
         if len(self.by_name) != len(self.options):
@@ -123,7 +157,7 @@ class OptionTree:
             raise TypeError(f"{root.__name__}: option names must be unique: {sorted({n for n in names if names.count(n) > 1})}")
         self.sections = {o.path[: i + 1] for o in self.options for i in range(len(o.path))}
 
-    def _walk(self, cls: type, path: tuple[str, ...]) -> list[Option]:
+    def _walk(self, cls: type, path: tuple[str, ...], route: tuple[str, ...]) -> list[Option]:
         found: list[Option] = []
         docs, hints = field_docs(cls), typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -132,10 +166,10 @@ class OptionTree:
             if key in self.exclude:
                 continue
             if dataclasses.is_dataclass(kind):
-                found += self._walk(kind, (*path, f.name))
+                found += self._walk(kind, path if is_inline(f) else (*path, f.name), (*route, f.name))
             elif kind in SCALARS:
-                default = _default(f)
-                found.append(Option(self.rename.get(key, f.name), f.name, path, kind, default, docs.get(f.name, ""), repeated))
+                default, name = _default(f), self.rename.get(key, f.name)
+                found.append(Option(name, f.name, path, kind, default, docs.get(f.name, ""), repeated, (*route, f.name)))
             else:
                 raise TypeError(f"{cls.__name__}.{f.name}: options are int, float, str, bool, Path or tuples of them")
         return found
@@ -190,7 +224,7 @@ class OptionTree:
             kind, _ = _unwrap(hints[f.name])
             key = ".".join((*path, f.name))
             if dataclasses.is_dataclass(kind) and key not in self.exclude:
-                kwargs[f.name] = self._assemble(kind, (*path, f.name), values)
+                kwargs[f.name] = self._assemble(kind, path if is_inline(f) else (*path, f.name), values)
             elif key in by_key and by_key[key].name in values:
                 kwargs[f.name] = values[by_key[key].name]
         return cls(**kwargs)
@@ -206,7 +240,7 @@ class OptionTree:
         out = {}
         for opt in self.options:
             node = cfg
-            for part in (*opt.path, opt.field):
+            for part in opt.route:
                 node = getattr(node, part)
             out[opt.name] = node
         return out
