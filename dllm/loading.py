@@ -33,6 +33,29 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoadConfig:
+    """How a checkpoint loads: the same three options (and help) in every command that loads a model.
+
+    Embedded with `t3d.dllm.options.inline` beside each command's own model path (the
+    teacher, the starting student, the labelled models compared), so the flags stay
+    `--family`, `--dtype`, `--trust-remote-code`.
+    """
+
+    family: str | None = None
+    """Model family (sdar, llada, dream, or bidirectional, shifted, block_causal); default: from the checkpoint's model_type."""
+    dtype: str = "auto"
+    """Weights dtype: auto (the checkpoint's own dtype on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    trust_remote_code: bool = False
+    """Run the checkpoint's own modelling code (only for model types t3d does not load natively)."""
+
+    def __post_init__(self) -> None:  # checked before any model or prompt is read
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.family is not None:
+            get_family(self.family)  # an unknown name is a one-line error listing the known ones
+
+
 def resolve_model_path(path: str | Path) -> Path:
     """`builtin` -> the shipped teacher; anything else must be a checkpoint directory."""
     if str(path) == "builtin":

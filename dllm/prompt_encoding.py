@@ -34,14 +34,14 @@ USER_TEMPLATES = {"plain": "{prompt}", "reason-boxed": "{prompt}\n" + REASON_BOX
 
 @dataclass(frozen=True, kw_only=True)
 class PromptEncoding:
-    """How a text prompt becomes token ids (steps in the module docstring)."""
+    """How a text prompt becomes token ids (steps in the module docstring); t3d-collect's options."""
 
     chat_template: bool = True
-    """Render the prompt with the tokenizer's chat template when it has one."""
+    """Wrap each prompt in the tokenizer's chat template when it has one."""
     system_prompt: str | None = None
-    """A system turn before the user turn (without a chat template: a paragraph before it)."""
+    """A system turn before each prompt (without a chat template: a paragraph before it)."""
     user_template: str = "{prompt}"
-    """The user turn, `{prompt}` standing for the prompt; or a preset name: plain, reason-boxed."""
+    """The user turn, `{prompt}` standing for the prompt; or a preset: plain, reason-boxed (T3D/SDAR's step-by-step \\boxed{} suffix)."""
     special_tokens: bool = True
     """Without a chat template: add the tokenizer's special tokens (BOS where it adds one)."""
 

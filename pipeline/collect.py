@@ -49,7 +49,7 @@ class RunPlan:
 
     def manifest_config(self) -> dict[str, Any]:
         key = self.cfg.dataset_key() | {"prompts_digest": self.prompts.digest()}
-        encoding = self.cfg.prompts.encoding()
+        encoding = self.cfg.prompts.encoding
         return {"config": to_dict(self.cfg), "dataset_key": key, "prompts": self.prompt_counts(), "units": len(self.units),
                 "scorer": self.scorer, "grading": self.grading, "prompt_encoding": encoding.to_dict(),
                 "chat_template_applied": applies_chat_template(self.teacher.tokenizer, encoding)}  # fmt: skip
@@ -83,7 +83,7 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
     """Read and check the prompts and the teacher; cut the work into units. No side effects."""
     teacher = describe_teacher(cfg.teacher)
     sampler = cfg.rollout.sampler
-    check_decode_block(cfg.teacher.model, sampler.block_size, family=cfg.teacher.family, force=cfg.teacher.force_block_size)
+    check_decode_block(cfg.teacher.model, sampler.block_size, family=cfg.teacher.load.family, force=cfg.teacher.force_block_size)
     check_steps_per_block(sampler.block_size, [sampler.steps_per_block], sampler.strategy)
     p = cfg.prompts
     source = load_prompt_source(p.prompts, p.scorer, fields=p.fields(), limit=p.limit, task_seed=teacher.task_seed)
@@ -91,7 +91,7 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
     prepared = prepare_prompts(
         records,
         teacher.tokenizer,
-        encoding=cfg.prompts.encoding(),
+        encoding=cfg.prompts.encoding,
         max_prompt_tokens=teacher.max_length - sampler.max_new_tokens,
         on_long_prompt=cfg.prompts.on_long_prompt,
         limit=cfg.prompts.limit,

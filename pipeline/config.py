@@ -4,7 +4,9 @@ The command line and a `--config` TOML/YAML file fill the same dataclasses throu
 shared `t3d.dllm.options` mechanism: every leaf field is one option (`--max-new-tokens`
 = `max_new_tokens`), its help is the one-line docstring under the field, and values come
 from defaults < file < flags. The sampler's
-own `SamplerConfig` is embedded as is, so its defaults and help are not copied here.
+own `SamplerConfig` is embedded as is, and the prompt encoding (`PromptEncoding`) and how
+the teacher loads (`LoadConfig`) inline (`t3d.dllm.options.inline`: their flags and keys
+are the section's own), so their defaults and help are not copied here.
 
 `dataset_key()` is the part of the config that decides what the rows contain; a re-run
 into the same output directory must agree on it, while the cluster settings (workers,
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from t3d.dllm.errors import UserError
-from t3d.dllm.options import Option, OptionTree
+from t3d.dllm.loading import LoadConfig
+from t3d.dllm.options import Option, OptionTree, as_dict, inline
 from t3d.dllm.prompt_encoding import PromptEncoding
 from t3d.dllm.prompt_files import FieldMap, require_prompts
 from t3d.dllm.sampling import SamplerConfig
@@ -27,7 +30,6 @@ from t3d.dllm.scoring import SCORER_NAMES
 
 RECORD_STATES = ("none", "dense")
 ON_LONG_PROMPT = ("skip", "error")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 PATH_OPTIONS = {"out", "prompts", "model"}
 
 
@@ -45,21 +47,14 @@ class PromptConfig:
     """Field holding code tests (a list of assert statements), graded by code."""
     limit: int | None = None
     """Use only the first N prompts of the source."""
-    chat_template: bool = True
-    """Wrap each prompt in the tokenizer's chat template when it has one."""
-    system_prompt: str | None = None
-    """A system turn before each prompt (without a chat template: a paragraph before it)."""
-    user_template: str = "{prompt}"
-    """The user turn, `{prompt}` standing for the prompt; or a preset: plain, reason-boxed (T3D/SDAR's step-by-step \\boxed{} suffix)."""
-    special_tokens: bool = True
-    """Without a chat template: add the tokenizer's special tokens (BOS where it adds one)."""
+    encoding: PromptEncoding = inline(PromptEncoding)
+    """How text prompts become token ids (recorded in the manifest; eval's `--like` reads it back)."""
     on_long_prompt: str = "skip"
     """What to do with a prompt too long for the model with its response: `skip` (counted in the manifest) or `error`."""
     scorer: str = "auto"
     """What fills the `correct` column: auto (per record: its code tests, else its answer), builtin, math (math-verify), code (tests in a sandbox), exact."""
 
     def __post_init__(self) -> None:
-        self.encoding()  # a bad user template fails here, before anything runs
         if self.scorer not in SCORER_NAMES:
             raise UserError(f"scorer must be one of {', '.join(SCORER_NAMES)}, got {self.scorer!r}")
         if self.limit is not None and self.limit < 1:
@@ -71,13 +66,6 @@ class PromptConfig:
         """The fields named by --prompt-field / --answer-field / --tests-field (none: each record's layout is recognised)."""
         return FieldMap(prompt=self.prompt_field, answer=self.answer_field, tests=self.tests_field)
 
-    def encoding(self) -> PromptEncoding:
-        """How text prompts become token ids (recorded in the manifest; eval's `--like` reads it back)."""
-        return PromptEncoding(
-            chat_template=self.chat_template, system_prompt=self.system_prompt,
-            user_template=self.user_template, special_tokens=self.special_tokens,
-        )  # fmt: skip
-
 
 @dataclass(frozen=True, kw_only=True)
 class TeacherConfig:
@@ -85,18 +73,10 @@ class TeacherConfig:
 
     model: str = "builtin"
     """Checkpoint directory of the teacher, or `builtin` for the shipped tiny teacher."""
-    family: str | None = None
-    """Model family (sdar, llada, dream, or bidirectional, shifted, block_causal); default: from the checkpoint's model_type."""
-    trust_remote_code: bool = False
-    """Run modelling code shipped with the checkpoint (only for checkpoints you trust)."""
-    dtype: str = "auto"
-    """Weights dtype on the workers: auto (the checkpoint's own dtype on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    load: LoadConfig = inline(LoadConfig)
+    """How the workers load it (--family, --dtype, --trust-remote-code)."""
     force_block_size: bool = False
     """Decode with a --block-size other than the one the teacher was trained with (SDAR's config.json block_size)."""
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +178,8 @@ class CollectConfig:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Nested plain dict of a config (JSON-ready)."""
-    return dataclasses.asdict(cfg)
+    """Nested plain dict of a config (JSON-ready), one table per section as config files write it."""
+    return as_dict(cfg)
 
 
 # --- one option per leaf field (t3d.dllm.options) ----------------------------------------

@@ -16,14 +16,13 @@ may call the trainer's entry points; the trainer never imports the pipeline).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from t3d.dllm.errors import UserError
-from t3d.dllm.options import OptionTree
+from t3d.dllm.options import OptionTree, as_dict
 from t3d.pipeline.config import TREE as COLLECT_TREE
 
 STAGES = ("collect", "distill", "eval")
@@ -274,4 +273,5 @@ def section_flags(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """A stage's config as run.json keeps it: one table per section, as its config file writes it."""
+    return as_dict(cfg)

@@ -34,7 +34,7 @@ class TeacherInfo:
 
 def describe_teacher(cfg: TeacherConfig) -> TeacherInfo:
     """Config, tokenizer and fingerprint of the teacher checkpoint, without its weights."""
-    info = loading.describe_checkpoint(cfg.model, cfg.family, cfg.trust_remote_code)
+    info = loading.describe_checkpoint(cfg.model, cfg.load.family, cfg.load.trust_remote_code)
     return TeacherInfo(
         identity=info.identity("builtin" if cfg.model == "builtin" else None),
         max_length=info.max_length,
@@ -52,10 +52,10 @@ def load_teacher(cfg: TeacherConfig, expected_fingerprint: str | None = None, de
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(
         cfg.model,
-        family=cfg.family,
-        trust_remote_code=cfg.trust_remote_code,
+        family=cfg.load.family,
+        trust_remote_code=cfg.load.trust_remote_code,
         device=device,
-        dtype=cfg.dtype,
+        dtype=cfg.load.dtype,
     )
     if expected_fingerprint is not None and model.fingerprint != expected_fingerprint:
         raise UserError(

@@ -29,10 +29,10 @@ from typing import Any
 
 from t3d.dllm.cli import load_config_file
 from t3d.dllm.errors import UserError
-from t3d.dllm.families import family_for_model_type, get_family
-from t3d.dllm.loading import DTYPES, read_json, resolve_model_path
+from t3d.dllm.families import family_for_model_type
+from t3d.dllm.loading import LoadConfig, read_json, resolve_model_path
 from t3d.dllm.weights import parameter_count, weight_files
-from t3d.dllm.options import OptionTree
+from t3d.dllm.options import OptionTree, as_dict, inline
 from t3d.trainer import sharding, states
 from t3d.trainer.objectives import ObjectiveConfig
 from t3d.trainer.tracking import TrackingConfig
@@ -81,12 +81,8 @@ class ModelConfig:
 
     path: str = "builtin"
     """Checkpoint directory of the starting student and reference, or `builtin`."""
-    family: str | None = None
-    """Model family (sdar, llada, dream, or bidirectional, shifted, block_causal); default: from the checkpoint's model_type."""
-    dtype: str = "auto"
-    """Weights dtype: auto (the checkpoint's own dtype on CUDA, float32 on CPU), float32, bfloat16, float16."""
-    trust_remote_code: bool = False
-    """Run the checkpoint's own modelling code (only for model types t3d does not load natively)."""
+    load: LoadConfig = inline(LoadConfig)
+    """How it loads (--family, --dtype, --trust-remote-code)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% more compute."""
     block_size: int = 0
@@ -97,9 +93,19 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(bool(self.path), "--model must name a checkpoint directory or `builtin`")
         _check(self.block_size >= 0, f"--block-size must be >= 0, got {self.block_size}")
-        _check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.family is not None:
-            get_family(self.family)  # an unknown name is a one-line error listing the known ones
+
+    # The load settings, read as the model's own (`cfg.model.dtype`) where the trainer builds the student.
+    @property
+    def family(self) -> str | None:
+        return self.load.family
+
+    @property
+    def dtype(self) -> str:
+        return self.load.dtype
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return self.load.trust_remote_code
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -390,7 +396,8 @@ def load_config(config_file: str | Path | None, flags: Mapping[str, Any]) -> Dis
 
 
 def to_dict(cfg: DistillConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Nested plain dict (checkpoints, Ray workers), one table per section as config files write it."""
+    return as_dict(cfg)
 
 
 def from_dict(values: Mapping[str, Any]) -> DistillConfig:

@@ -6,6 +6,7 @@ to `t3d.trainer.evaluate`; everything it prints or writes comes from there.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -16,13 +17,12 @@ from typing import Optional
 import typer
 
 from t3d.dllm import DiffusionLM, SamplerConfig, UserError, load_model
-from t3d.dllm.options import OptionTree
+from t3d.dllm.options import OptionTree, inline
 from t3d.dllm.outdir import Output, claim
 from t3d.dllm.prompt_files import FieldMap, require_prompts
 from t3d.dllm.scoring import Limits
 from t3d.trainer.eval_prompts import load_prompts
-from t3d.dllm.families import get_family
-from t3d.dllm.loading import DTYPES
+from t3d.dllm.loading import LoadConfig
 from t3d.dllm.reveal import STRATEGIES
 from t3d.trainer import evaluate as ev
 from t3d.trainer import grading
@@ -81,28 +81,17 @@ def resolve_teacher(models: dict[str, DiffusionLM], requested: str | None) -> tu
     return next(iter(models)), "the first --model; label one teacher=PATH or pass --teacher LABEL to choose"
 
 
-def load_models(
-    specs: list[str], device: str, trust_remote_code: bool, family: str | None = None, dtype: str = "auto"
-) -> dict[str, DiffusionLM]:
+def load_models(specs: list[str], device: str, load: LoadConfig = LoadConfig()) -> dict[str, DiffusionLM]:
     """Load each `label=PATH` once, in the order given; labels must be unique.
 
-    family / dtype apply to every model (None / auto: each checkpoint's own).
+    `load` (family, dtype, remote code) applies to every model (defaults: each checkpoint's own).
     """
-    check_model_options(family, dtype)
     models: dict[str, DiffusionLM] = {}
     for label, path in unique_labels(specs):
         if label in models:
             raise UserError(f"model label {label!r} is given twice")
-        models[label] = load_model(path, family=family, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
+        models[label] = load_model(path, family=load.family, trust_remote_code=load.trust_remote_code, device=device, dtype=load.dtype)
     return models
-
-
-def check_model_options(family: str | None, dtype: str) -> None:
-    """--family and --dtype checked before any model loads: one line naming the known values."""
-    if family is not None:
-        get_family(family)
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 def describe_models(models: dict[str, DiffusionLM]) -> str:
@@ -137,75 +126,69 @@ def halving(block_size: int) -> list[int]:
     return steps
 
 
-def run(
-    *, model: list[str], teacher: Optional[str], prompts: Optional[Path], limit: Optional[int], block_size: Optional[int],
-    max_new_tokens: Optional[int], steps_per_block: Optional[str], strategy: str, threshold: float, temperature: float, cache: str,
-    samples_per_prompt: int, seed: int, batch_size: int, timing_repeats: int, device: str, trust_remote_code: bool,
-    json_path: Optional[Path], plot: Optional[Path], samples: Optional[Path], scorer: str = "auto",
-    family: Optional[str] = None, dtype: str = "auto", like: Optional[Path] = None, chat_template: Optional[bool] = None,
-    system_prompt: Optional[str] = None, user_template: Optional[str] = None, grade: Optional[Path] = None, fields: FieldMap | None = None,
-    code_timeout: float = 10.0, warmup: bool = True, progress: bool = True, code_workers: int = 1,
-    force_block_size: bool = False, tracking: TrackingConfig | None = None,
-) -> ev.EvalReport | None:  # fmt: skip
+def run(cfg: EvalCommandConfig) -> ev.EvalReport | None:
     """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
-    code_limits = code_sandbox_limits(code_timeout)
-    if grade is not None:
-        if model or prompts:
+    p, o = cfg.prompts, cfg.output
+    code_limits = code_sandbox_limits(p.code_timeout)
+    if o.grade is not None:
+        if cfg.models.model or p.prompts:
             raise UserError("--grade grades the responses in a file and loads no model: drop --model and --prompts")
-        if code_workers < 1:
-            raise UserError(f"--code-workers must be at least 1, got {code_workers}")
-        run_grade(grade, scorer, json_path, samples, code_limits, fields or FieldMap(), code_workers)
+        if p.code_workers < 1:
+            raise UserError(f"--code-workers must be at least 1, got {p.code_workers}")
+        run_grade(o.grade, p.scorer, o.json, o.samples, code_limits, p.fields(), p.code_workers)
         return None
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be at least 1, got {limit}")
-    steps = parse_int_list(steps_per_block, "--steps-per-block") if steps_per_block else None
-    strategies = parse_strategies(strategy)
-    tracking = tracking or TrackingConfig()
-    check_available(tracking)  # a missing tracker library: one line, before any model loads
-    if block_size:  # else the first model's own block size, checked once it has loaded
-        check_decode_settings(model or ["teacher=builtin"], block_size, steps or [], strategies, family, force_block_size)
-    check_model_options(family, dtype)
-    prompt_set = load_prompts(prompts, limit, scorer, code_limits, fields or FieldMap())
+    return run_decode(cfg, code_limits)
+
+
+def run_decode(cfg: EvalCommandConfig, code_limits: Limits) -> ev.EvalReport:
+    """Decode the prompts with every model at every setting, print the table, write the outputs asked for."""
+    m, p, d, r, o = cfg.models, cfg.prompts, cfg.decode, cfg.run, cfg.output
+    if p.limit is not None and p.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {p.limit}")
+    steps = parse_int_list(d.steps_per_block, "--steps-per-block") if d.steps_per_block else None
+    strategies = parse_strategies(d.strategy)
+    check_available(cfg.tracking)  # a missing tracker library: one line, before any model loads
+    specs = list(m.model) or ["teacher=builtin"]
+    if d.block_size:  # else the first model's own block size, checked once it has loaded
+        check_decode_settings(specs, d.block_size, steps or [], strategies, m.load.family, d.force_block_size)
+    overrides = {k: v for k, v in dict(chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template).items() if v is not None}
+    ev.PromptEncoding(**overrides)  # a bad template fails before any model loads
+    like_encoding = ev.like_dataset(p.like) if p.like is not None else None
+    prompt_set = load_prompts(p.prompts, p.limit, p.scorer, code_limits, p.fields())
     for note in prompt_set.notes:  # the layout recognised, how rows are graded and which cannot be
         print(f"prompts: {note}", file=sys.stderr)
-    overrides = {k: v for k, v in dict(chat_template=chat_template, system_prompt=system_prompt, user_template=user_template).items() if v is not None}
-    ev.PromptEncoding(**overrides)  # a bad template fails before any model loads
-    like_encoding = ev.like_dataset(like) if like is not None else None
-    models = load_models(model or ["teacher=builtin"], device, trust_remote_code, family, dtype)
+    models = load_models(specs, m.device, m.load)
     first = next(iter(models.values()))
-    block = block_size or first.block_size or 4
-    check_decode_settings(model or ["teacher=builtin"], block, steps or [], strategies, family, force_block_size)
+    block = d.block_size or first.block_size or 4
+    check_decode_settings(specs, block, steps or [], strategies, m.load.family, d.force_block_size)
     settings = ev.sampler_settings(
         block_size=block,
-        max_new_tokens=max_new_tokens or first.max_new_tokens or 4 * block,
+        max_new_tokens=d.max_new_tokens or first.max_new_tokens or 4 * block,
         steps_per_block=steps or halving(block),
         strategies=strategies,
-        threshold=threshold,
-        temperature=temperature,
-        cache=cache,
+        threshold=d.threshold,
+        temperature=d.temperature,
+        cache=d.cache,
     )
-    anchor, why = resolve_teacher(models, teacher)
-    config = ev.EvalConfig(
-        samples_per_prompt=samples_per_prompt, seed=seed, batch_size=batch_size, timing_repeats=timing_repeats,
-        teacher=anchor, keep_samples=samples is not None, warmup=warmup, progress=progress,
-    )  # fmt: skip
+    anchor, why = resolve_teacher(models, r.teacher)
+    config = dataclasses.replace(r, teacher=anchor, keep_samples=o.samples is not None)
     n = len(prompt_set.prompts)
     print(
-        f"t3d-eval: {len(models)} model(s) x {len(settings)} setting(s) on {n} prompts x {samples_per_prompt} samples "
-        f"= {n * samples_per_prompt} responses each ({prompt_set.source}); teacher: {anchor} ({why})",
+        f"t3d-eval: {len(models)} model(s) x {len(settings)} setting(s) on {n} prompts x {r.samples_per_prompt} samples "
+        f"= {n * r.samples_per_prompt} responses each ({prompt_set.source}); teacher: {anchor} ({why})",
         file=sys.stderr,
     )
     print(f"models: {describe_models(models)}", file=sys.stderr)
-    encodings, notes = ev.resolve_encodings(models, like_encoding, str(like), overrides)
-    if notes and any(p.ids is None for p in prompt_set.prompts):  # only text prompts are encoded
+    encodings, notes = ev.resolve_encodings(models, like_encoding, str(p.like), overrides)
+    if notes and any(q.ids is None for q in prompt_set.prompts):  # only text prompts are encoded
         print("\n".join(notes), file=sys.stderr)
-    report = ev.evaluate(models, prompt_set, settings, config, on_record=done_lines(progress), encodings=encodings)
+    report = ev.evaluate(models, prompt_set, settings, config, on_record=done_lines(r.progress), encodings=encodings)
     print(ev.render_table(report))
     print("\n" + ev.render_legend(report))
-    for path, write in ((json_path, ev.write_json), (plot, ev.save_plot), (samples, ev.write_samples)):
+    for path, write in ((o.json, ev.write_json), (o.plot, ev.save_plot), (o.samples, ev.write_samples)):
         if path is not None:
             print(f"wrote {write(report, path)}", file=sys.stderr)
-    report_to_trackers(report, tracking, json_path)
+    report_to_trackers(report, cfg.tracking, o.json)
     return report
 
 
@@ -270,12 +253,8 @@ class ModelsConfig:
     """label=PATH|builtin or a bare PATH (named after its directory), repeatable; teacher: label `teacher`, else the first. None: teacher=builtin."""
     device: str = "cpu"
     """torch device for the models."""
-    trust_remote_code: bool = False
-    """Allow checkpoints' own modelling code (model types t3d does not load natively)."""
-    family: str | None = None
-    """Model family of every --model (sdar, llada, dream, or bidirectional, shifted, block_causal); default: each checkpoint's model_type."""
-    dtype: str = "auto"
-    """Weights dtype: auto (the checkpoint's own on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    load: LoadConfig = inline(LoadConfig)
+    """How every --model loads (--family, --dtype, --trust-remote-code)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,7 +281,7 @@ class EvalPromptsConfig:
     """Override: a system turn before each prompt."""
     user_template: str | None = None
     """Override: the user turn, {prompt} standing for the prompt, or a preset: plain, reason-boxed."""
-    code_timeout: float = 10.0
+    code_timeout: float = Limits.timeout_s
     """Seconds each code sample may run in the sandbox (wall clock; CPU limit one more)."""
     code_workers: int = 1
     """Code samples --grade runs at once, each in its own sandbox (threads waiting on them)."""
@@ -322,7 +301,7 @@ class DecodeConfig:
     """Response length, a multiple of B (default: the first model's, else 4 B)."""
     steps_per_block: str | None = None
     """Comma list for the static strategy, e.g. 4,2,1 (default: B, B/2, ..., 1)."""
-    strategy: str = "static"
+    strategy: str = SamplerConfig.strategy
     """static, threshold, or both as static,threshold (threshold adds one setting)."""
     threshold: float = SamplerConfig.threshold
     """Confidence threshold of the threshold strategy."""
@@ -376,17 +355,8 @@ TREE = OptionTree(EvalCommandConfig, exclude={"run.keep_samples"})
 
 def run_config(cfg: EvalCommandConfig) -> ev.EvalReport | None:
     """The command's body on a config (t3d-run calls it too); returns the report (None with --grade)."""
-    m, p, d, r, o = cfg.models, cfg.prompts, cfg.decode, cfg.run, cfg.output
-    with claim("t3d-eval", *outputs(o)):  # before any model loads: a held or unwritable output is one line
-        return run(
-            model=list(m.model), teacher=r.teacher, prompts=p.prompts, limit=p.limit, block_size=d.block_size,
-            max_new_tokens=d.max_new_tokens, steps_per_block=d.steps_per_block, strategy=d.strategy, threshold=d.threshold,
-            temperature=d.temperature, cache=d.cache, samples_per_prompt=r.samples_per_prompt, seed=r.seed,
-            batch_size=r.batch_size, timing_repeats=r.timing_repeats, device=m.device, trust_remote_code=m.trust_remote_code,
-            json_path=o.json, plot=o.plot, samples=o.samples, scorer=p.scorer, family=m.family, dtype=m.dtype, like=p.like,
-            chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template, grade=o.grade, fields=p.fields(),
-            code_timeout=p.code_timeout, code_workers=p.code_workers, warmup=r.warmup, progress=r.progress, tracking=cfg.tracking, force_block_size=d.force_block_size,
-        )  # fmt: skip
+    with claim("t3d-eval", *outputs(cfg.output)):  # before any model loads: a held or unwritable output is one line
+        return run(cfg)
 
 
 def outputs(o: OutputConfig) -> list[Output]:

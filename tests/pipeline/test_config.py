@@ -3,7 +3,7 @@
 import pytest
 
 from t3d.dllm.errors import UserError
-from t3d.pipeline.config import CollectConfig, build_config, options
+from t3d.pipeline.config import CollectConfig, build_config, options, to_dict
 
 
 def test_every_field_is_one_documented_option():
@@ -55,7 +55,8 @@ def test_bad_file_values_name_the_option(values, message):
         ({"gpus_per_worker": -1.0}, "gpus_per_worker"),
         ({"max_new_tokens": 10}, "multiple of block_size"),
         ({"strategy": "random"}, "unknown strategy"),
-        ({"dtype": "int8"}, "dtype"),
+        ({"dtype": "int8"}, "--dtype must be one of auto, float32"),
+        ({"family": "gpt2"}, "unknown model family 'gpt2'"),
         ({"seed": -1}, "seed"),
     ],
 )
@@ -71,6 +72,32 @@ def test_dataset_key_ignores_where_and_how_it_runs():
     assert build_config({}, {"temperature": 0.5}).dataset_key() != a.dataset_key()
     assert build_config({}, {"seed": 1}).dataset_key() != a.dataset_key()
     assert build_config({}, {"record_states": "dense"}).rollout.sampler_config().record_states
+
+
+RECORDED_KEY = {  # dataset_key of these flags, recorded from the code before PromptEncoding and LoadConfig were embedded
+    "shard_size": 64, "seed": 0,
+    "prompts": {"prompt_field": None, "answer_field": None, "tests_field": None, "limit": None, "chat_template": False,
+                "system_prompt": "Be brief.", "user_template": "Q: {prompt}", "special_tokens": True, "on_long_prompt": "skip",
+                "scorer": "auto"},
+    "teacher": {"family": "sdar", "dtype": "bfloat16"},
+    "rollout": {"rollouts_per_prompt": 4, "record_states": "none", "batch_size": 64,
+                "sampler": {"max_new_tokens": 16, "block_size": 4, "steps_per_block": 4, "strategy": "static", "threshold": 0.9,
+                            "temperature": 0.5, "top_k": 0, "top_p": 1.0, "logits_top_k": 8, "record_states": False,
+                            "stop_at_eos": True, "cache": "auto"}},
+}  # fmt: skip
+
+
+def test_a_dataset_collected_before_the_embedded_configs_still_resumes():
+    """The encoding and load settings live in PromptEncoding / LoadConfig, but the manifest keeps its keys."""
+    flags = {"chat_template": False, "system_prompt": "Be brief.", "user_template": "Q: {prompt}", "dtype": "bfloat16",
+             "family": "sdar", "temperature": 0.5}  # fmt: skip
+    cfg = build_config({}, flags)
+    assert cfg.dataset_key() == RECORDED_KEY
+    assert cfg.prompts.encoding.system_prompt == "Be brief." and cfg.teacher.load.dtype == "bfloat16"
+    written = to_dict(cfg)  # the manifest's config: each section's keys are its options, as a config file writes them
+    assert written["teacher"] == {"model": "builtin", "family": "sdar", "dtype": "bfloat16", "trust_remote_code": False,
+                                  "force_block_size": False}  # fmt: skip
+    assert written["prompts"] == {"prompts": None, **RECORDED_KEY["prompts"]}
 
 
 def test_the_command_line_layers_defaults_file_flags_and_shows_defaults(tmp_path, tools):

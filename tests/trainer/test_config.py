@@ -42,9 +42,10 @@ def _leaf_fields(cls, path=()):
 
 
 def test_every_field_has_a_one_line_doc_and_an_option():
+    routes = {".".join(o.route) for o in TREE.options}  # attribute paths (inline fields: model.load.dtype is --dtype)
     for cls, key, name in _leaf_fields(DistillConfig):
         assert field_docs(cls).get(name), f"{key} has no docstring"
-        assert key in TREE.by_key, f"{key} has no command-line option"
+        assert key in routes, f"{key} has no command-line option"
     assert {TREE.by_key[k].name for k in ("data.path", "model.path", "loss.kind")} == {"data", "model", "loss"}
 
 
@@ -144,8 +145,11 @@ def test_bad_values_are_one_line_user_errors(values, words):
 
 
 def test_dict_round_trip_is_exact():
-    cfg = build_config({"filter": "correct == true", "address": "auto", "lr": 3e-5, "resume": True})
+    cfg = build_config({"filter": "correct == true", "address": "auto", "lr": 3e-5, "resume": True, "dtype": "bfloat16"})
     assert from_dict(to_dict(cfg)) == cfg
+    assert to_dict(cfg)["model"] == {"path": "builtin", "family": None, "dtype": "bfloat16", "trust_remote_code": False,
+                                     "gradient_checkpointing": False, "block_size": 0, "force_block_size": False}  # fmt: skip
+    assert cfg.model.dtype == cfg.model.load.dtype == "bfloat16"  # the trainer reads the load settings as the model's
 
 
 def test_presets_load_and_flags_override_them():

@@ -1,4 +1,4 @@
-"""--family and --dtype on t3d-distill and t3d-eval, and a student whose family is not its data's teacher's.
+"""--family and --dtype on t3d-distill and t3d-eval (the same options as t3d-collect's), and a student whose family is not its data's teacher's.
 
 Bad values are one line on stderr, exit code 2, no traceback, and nothing written.
 """
@@ -12,6 +12,24 @@ from t3d.dllm.tiny import build_checkpoint
 from t3d.trainer import checkpoint as ckpt
 from t3d.trainer.distill import app as distill_app
 from t3d.trainer.eval_cli import app as eval_app
+
+
+def test_every_command_loads_a_model_with_the_same_options():
+    """--family, --dtype, --trust-remote-code: one dataclass (LoadConfig), so one help and one default everywhere."""
+    from dataclasses import fields
+
+    from t3d.dllm.loading import LoadConfig
+    from t3d.dllm.options import field_docs
+    from t3d.pipeline.config import TREE as COLLECT
+    from t3d.trainer.config import TREE as DISTILL
+    from t3d.trainer.eval_cli import TREE as EVAL
+
+    names = [f.name for f in fields(LoadConfig)]
+    expected = [(name, field_docs(LoadConfig)[name], f.default) for name, f in zip(names, fields(LoadConfig))]
+    for tree in (COLLECT, DISTILL, EVAL):
+        found = [(o.name, o.help, o.default) for o in tree.options if o.name in names]
+        assert found == expected, tree.root.__name__
+        assert all(tree.by_name[name].route[-2:] == ("load", name) for name in names), tree.root.__name__
 
 
 def distill(data, model, out, *extra):

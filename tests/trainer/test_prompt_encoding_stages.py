@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from t3d.dllm import load_model
-from t3d.dllm.prompt_encoding import dataset_encoding
+from t3d.dllm.prompt_encoding import PromptEncoding, dataset_encoding
 from t3d.dllm.tiny import build_checkpoint
 from t3d.pipeline.collect import plan_run
 from t3d.pipeline.config import CollectConfig, PromptConfig, TeacherConfig
@@ -45,7 +45,8 @@ def collect_stage(tmp_path, teacher, **prompt_options):
     """What t3d-collect encodes, and the manifest it writes (the plan's own manifest config)."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": PROMPT, "answer": "4"}) + "\n")
-    plan = plan_run(CollectConfig(prompts=PromptConfig(prompts=str(prompts), **prompt_options), teacher=TeacherConfig(model=str(teacher))))
+    encoding = PromptEncoding(**prompt_options)
+    plan = plan_run(CollectConfig(prompts=PromptConfig(prompts=str(prompts), encoding=encoding), teacher=TeacherConfig(model=str(teacher))))
     return list(plan.prompts.prompts[0].ids), plan.manifest_config()
 
 
