@@ -31,10 +31,10 @@ def sampler_settings(
     block_size: int,
     max_new_tokens: int,
     steps_per_block: Sequence[int],
-    strategies: Sequence[str] = ("static",),
-    threshold: float = 0.9,
-    temperature: float = 1.0,
-    cache: str = "auto",
+    strategies: Sequence[str] = (SamplerConfig.strategy,),
+    threshold: float = SamplerConfig.threshold,
+    temperature: float = SamplerConfig.temperature,
+    cache: str = SamplerConfig.cache,
 ) -> list[SamplerConfig]:
     """The settings to compare: a scheduled strategy (static) at each steps-per-block value, one setting per other.
 
@@ -60,7 +60,7 @@ def full_steps(setting: SamplerConfig) -> SamplerConfig:
 def setting_label(setting: SamplerConfig) -> str:
     """Short name of a setting for tables, samples and the plot."""
     label = f"{setting.strategy} B={setting.block_size} {get_strategy(setting.strategy).describe(setting)}"
-    return label if setting.temperature == 1.0 else f"{label} T={setting.temperature:g}"
+    return label if setting.temperature == SamplerConfig.temperature else f"{label} T={setting.temperature:g}"
 
 
 @dataclass(frozen=True, kw_only=True)
