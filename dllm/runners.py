@@ -3,8 +3,8 @@
 One class per cache mode, picked by name from `RUNNERS` (the one list of cache modes:
 `cache_modes()` is what `SamplerConfig.cache` accepts); `select_runner` turns the
 sampler's `cache` setting and the model's capabilities into one of them. Masks come from
-the family (`attention_bias` for whole sequences, `column_blocks` for the query rows of a
-cached step), so a family with its own block pattern needs nothing here:
+the family (`attention_bias` for whole sequences, `column_blocks` and `query_bias` for the
+query rows of a cached step), so a family with its own pattern needs nothing here:
 
 - `none`: the reference path. Every step runs the whole visible sequence (for
   block-causal families only up to the furthest current block, since later blocks are
@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from t3d.dllm import masks
 from t3d.dllm.errors import UserError
 from t3d.dllm.kv_cache import ForwardPlan, SlotCache
 
@@ -129,7 +128,7 @@ class CachedRunner(Runner):
         """
         rows = slots[:, None]
         key_block = self.key_block[slots, :width] if self.block_causal else None
-        bias = masks.query_bias(engine.real[slots, :width], cols, key_block, self.dtype)  # (R, 1, q, W)
+        bias = self.model.family.query_bias(engine.real[slots, :width], cols, key_block, self.dtype)  # (R, 1, q, W)
         self.cache.plan = ForwardPlan(slots=_slots_arg(engine, slots, live), columns=cols, width=width)
         q = cols.shape[1]
         keep = torch.arange(head or q, device=engine.device) if logits else torch.tensor([q - 1], device=engine.device)

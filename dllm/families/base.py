@@ -152,6 +152,14 @@ class Family:
         (`t3d.dllm.runners`), so a family that overrides this decodes alike cached or not."""
         return masks.block_index(attention_mask, prompt_len, block_size, self.absolute_blocks)
 
+    def query_bias(
+        self, key_real: torch.Tensor, query_cols: torch.Tensor, key_block: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """(R, 1, q, W) the rows of `attention_bias` for queries at `query_cols` (R, q) over the keys of columns
+        [0, W) (a KV-cached step); key_block (R, W): `column_blocks` of those columns, None when bidirectional.
+        A family whose pattern is not "blocks <= its own" overrides this with `attention_bias`."""
+        return masks.query_bias(key_real, query_cols, key_block, dtype)
+
     def align(self, logits: torch.Tensor) -> torch.Tensor:
         """Raw network logits (B, T, V) -> logits whose row i predicts token i."""
         if not self.shifted:
