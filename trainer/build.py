@@ -186,14 +186,9 @@ def build_state_config(cfg: DistillConfig, model: DiffusionLM, loader: Trajector
     low, high = random_token_range(model)
     length, rollout_block = loader.response_length, (loader.block_sizes or [block])[0]
     extra = (-length) % block + (block if model.family.absolute_blocks and block != int(rollout_block) else 0)
-    states = cfg.states
-    return StateConfig(
-        block_size=block, mask_id=model.mask_id, eos_id=model.eos_id,
-        layout=model.family.training_layout, state_order=cfg.states.state_order,
-        random_ratio=cfg.states.random_ratio, random_vocab=(low, high), path_k_steps=cfg.states.path_k_steps,
-        absolute_blocks=model.family.absolute_blocks, supervise_padding=states.supervise_padding,
-        random_count=states.random_count, path_mode=states.path_mode, padding_shows=states.padding_shows,
-        pad_id=model.pad_id, pad_columns=extra,
+    return StateConfig.of(
+        cfg.states, block_size=block, mask_id=model.mask_id, eos_id=model.eos_id, layout=model.family.training_layout,
+        random_vocab=(low, high), absolute_blocks=model.family.absolute_blocks, pad_id=model.pad_id, pad_columns=extra,
     )  # fmt: skip
 
 

@@ -33,8 +33,9 @@ from t3d.dllm.families import family_for_model_type
 from t3d.dllm.loading import LoadConfig, read_json, resolve_model_path
 from t3d.dllm.weights import parameter_count, weight_files
 from t3d.dllm.options import OptionTree, as_dict, inline
-from t3d.trainer import sharding, states
+from t3d.trainer import sharding
 from t3d.trainer.objectives import ObjectiveConfig
+from t3d.trainer.states import StatesConfig
 from t3d.trainer.tracking import TrackingConfig
 
 
@@ -106,34 +107,6 @@ class ModelConfig:
     @property
     def trust_remote_code(self) -> bool:
         return self.load.trust_remote_code
-
-
-@dataclass(frozen=True, kw_only=True)
-class StatesConfig:
-    """How training states are cut from the teacher's trajectories (DESIGN.md section 5)."""
-
-    state_order: str = "trajectory"
-    """`trajectory`: true teacher states; `reference`: ratio r**8 per block, ceil over the block; `paper`: the official rule (ratio per sequence, int(n·r) of the valid tokens)."""
-    random_ratio: float = 0.1
-    """Share of supervised positions shown as a random token instead of the mask."""
-    path_k_steps: int = 1
-    """Teacher steps fused into one student step by the path loss; the block size B for a one-step-per-block student."""
-    supervise_padding: bool = False
-    """Supervise the padding after a response's first EOS (as EOS, LLaDA's SFT habit); default: only up to the first EOS."""
-    random_count: str = "share"
-    """`share`: each supervised position random with probability --random-ratio; `exact`: max(1, floor(ratio·|M|)) per row (official)."""
-    path_mode: str = "steps"
-    """`steps`: CE on what the teacher reveals in the next --path-k-steps steps; `levels`: the official level-averaged path loss, --path-k-steps tokens a level."""
-    padding_shows: str = "eos"
-    """What padding after EOS shows in the input: `eos` (what a decoder shows) or `pad` (the official code's pad tokens)."""
-    fixed_states: bool = False
-    """Build each row's training state once for all epochs (the official code); default: a fresh state every epoch."""
-
-    def __post_init__(self) -> None:
-        for name, known in states.CHOICES.items():  # the values are the keys of the states' own registries
-            _one_of(f"--{name.replace('_', '-')}", getattr(self, name), known)
-        _check(0.0 <= self.random_ratio <= 1.0, f"--random-ratio must be in [0, 1], got {self.random_ratio}")
-        _check(self.path_k_steps >= 1, f"--path-k-steps must be >= 1, got {self.path_k_steps}")
 
 
 @dataclass(frozen=True, kw_only=True)

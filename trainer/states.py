@@ -71,7 +71,7 @@ states.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, NamedTuple
 
 import torch
@@ -86,8 +86,45 @@ from t3d.dllm.training_layouts import (  # noqa: F401  (re-exported: the layouts
 
 
 @dataclass(frozen=True, kw_only=True)
-class StateConfig:
-    """How training states are cut from trajectories."""
+class StatesConfig:
+    """How training states are cut from the teacher's trajectories (DESIGN.md section 5)."""
+
+    state_order: str = "trajectory"
+    """`trajectory`: true teacher states; `reference`: ratio r**8 per block, ceil over the block; `paper`: the official rule (ratio per sequence, int(n·r) of the valid tokens)."""
+    random_ratio: float = 0.1
+    """Share of supervised positions shown as a random token instead of the mask."""
+    path_k_steps: int = 1
+    """Teacher steps fused into one student step by the path loss; the block size B for a one-step-per-block student."""
+    supervise_padding: bool = False
+    """Supervise the padding after a response's first EOS (as EOS, LLaDA's SFT habit); default: only up to the first EOS."""
+    random_count: str = "share"
+    """`share`: each supervised position random with probability --random-ratio; `exact`: max(1, floor(ratio·|M|)) per row (official)."""
+    path_mode: str = "steps"
+    """`steps`: CE on what the teacher reveals in the next --path-k-steps steps; `levels`: the official level-averaged path loss, --path-k-steps tokens a level."""
+    padding_shows: str = "eos"
+    """What padding after EOS shows in the input: `eos` (what a decoder shows) or `pad` (the official code's pad tokens)."""
+    fixed_states: bool = False
+    """Build each row's training state once for all epochs (the official code); default: a fresh state every epoch."""
+
+    def __post_init__(self) -> None:
+        for name, known in CHOICES.items():  # the values are the keys of the states' own registries
+            _one_of(f"--{name.replace('_', '-')}", getattr(self, name), known)
+        if not 0.0 <= self.random_ratio <= 1.0:
+            raise UserError(f"--random-ratio must be in [0, 1], got {self.random_ratio}")
+        if self.path_k_steps < 1:
+            raise UserError(f"--path-k-steps must be >= 1, got {self.path_k_steps}")
+
+
+def _one_of(flag: str, value: str, known: tuple[str, ...]) -> None:
+    """`value` is one of a registry's keys, or a one-line error naming the flag and the keys."""
+    listed = f"{', '.join(known[:-1])} or {known[-1]}" if len(known) > 1 else known[0]
+    if value not in known:
+        raise UserError(f"{flag} must be {listed}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateConfig(StatesConfig):
+    """The user's `StatesConfig` and what the model and the data fix: blocks, special ids, layout."""
 
     block_size: int
     """Response block length of the teacher's semi-autoregressive decoding; divides L."""
@@ -98,36 +135,25 @@ class StateConfig:
     layout: TrainingLayout | str = "block_causal"
     """The family's `TrainingLayout` (or a registered one's name): "block_causal" trains all blocks in one forward,
     "semi_ar" one state per row for bidirectional models."""
-    state_order: str = "trajectory"
-    """"trajectory": true teacher states; "reference": the reference code's first-revealed masking; "paper": the
-    official rule."""
-    random_ratio: float = 0.1
-    """Share of supervised positions that show a random token instead of the mask."""
     random_vocab: tuple[int, int] | None = None
     """[low, high) ids random tokens are drawn from (exclude special tokens); needed if random_ratio > 0."""
-    path_k_steps: int = 1
-    """Teacher steps fused into one student step: the path window is [s, s + K)."""
     absolute_blocks: bool = False
     """Blocks at absolute positions from the first prompt token (SDAR; block_causal layout only)."""
-    supervise_padding: bool = False
-    """Supervise padding after EOS with EOS as its target (LLaDA's SFT habit); default: never."""
-    random_count: str = "share"
-    """"share": each position of M is random with probability random_ratio; "exact": max(1, floor(ratio·|M|)) per row."""
-    path_mode: str = "steps"
-    """"steps": CE on what the teacher reveals in [s, s + K); "levels": the official level-averaged path (K tokens)."""
-    padding_shows: str = "eos"
-    """What padding after EOS shows when not masked: EOS (what a decoder shows) or the pad token (the official code)."""
     pad_id: int = 0
     """The pad token (shown on padding with padding_shows="pad")."""
     pad_columns: int = 0
     """Padding columns appended to every response before cutting (a training block that does not divide L,
     or absolute blocks larger than the rollout's)."""
 
+    @classmethod
+    def of(cls, settings: StatesConfig, **fixed) -> StateConfig:
+        """The user's settings with what the model and data fix (`fixed`: the fields above)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(StatesConfig)}, **fixed)
+
     def __post_init__(self) -> None:
-        if self.block_size < 1 or self.path_k_steps < 1:
-            raise ValueError("block_size and path_k_steps must be >= 1")
-        if not 0.0 <= self.random_ratio <= 1.0:
-            raise ValueError(f"random_ratio must be in [0, 1], got {self.random_ratio}")
+        super().__post_init__()
+        if self.block_size < 1:
+            raise ValueError("block_size must be >= 1")
         if self.random_ratio > 0 and (self.random_vocab is None or self.random_vocab[0] >= self.random_vocab[1]):
             raise ValueError("random_ratio > 0 needs random_vocab = (low, high) with low < high")
         try:
@@ -136,9 +162,6 @@ class StateConfig:
             raise ValueError(str(err)) from None
         if self.absolute_blocks and not self.layout.absolute_blocks:
             raise ValueError(f"absolute_blocks needs a layout that places them (the {self.layout.name} layout does not)")
-        for name, known in CHOICES.items():
-            if getattr(self, name) not in known:
-                raise ValueError(f"{name} in ({', '.join(known)}), got {getattr(self, name)!r}")
         if self.pad_columns < 0:
             raise ValueError("pad_columns >= 0")
 
@@ -528,4 +551,4 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "state_order": tuple(_ORDERS), "random_count": tuple(_RANDOM_COUNTS), "path_mode": tuple(_PATH_MODES),
     "padding_shows": tuple(_SHOWN),
 }
-"""The values each named setting takes: the keys of its registry (`StatesConfig` checks flags against them)."""
+"""The values each named setting takes: the keys of its registry (`StatesConfig` checks them)."""

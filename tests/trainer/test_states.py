@@ -202,3 +202,23 @@ def test_config_checks():
         x0, reveal = random_trajectories(2, 2, 4, 0)
         cfg = StateConfig(block_size=3, mask_id=MASK, eos_id=EOS, random_ratio=0.0)
         build_states(*prompts(2, 3, 0), x0, reveal, cfg)
+
+
+def test_one_states_config_validated_in_one_place():
+    """The trainer's StateConfig is the user's StatesConfig plus what the model fixes: every
+    setting carried over, and one check (the flag's words) whichever is built."""
+    import dataclasses
+
+    from t3d.dllm.errors import UserError
+    from t3d.trainer.states import StatesConfig
+
+    settings = StatesConfig(state_order="paper", random_ratio=0.3, path_k_steps=2, supervise_padding=True,
+                            random_count="exact", path_mode="levels", padding_shows="pad", fixed_states=True)  # fmt: skip
+    cfg = StateConfig.of(settings, block_size=4, mask_id=MASK, eos_id=EOS, random_vocab=VOCAB)
+    assert all(getattr(cfg, f.name) == getattr(settings, f.name) for f in dataclasses.fields(StatesConfig))
+    for bad in ({"state_order": "random"}, {"random_count": "most"}, {"random_ratio": 1.5}, {"path_k_steps": 0}):
+        with pytest.raises(UserError) as flag:
+            StatesConfig(**bad)
+        with pytest.raises(UserError) as state:
+            StateConfig(block_size=4, mask_id=MASK, eos_id=EOS, random_vocab=VOCAB, **bad)
+        assert str(state.value) == str(flag.value) and str(flag.value).startswith("--")
