@@ -148,6 +148,9 @@ def reduce_metrics(parts: list[Metrics], dist: Dist) -> dict[str, float]:
     The values stay on their device until one stacked copy to the host (one sync per step).
     """
     keys = sorted(set().union(*parts))
+    for key, value in ((k, v) for p in parts for k, v in p.items() if not isinstance(v, Metric)):
+        raise TypeError(f"metric {key!r} is a {type(value).__name__}, not a Metric: say how it reduces "
+                        "(Metric.total for a sum, Metric.mean with its count)")  # fmt: skip
     device = next((m.numerator.device for p in parts for m in p.values() if isinstance(m.numerator, torch.Tensor)),
                   torch.device("cpu"))  # fmt: skip
     means = [any(p[k].count is not None for p in parts if k in p) for k in keys]

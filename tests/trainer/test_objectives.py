@@ -12,7 +12,7 @@ from gloo_workers import run_workers
 from t3d.trainer.build import Dist, build_trainer
 from t3d.trainer.config import build_config
 from t3d.trainer.objectives import OBJECTIVES, Metric, Objective, register, response_inputs, scatter
-from t3d.trainer.step import evaluate, train_step
+from t3d.trainer.step import evaluate, reduce_metrics, train_step
 
 
 @register
@@ -95,3 +95,11 @@ def test_toy_metrics_reduce_exactly_under_accumulation_and_two_workers(kit, teac
     for key in KEYS:
         assert accum[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+
+
+def test_a_metric_that_does_not_say_how_it_reduces_is_refused():
+    parts = [{"loss": Metric.total(torch.tensor(1.0)), "new_part": torch.tensor(0.5)}]
+    with pytest.raises(TypeError, match="'new_part' is a Tensor, not a Metric"):
+        reduce_metrics(parts, Dist())
+    two = [{"m": Metric.mean(torch.tensor(1.0), torch.tensor(3))}, {"m": Metric.mean(torch.tensor(2.0), torch.tensor(1))}]
+    assert reduce_metrics(two, Dist())["m"] == pytest.approx(1.25)  # (3 x 1 + 1 x 2) / 4, not (1 + 2) / 2
