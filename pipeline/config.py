@@ -26,7 +26,7 @@ from t3d.dllm.options import Option, OptionTree, as_dict, inline
 from t3d.dllm.prompt_encoding import PromptEncoding
 from t3d.dllm.prompt_files import FieldMap, require_prompts
 from t3d.dllm.sampling import SamplerConfig
-from t3d.dllm.scoring import SCORER_NAMES
+from t3d.dllm.scoring import AUTO, SCORER_NAMES
 
 RECORD_STATES = ("none", "dense")
 ON_LONG_PROMPT = ("skip", "error")
@@ -51,7 +51,7 @@ class PromptConfig:
     """How text prompts become token ids (recorded in the manifest; eval's `--like` reads it back)."""
     on_long_prompt: str = "skip"
     """What to do with a prompt too long for the model with its response: `skip` (counted in the manifest) or `error`."""
-    scorer: str = "auto"
+    scorer: str = AUTO
     """What fills the `correct` column: auto (per record: its code tests, else its answer), builtin, math (math-verify), code (tests in a sandbox), exact."""
 
     def __post_init__(self) -> None:

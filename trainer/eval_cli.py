@@ -20,7 +20,7 @@ from t3d.dllm import DiffusionLM, SamplerConfig, UserError, load_model
 from t3d.dllm.options import OptionTree, inline
 from t3d.dllm.outdir import Output, claim
 from t3d.dllm.prompt_files import FieldMap, require_prompts
-from t3d.dllm.scoring import Limits
+from t3d.dllm.scoring import AUTO, Limits
 from t3d.trainer.eval_prompts import load_prompts
 from t3d.dllm.loading import LoadConfig
 from t3d.dllm.reveal import STRATEGIES
@@ -271,7 +271,7 @@ class EvalPromptsConfig:
     """Field holding code tests (a list of assert statements), graded by code."""
     limit: int | None = None
     """Use only the first N prompts."""
-    scorer: str = "auto"
+    scorer: str = AUTO
     """How responses are judged: auto (per record: its code tests, else its answer), builtin, math (math-verify), code (tests in a sandbox), exact."""
     like: Path | None = None
     """Encode prompts as this dataset's manifest records (chat template, system prompt, user template, special tokens). Default: each model's own, from its t3d.json."""
