@@ -11,7 +11,6 @@ touches the weights; nothing is saved, so the newest checkpoint is the last good
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from t3d.dllm.model import DiffusionLM
 from t3d.trainer import checkpoint as ckpt
 from t3d.trainer.build import Dist, Trainer, build_trainer, quiet
-from t3d.trainer.config import DistillConfig
+from t3d.trainer.config import DistillConfig, to_dict
 from t3d.trainer.reporting import METRICS_FILE, MetricsLog, describe
 from t3d.trainer.step import NonFiniteLoss, train_step
 from t3d.trainer.tracking import open_trackers
@@ -67,7 +66,7 @@ def train(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> Run
     describe(trainer, say)
     out = Path(cfg.train.out)
     metrics_log = MetricsLog(out / METRICS_FILE, trainer.step, dist.is_main)
-    trackers = open_trackers(cfg.tracking, out, dataclasses.asdict(cfg), dist.is_main, trainer.step)  # JSONL names, rank 0
+    trackers = open_trackers(cfg.tracking, out, to_dict(cfg), dist.is_main, trainer.step)  # JSONL names, rank 0
     bar = tqdm(total=cfg.train.max_steps, initial=trainer.step, desc="distill", unit="step",
                disable=not (dist.is_main and cfg.train.progress), dynamic_ncols=True)  # fmt: skip
     last: dict[str, float] = {}

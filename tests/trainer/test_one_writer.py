@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from t3d.dllm.outdir import LOCK_NAME
 from t3d.trainer import checkpoint as ckpt
-from t3d.trainer import eval_cli, loop
+from t3d.trainer import build, eval_cli
 from t3d.trainer.distill import app as distill_app
 
 STEPS = ["--batch-size", "4", "--no-progress", "--device", "cpu", "--warmup-steps", "0"]
@@ -46,7 +46,7 @@ def no_model_loads(monkeypatch):
     def boom(*_args, **_kwargs):
         raise AssertionError("a model was loaded before the output was checked")
 
-    monkeypatch.setattr(loop, "build_model", boom)
+    monkeypatch.setattr(build, "build_model", boom)
     monkeypatch.setattr(eval_cli, "load_models", boom)
 
 
