@@ -110,3 +110,14 @@ def test_every_depends_on_target_exists(services):
         depends = service.get("depends_on", {})
         for target in depends if isinstance(depends, (list, dict)) else []:
             assert target in services, f"{name} depends on {target}, which is not a service"
+
+
+def test_the_image_copies_every_package_folder():
+    """`pip install .` in the image needs each folder pyproject maps a package to (tools/ was once missing)."""
+    import tomllib
+
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    roots = {path.split("/")[0] for path in package_dirs}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    missing = sorted(root for root in roots if f"COPY {root}/ {root}/" not in dockerfile)
+    assert not missing, f"the Dockerfile does not copy {missing}"
