@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = ("dllm", "pipeline", "trainer", "storage_schemas", "tools")
+PACKAGE_DIRS = ("dllm", "pipeline", "trainer", "storage_schemas", "tools", "scheduler")
 
 # (module, registry attribute, the files that own it: paths relative to the repository root, a folder ending in /)
 REGISTRIES = (

@@ -16,10 +16,10 @@ from t3d_test_support import Holder
 from typer.testing import CliRunner
 
 from t3d.pipeline import collect as collect_module
-from t3d.pipeline import run as run_module
+from t3d.scheduler import run as run_module
 from t3d.pipeline.collect import build_app as collect_app
 from t3d.pipeline.output import discard_if_unstarted, open_output
-from t3d.pipeline.run import build_app as run_app
+from t3d.scheduler.run import build_app as run_app
 from t3d.storage_schemas import Manifest
 
 

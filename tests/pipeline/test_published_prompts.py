@@ -82,7 +82,7 @@ def test_a_field_option_naming_no_column_is_one_line_and_writes_nothing(one_line
 
 @pytest.mark.parametrize("stage", ["collect", "eval"])
 def test_t3d_run_refuses_a_real_checkpoint_without_prompts_before_writing(tmp_path, real_fixtures, monkeypatch, stage):
-    from t3d.pipeline.run import build_app as run_app
+    from t3d.scheduler.run import build_app as run_app
 
     monkeypatch.chdir(tmp_path)
     sdar = real_fixtures / "sdar"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGE_FOLDERS = ("dllm", "pipeline", "trainer", "tools", "benchmarks")
+STAGE_FOLDERS = ("dllm", "pipeline", "trainer", "tools", "scheduler", "benchmarks")
 NOT_SHARDS = {"dllm/prompt_files.py"}  # the user's prompt files, read with pyarrow
 SHARD_MODULES = ("zarr", "pyarrow.parquet", "pyarrow.dataset")
 OPENERS = {  # calls that open a Parquet file or a Zarr store, whatever the module is called here

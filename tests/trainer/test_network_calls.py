@@ -34,7 +34,7 @@ from t3d.trainer.loop import build_trainer, train_step
 
 MODEL_PY = Path(t3d.dllm.model.__file__).resolve()
 SOURCE_ROOT = MODEL_PY.parents[1]  # the repository: dllm/, trainer/, pipeline/, ... side by side
-PACKAGES = ("dllm", "trainer", "pipeline", "storage_schemas", "tools")
+PACKAGES = ("dllm", "trainer", "pipeline", "storage_schemas", "tools", "scheduler")
 LIBRARIES = tuple(str(Path(m.__file__).resolve().parent) for m in (torch, transformers)) + (
     str(Path(sysconfig.get_paths()["stdlib"]).resolve()),
 )

@@ -20,15 +20,17 @@ whose options changed is refused unless `--redo STAGE`, which reruns it and ever
 after it. run.json records every stage's config, timings, outputs and tables. A job that
 finished with the same options is recognised from these files before Ray starts, so
 asking it again answers in seconds.
+
+The scheduler is a room of its own: it uses each stage through the entry the stage offers
+schedulers (`t3d.pipeline.stage.COLLECT`, `t3d.trainer.stages.DISTILL` and `EVAL`: option
+tree, config, `run`, what its outputs say), and no stage imports it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -38,9 +40,11 @@ from t3d.dllm.cli import load_config_file, register_user_error, run_cli
 from t3d.dllm.errors import UserError
 from t3d.dllm.options import with_signature
 from t3d.dllm.outdir import Output, claim
-from t3d.pipeline import run_config as rc
-from t3d.pipeline.run_config import STAGES, RoundPaths, RunSpec
+from t3d.pipeline.stage import COLLECT
+from t3d.scheduler import run_config as rc
+from t3d.scheduler.run_config import STAGES, RoundPaths, RunSpec
 from t3d.storage_schemas import DatasetError, Manifest
+from t3d.trainer.stages import DISTILL, EVAL
 
 RUN_JSON = "run.json"
 RUN_JSON_VERSION = 1
@@ -87,13 +91,11 @@ class RunManifest:
 
 def preflight(spec: RunSpec) -> Any:
     """Build round 1's configs and read its inputs (prompts, teacher): every error here leaves no file."""
-    from t3d.pipeline.collect import plan_run
-
     cfg = rc.collect_config(spec, 1)
     rc.distill_config(spec, 1)
     eval_cfg = rc.eval_config(spec, 1)
     try:
-        plan = plan_run(cfg)
+        plan = COLLECT.plan(cfg)
     except (UserError, FileNotFoundError) as err:
         raise UserError(f"{spec.where('collect')}: {err}") from None
     for key, path in (("prompts", eval_cfg.prompts.prompts), ("like", eval_cfg.prompts.like)):
@@ -140,25 +142,13 @@ def stage_resources(spec: RunSpec) -> dict[str, dict[str, float]]:
 
 def collect_state(spec: RunSpec, r: int) -> tuple[str, Any, str | None]:
     """(done | resume | fresh, plan, why it cannot be reused) for round r's collect, from the dataset's own manifest."""
-    from t3d.pipeline.collect import plan_run
-    from t3d.pipeline.output import first_difference
-
-    plan = plan_run(rc.collect_config(spec, r))
-    out = Path(plan.cfg.out)
-    if not (out / "manifest.json").is_file():
-        return "fresh", plan, None
-    manifest = Manifest.load(out)
-    theirs, ours = manifest.teacher.get("fingerprint"), plan.teacher.identity["fingerprint"]
-    problem = f"teacher fingerprint: {theirs} there, {ours} now" if theirs != ours else None
-    problem = problem or first_difference(manifest.collect_config.get("dataset_key", {}), plan.manifest_config()["dataset_key"])
-    done = len(manifest.shards) == len(plan.units)
-    return ("done" if done else "resume"), plan, problem
+    plan = COLLECT.plan(rc.collect_config(spec, r))
+    status, problem = COLLECT.state(plan)
+    return status, plan, problem
 
 
 def run_collect(plan: Any) -> None:
-    from t3d.pipeline.collect import collect
-
-    collect(plan.cfg)
+    COLLECT.run(plan)
 
 
 def collect_outputs(plan: Any) -> dict[str, Any]:
@@ -172,75 +162,39 @@ def collect_outputs(plan: Any) -> dict[str, Any]:
 
 def distill_state(spec: RunSpec, r: int) -> tuple[str, Any, str | None]:
     """(done | resume | fresh, config, why refused), from the checkpoints and the exported student."""
-    from t3d.trainer import checkpoint as ckpt
-
     cfg = rc.distill_config(spec, r)
-    out = Path(cfg.train.out)
-    latest = ckpt.latest_checkpoint(out)
-    if latest is None:
+    progress = DISTILL.progress(cfg)
+    if progress is None:
         return "fresh", cfg, None
-    changes = rc.distill_changes(ckpt.load_checkpoint_config(latest), cfg)
-    step = int(ckpt.load_trainer_state(latest)["step"])
-    done = step >= cfg.train.max_steps and (out / ckpt.STUDENT).is_dir()
+    step, saved, exported = progress
+    changes = rc.distill_changes(saved, cfg)
+    done = step >= cfg.train.max_steps and exported
     if changes:
         return ("done" if done else "resume"), cfg, "; ".join(changes)
     return ("done" if done else "resume"), cfg, None
 
 
-def distill_task(config: dict[str, Any], log_path: str, threads: int) -> dict[str, Any]:
-    """Runs on a Ray worker: t3d-distill's own `run` on the config, its output into the stage log."""
-    import torch
-
-    from t3d.trainer.config import from_dict
-    from t3d.trainer.distill import run
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"pid {os.getpid()} on {socket.gethostname()}")
-        run(from_dict(config))
-    return {"pid": os.getpid()}
-
-
 def run_distill(cfg: Any, resume: bool, resources: dict[str, float], progress: bool) -> None:
     import dataclasses
-
-    from t3d.trainer.config import to_dict
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume, progress=False))
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out.parent / "distill.log"
-    task = _remote(distill_task, resources).remote(to_dict(cfg), str(log), int(resources["CPU"]))
+    task = _remote(DISTILL.task, resources).remote(DISTILL.record(cfg), str(log), int(resources["CPU"]))
     _wait(task, log, "distill", progress, total=cfg.train.max_steps, metrics=out / "metrics.jsonl")
 
 
 def distill_outputs(cfg: Any) -> dict[str, Any]:
-    from t3d.trainer.objectives import loss_parts
-
     out = Path(cfg.train.out)
     metrics = out / "metrics.jsonl"
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
     last = json.loads(lines[-1]) if lines else {}
     return {"student": str(out / "student"), "step": last.get("step"), "log": str(out.parent / "distill.log"),
-            "last_step": {k: round(last[k], 5) for k in loss_parts(cfg.loss.kind) if k in last}}  # fmt: skip
+            "last_step": {k: round(last[k], 5) for k in DISTILL.loss_parts(cfg) if k in last}}  # fmt: skip
 
 
 # --- stage: eval (a Ray task) ------------------------------------------------------------------
-
-
-def eval_task(values: dict[str, Any], log_path: str, threads: int) -> dict[str, Any]:
-    """Runs on a Ray worker: t3d-eval's body on the config; returns the table."""
-    import torch
-
-    from t3d.trainer.eval_cli import TREE, run_config
-    from t3d.trainer.evaluate import render_legend, render_table
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        report = run_config(TREE.build(values))
-    return {"table": render_table(report), "legend": render_legend(report)}
 
 
 def eval_state(spec: RunSpec, r: int, manifest: RunManifest, device: str | None) -> tuple[str, Any, str | None]:
@@ -255,12 +209,10 @@ def eval_state(spec: RunSpec, r: int, manifest: RunManifest, device: str | None)
 
 
 def run_eval(cfg: Any, resources: dict[str, float], record: dict[str, Any], progress: bool) -> None:
-    from t3d.trainer.eval_cli import TREE
-
     out = Path(cfg.output.json).parent
     out.mkdir(parents=True, exist_ok=True)
     log = out / "eval.log"
-    task = _remote(eval_task, resources).remote(TREE.values(cfg), str(log), int(resources["CPU"]))
+    task = _remote(EVAL.task, resources).remote(EVAL.values(cfg), str(log), int(resources["CPU"]))
     result = _wait(task, log, "eval", progress)
     record["outputs"] = {"json": str(cfg.output.json), "plot": str(cfg.output.plot), "log": str(log)}
     record["table"] = result["table"]
@@ -443,7 +395,6 @@ def first_refusal(spec: RunSpec, redo: str | None, manifest: RunManifest, resour
 
 def run_round(spec: RunSpec, r: int, resources: dict[str, dict[str, float]], manifest: RunManifest) -> None:
     """collect -> distill -> eval of round r; each skipped when its own outputs say it is done."""
-    from t3d.trainer.config import to_dict
 
     def say(text: str) -> None:
         print(f"[round {r}/{spec.run.rounds}] {text}", flush=True)
@@ -458,7 +409,7 @@ def run_round(spec: RunSpec, r: int, resources: dict[str, dict[str, float]], man
     if why:
         refuse(spec, "distill", r, why)
     body = lambda: run_distill(cfg, status == "resume", resources["distill"], spec.run.progress)  # noqa: E731
-    _run_stage(say, "distill", status, manifest, r, {"config": to_dict(cfg)}, body, lambda: distill_outputs(cfg))
+    _run_stage(say, "distill", status, manifest, r, {"config": DISTILL.record(cfg)}, body, lambda: distill_outputs(cfg))
 
     status, eval_cfg, why = eval_state(spec, r, manifest, eval_device(resources))
     if why:

@@ -10,20 +10,21 @@ t3d-run wires the stages together, so the options that say where a stage reads o
 writes (collect --out, distill --data / --out / --resume, eval --model / --json /
 --plot, and every --address) are set by the run and refused in its file.
 
-The trainer's options are read from `t3d.trainer.config` inside functions (the pipeline
-may call the trainer's entry points; the trainer never imports the pipeline).
+Each stage is reached through its public entry for schedulers (`t3d.pipeline.stage.COLLECT`,
+`t3d.trainer.stages.DISTILL` and `EVAL`: option tree, config, run, progress), never
+through its internals; no stage imports the scheduler.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from t3d.dllm.errors import UserError
 from t3d.dllm.options import OptionTree, as_dict
-from t3d.pipeline.config import TREE as COLLECT_TREE
+from t3d.pipeline.stage import COLLECT
+from t3d.trainer.stages import DISTILL, EVAL, tracker_names
 
 STAGES = ("collect", "distill", "eval")
 WIRED = {
@@ -64,9 +65,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise UserError(f"rounds must be at least 1, got {self.rounds}")
-        from t3d.trainer.tracking import backend_names
-
-        backend_names(self.report_to)  # an unknown tracker: one line naming the known ones
+        tracker_names(self.report_to)  # an unknown tracker: one line naming the known ones
         for name in ("distill_cpus", "distill_gpus", "eval_cpus", "eval_gpus"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -76,22 +75,16 @@ class RunConfig:
 RUN_TREE = OptionTree(RunConfig, metavars={"out": "PATH"})
 
 
-@cache
 def distill_tree() -> OptionTree:
-    from t3d.trainer.config import TREE
-
-    return TREE
+    return DISTILL.tree
 
 
-@cache
 def eval_tree() -> OptionTree:
-    from t3d.trainer.eval_cli import TREE
-
-    return TREE
+    return EVAL.tree
 
 
 def trees() -> dict[str, OptionTree]:
-    return {"run": RUN_TREE, "collect": COLLECT_TREE, "distill": distill_tree(), "eval": eval_tree()}
+    return {"run": RUN_TREE, "collect": COLLECT.tree, "distill": DISTILL.tree, "eval": EVAL.tree}
 
 
 @dataclass(frozen=True)
@@ -133,10 +126,8 @@ def parse_spec(file_values: dict[str, Any], flags: dict[str, dict[str, Any]], so
 
 def check_trackers(run: RunConfig, layers: dict[str, dict[str, Any]]) -> None:
     """Each stage's trackers ([run] report-to unless the stage names its own) import, before the first stage runs."""
-    from t3d.trainer.tracking import TrackingConfig, check_available
-
-    for stage in ("distill", "eval"):
-        check_available(TrackingConfig(report_to=layers[stage].get("report_to", run.report_to)))
+    for stage in (DISTILL, EVAL):
+        stage.check_trackers(layers[stage.name].get("report_to", run.report_to))
 
 
 # --- each stage's config in round r ----------------------------------------------------------
@@ -190,18 +181,15 @@ def collect_config(spec: RunSpec, r: int, *, redo: bool = False) -> Any:
     if values.get("prompts") is not None:
         values["prompts"] = _absolute(values["prompts"])
     values["address"] = None  # the run has joined Ray already; collect uses it as it is
-    return _build(spec, "collect", COLLECT_TREE, values)
+    return _build(spec, "collect", COLLECT.tree, values)
 
 
 def distill_values(spec: RunSpec, r: int) -> dict[str, Any]:
     """[distill] with the round's data, output and starting student; the preset pinned by round 1's model."""
-    from t3d.trainer.config import AUTO, default_preset, size_preset
-
     paths = RoundPaths(run_root(spec), r)
     values = dict(spec.sections["distill"])
     first_model = _absolute(values.get("model", teacher_model(spec)))
-    preset = values.get("preset", default_preset(first_model))  # the same recipe in every round:
-    values["preset"] = size_preset(first_model)[0] if preset == AUTO else preset  # auto is round 1's model's size
+    values["preset"] = DISTILL.preset(first_model, values.get("preset"))  # the same recipe in every round (auto: round 1's model's size)
     values.setdefault("report_to", spec.run.report_to)
     values.setdefault("run_name", f"{paths.root.name}-round-{r}-distill")  # a tracker's run: which job, which round
     values.update(data=str(paths.trajectories), out=str(paths.distill), model=first_model if r == 1 else str(RoundPaths(paths.root, r - 1).student))
@@ -209,11 +197,9 @@ def distill_values(spec: RunSpec, r: int) -> dict[str, Any]:
 
 
 def distill_config(spec: RunSpec, r: int) -> Any:
-    from t3d.trainer.config import build_config
-
     values = distill_values(spec, r)
     try:
-        return build_config(values)
+        return DISTILL.config(values)
     except UserError as err:
         raise UserError(f"{spec.where('distill')}: {err}") from None
 
@@ -236,7 +222,7 @@ def eval_config(spec: RunSpec, r: int, device: str | None = None) -> Any:
         values["device"] = device
     values.setdefault("report_to", spec.run.report_to)
     values.setdefault("run_name", f"{root.name}-round-{r}-eval")
-    return _build(spec, "eval", eval_tree(), values)
+    return _build(spec, "eval", EVAL.tree, values)
 
 
 def _build(spec: RunSpec, stage: str, tree: OptionTree, values: dict[str, Any]) -> Any:
@@ -252,14 +238,12 @@ def _absolute(path: str) -> str:
 
 def distill_changes(old: Any, new: Any) -> list[str]:
     """What differs between a finished distill's checkpoint config and this run's, ignoring how it runs."""
-    from t3d.trainer.config import describe_changes
-
-    return [c for c in describe_changes(old, new) if not c.startswith(DISTILL_IGNORED_CHANGES)]
+    return [c for c in DISTILL.changes(old, new) if not c.startswith(DISTILL_IGNORED_CHANGES)]
 
 
 def eval_record(cfg: Any) -> dict[str, Any]:
     """An eval config as JSON-ready flat values (what run.json keeps and compares)."""
-    values = {k: v for k, v in eval_tree().values(cfg).items() if k not in EVAL_IGNORED}
+    values = {k: v for k, v in EVAL.values(cfg).items() if k not in EVAL_IGNORED}
     return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from t3d.pipeline import run_config as rc
-from t3d.pipeline.run import build_app
+from t3d.scheduler import run_config as rc
+from t3d.scheduler.run import build_app
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = [

@@ -4,8 +4,8 @@ import sys
 
 from typer.testing import CliRunner
 
-from t3d.pipeline import run_config as rc
-from t3d.pipeline.run import build_app
+from t3d.scheduler import run_config as rc
+from t3d.scheduler.run import build_app
 
 
 def test_run_report_to_reaches_distill_and_eval_unless_the_stage_names_its_own(tmp_path):
