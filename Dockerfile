@@ -24,6 +24,7 @@ COPY storage_schemas/ storage_schemas/
 COPY pipeline/ pipeline/
 COPY trainer/ trainer/
 COPY tools/ tools/
+COPY scheduler/ scheduler/
 RUN pip install . && mkdir -p /app/runs
 
 # GCS, Ray client server, dashboard (published on 127.0.0.1 only, see docker-compose.yml).
