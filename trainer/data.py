@@ -23,15 +23,18 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import torch
 
 from t3d.dllm.errors import UserError
-from t3d.storage_schemas import Dataset
 from t3d.trainer.config import DataConfig
+
+if TYPE_CHECKING:  # polars and zarr (through storage_schemas) load when a dataset opens: Batch and row_seeds import without them
+    import polars as pl
+
+    from t3d.storage_schemas import Dataset
 
 _ROW_COLUMNS = ("prompt_ids", "response_ids", "reveal_step")
 
@@ -79,6 +82,8 @@ def row_seeds(seed: int, epoch: int, rows: np.ndarray) -> np.ndarray:
 
 def open_dataset(cfg: DataConfig, log=print) -> tuple[Dataset, list[str]]:
     """Open and verify the dataset; returns it and the names of the shards skipped as bad."""
+    from t3d.storage_schemas import Dataset
+
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise UserError(f"data directory not found: {path}")
@@ -99,6 +104,8 @@ def open_dataset(cfg: DataConfig, log=print) -> tuple[Dataset, list[str]]:
 
 
 def _filter_expr(text: str) -> pl.Expr:
+    import polars as pl
+
     try:
         return pl.sql_expr(text)
     except Exception as err:
@@ -110,6 +117,8 @@ def build_index(dataset: Dataset, cfg: DataConfig) -> pl.DataFrame:
 
     shard_no numbers the shards that keep rows 0..S-1 in name order.
     """
+    import polars as pl
+
     lf = dataset.scan()
     if cfg.filter:
         lf = lf.filter(_filter_expr(cfg.filter))
