@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import torch
 
 from t3d.dllm import masks
+from t3d.dllm.attention import use_grouped_sdpa
 from t3d.dllm.families import Family
 from t3d.dllm.identity import model_identity
 
@@ -51,6 +52,9 @@ class DiffusionLM:
     native: bool = True
     """Loaded into a transformers class (False: the checkpoint's own code, `--trust-remote-code`)."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        use_grouped_sdpa(self.net)  # grouped-query attention reads the KV heads in place (t3d.dllm.attention)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -178,6 +182,21 @@ class DiffusionLM:
         """
         probe = torch.arange(width, device=device, dtype=torch.float32)[None, :, None]  # (1, T, 1)
         return self.family.align(probe)[0, :, 0].long()  # (T,)
+
+    def store_keys(self, input_ids: torch.Tensor, attention_bias: torch.Tensor, position_ids: torch.Tensor, cache: Any) -> None:
+        """A forward for its keys only (a cache prefill or commit): no LM-head row is computed.
+
+        The trunk alone runs when the head is a plain linear one; otherwise the whole
+        network, its head on no column where it takes `logits_to_keep` (else on all).
+        """
+        trunk = self.net.model if self.lm_head is not None else None
+        argument = _forward_arguments(type(trunk)).get("cache") if trunk is not None else None
+        if argument is not None:
+            trunk(input_ids=input_ids, attention_mask=attention_bias, position_ids=position_ids,
+                  use_cache=True, **{argument: cache})  # fmt: skip
+            return
+        none = torch.zeros(0, dtype=torch.long, device=input_ids.device)  # (0,) columns
+        self.raw_logits_at(input_ids, attention_bias, position_ids, none, cache)
 
     def raw_logits_at(
         self,

@@ -124,17 +124,18 @@ class CachedRunner(Runner):
         """Run tokens at `cols` (R, q) of `slots` over cached columns [0, width).
 
         Returns logits (R, m, V) of queries `sel` (R, m) among the first `head` (all q when
-        None; sel None: all of those), or None when `logits` is False.
+        None; sel None: all of those), or None when `logits` is False (no LM-head row then).
         """
         rows = slots[:, None]
         key_block = self.key_block[slots, :width] if self.block_causal else None
         bias = self.model.family.query_bias(engine.real[slots, :width], cols, key_block, self.dtype)  # (R, 1, q, W)
         self.cache.plan = ForwardPlan(slots=_slots_arg(engine, slots, live), columns=cols, width=width)
-        q = cols.shape[1]
-        keep = torch.arange(head or q, device=engine.device) if logits else torch.tensor([q - 1], device=engine.device)
-        out = self.model.raw_logits_at(engine.ids[rows, cols], bias, engine.pos[rows, cols], keep, self.cache,
-                                       rows_keep=sel if logits else None)  # fmt: skip
-        return out.float() if logits else None
+        ids, pos = engine.ids[rows, cols], engine.pos[rows, cols]  # (R, q)
+        if not logits:  # a prefill or commit: its keys are all anyone reads
+            self.model.store_keys(ids, bias, pos, self.cache)
+            return None
+        keep = torch.arange(head or cols.shape[1], device=engine.device)
+        return self.model.raw_logits_at(ids, bias, pos, keep, self.cache, rows_keep=sel).float()
 
 
 class ExactBlockCache(CachedRunner):
