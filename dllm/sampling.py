@@ -112,6 +112,7 @@ class SampleOutput:
     num_steps: np.ndarray  # (N,) int32, network evaluations per row
     finish_reason: list[str]  # "eos" | "length"
     nfe: int  # batched forward passes
+    revealed: np.ndarray | None = None  # (N,) int32, tokens the sampler revealed per row, those after the stop id included
 
     @property
     def response_length(self) -> np.ndarray:
@@ -177,6 +178,7 @@ def _finish(engine: Engine) -> SampleOutput:
         num_steps=engine.out_steps.copy(),
         finish_reason=["eos" if e else "length" for e in has_eos.tolist()],
         nfe=engine.nfe,
+        revealed=(reveal >= 0).sum(dim=1).numpy().astype(np.int32),  # before the stop turns the rest into padding
     )
 
 
