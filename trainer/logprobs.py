@@ -132,6 +132,8 @@ class ResponseLogProbs(nn.Module):
     the response copy is the last `length` columns; `select` (B, L) bool picks positions
     (row-major), giving N rows. With `ids` (N, k): returns (N, k) log-probs (with grad).
     With `targets` (N,) instead: returns the `Proposal` (no grad; the reference's use).
+    With neither: the (N, V) log-probs of every id (with grad; objectives that read the
+    whole distribution, such as an entropy).
     The rows come from `DiffusionLM.response_rows` (the network is called there only):
     hidden states and the LM head when it is plain, applied here in chunks. `fused=False`
     (or a head that is not plain) takes the full-logits route, in the model's dtype, with
@@ -150,6 +152,9 @@ class ResponseLogProbs(nn.Module):
         rows, weight, bias = self.model.response_rows(input_ids, attention_bias, position_ids, length, select, self.fused)
         if targets is not None:
             return linear_proposal(rows, weight, bias, targets, temperature, generator)
+        if ids is None:  # every id: (N, V), an expanded view (no copy of the ids)
+            vocab = rows.shape[-1] if weight is None else weight.shape[0]
+            ids = torch.arange(vocab, device=rows.device).expand(rows.shape[0], vocab)
         if weight is None:  # log-probs of the logits rows, float32 a chunk at a time
             return _logit_rows_logprobs(rows, ids)
         return linear_logprobs(rows, weight, bias, ids)
