@@ -34,6 +34,7 @@ from t3d.dllm.loading import LoadConfig, read_json, resolve_model_path
 from t3d.dllm.weights import parameter_count, weight_files
 from t3d.dllm.options import OptionTree, as_dict, inline
 from t3d.trainer import sharding
+from t3d.trainer.lora import LoraConfig
 from t3d.trainer.objectives import ObjectiveConfig
 from t3d.trainer.states import StatesConfig
 from t3d.trainer.tracking import TrackingConfig
@@ -221,6 +222,8 @@ class DistillConfig:
     """The trajectory dataset."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The starting student."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters on a frozen base instead of full fine-tuning (`--lora-r`)."""
     states: StatesConfig = field(default_factory=StatesConfig)
     """Training states."""
     loss: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -252,8 +255,9 @@ SIZE_PRESETS = ((3e9, "paper-2b"), (6e9, "paper-4b"), (float("inf"), "paper-8b")
 MAX_WARMUP_SHARE = 0.25
 """A warm-up over this share of the run is cut to a tenth of the run (`effective_warmup`)."""
 
-# one option per leaf field (t3d.dllm.options); three fields take their section's name as flag
-RENAMES = {"data.path": "data", "model.path": "model", "loss.kind": "loss"}
+# one option per leaf field (t3d.dllm.options); three fields take their section's name as flag, LoRA's its prefix
+RENAMES = {"data.path": "data", "model.path": "model", "loss.kind": "loss",
+           **{f"lora.{name}": f"lora_{name}" for name in ("r", "alpha", "dropout", "targets")}}
 TREE = OptionTree(DistillConfig, rename=RENAMES, metavars=dict.fromkeys(("data", "model", "out"), "PATH"))
 
 

@@ -91,6 +91,10 @@ def qwen_example_config(*, vocab_size: int, hidden_size: int, num_layers: int, n
     }
 
 
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The attention and MLP projections of transformers' Llama / Qwen2 / Qwen3 decoder layers (module names)."""
+
+
 @dataclass(frozen=True)
 class Family:
     """Bidirectional attention, logits aligned with positions (LLaDA-style)."""
@@ -121,6 +125,9 @@ class Family:
     its attention, every block at once when block-causal, one current block per row when bidirectional."""
     example_config: Callable[..., dict[str, Any]] | None = None
     """sizes -> a config.json shaped like the published checkpoint's (`t3d.dllm.tiny.real_layout_config`); None: none."""
+    lora_targets: tuple[str, ...] = LLAMA_PROJECTIONS
+    """Module names a LoRA student adapts by default (`--lora-r` without `--lora-targets`): the attention and MLP
+    projections of the network as t3d builds it (transformers' names, which every native family loads into)."""
 
     @property
     def training_layout(self) -> TrainingLayout:
