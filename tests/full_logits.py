@@ -75,26 +75,36 @@ def t3d_objective(student_logits: Tensor, ref_logits: Tensor, targets: Tensor, s
 
 
 class LogitsStudent(nn.Module):
-    """`ResponseLogProbs`'s interface over full logits: `logits_of(input_ids)` -> (B, L, V)."""
+    """`ResponseLogProbs`'s interface over full logits: `logits_of(input_ids)` -> (B, L, V).
 
-    def __init__(self, logits_of) -> None:
+    `model.mask_id`: what an objective that builds a second view of a state (the complement
+    of `certainty`) writes into the response copy (the last L columns of input_ids)."""
+
+    def __init__(self, logits_of, mask_id: int = 0) -> None:
         super().__init__()
         self.logits_of = logits_of
+        self.model = SimpleNamespace(mask_id=mask_id)
 
     def forward(self, input_ids, attention_bias, position_ids, length, select, ids=None, targets=None,
                 temperature=0.0, generator=None):  # fmt: skip
         rows = self.logits_of(input_ids)[select]  # (N, V)
         if targets is not None:
             return linear_proposal(rows, None, None, targets, temperature, generator)
+        if ids is None:  # every id, as ResponseLogProbs
+            return torch.log_softmax(rows.float(), dim=-1)  # (N, V)
         return gather_logprobs(rows[:, None], ids[:, None])[:, 0]  # (N, k), with grad even for N = 0
 
 
 def states_of(targets: Tensor, supervised: Tensor, path: Tensor | None = None, padding: Tensor | None = None,
               path_weight: Tensor | None = None, input_ids: Tensor | None = None) -> SimpleNamespace:  # fmt: skip
-    """The fields of `TrainingStates` an objective reads, response columns only (no shift, no prompt)."""
+    """The fields of `TrainingStates` an objective reads, response columns only (no shift, no prompt).
+
+    input_ids: one key column (input_ids' first, else the targets'), then the response copy
+    (the targets), so a `logits_of` keyed on column 0 survives a second view of the state."""
     zeros = torch.zeros_like(supervised)
+    key = (targets if input_ids is None else input_ids)[:, :1]
     return SimpleNamespace(
-        input_ids=targets if input_ids is None else input_ids, attention_bias=None, position_ids=None,
+        input_ids=torch.cat([key, targets], dim=1), attention_bias=None, position_ids=None, tail=zeros,
         targets=targets, supervised=supervised, path=zeros if path is None else path, path_weight=path_weight,
         padding=zeros if padding is None else padding, shift=torch.zeros(len(targets), dtype=torch.long),
     )  # fmt: skip

@@ -59,8 +59,8 @@ class ObjectiveConfig:
     """Which objective to train and its weights."""
 
     kind: str = "t3d"
-    """One of `OBJECTIVES`: "t3d" (DDO + λ_path·path), "ddo" (DDO alone), "ce" (naive
-    trajectory distillation), "fkl" (forward KL to the stored teacher top-k)."""
+    """A registered objective's name (`OBJECTIVES`; docs/OBJECTIVES.md says what each computes): "t3d"
+    (DDO + λ_path·path), "ddo", "ce", "fkl", "certainty" (dParallel), "cap" (LLaDA 2.0), "d3llm", ..."""
     alpha: float = 0.5
     """Weight of the fake term of DDO."""
     beta: float = 0.1
@@ -69,12 +69,20 @@ class ObjectiveConfig:
     """Weight of the path loss in "t3d"."""
     fake_temperature: float = 0.0
     """0: the fake is the reference's argmax; > 0: a sample at this temperature."""
+    entropy_weight: float = 2.0
+    """Weight of the certainty term (entropy on correctly predicted masked tokens) of "certainty", "cap" and "d3llm"."""
+    entropy_temperature: float = 0.5
+    """Softmax temperature of that entropy in "certainty" and "d3llm" (dParallel, d3LLM: 0.5; "cap" uses 1)."""
+    complement: bool = True
+    """"certainty" and "d3llm" also train each state's complement (masked and shown tokens of its blocks swapped)."""
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.kind!r}; choose from {sorted(OBJECTIVES)}")
         if self.alpha < 0 or self.beta <= 0 or self.lambda_path < 0 or self.fake_temperature < 0:
             raise ValueError("need alpha >= 0, beta > 0, lambda_path >= 0, fake_temperature >= 0")
+        if self.entropy_weight < 0 or self.entropy_temperature <= 0:
+            raise ValueError("need entropy_weight >= 0, entropy_temperature > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,8 +117,9 @@ class Objective:
     name: ClassVar[str] = ""
     needs_reference: ClassVar[bool] = False
     """The loop keeps a frozen reference model (DDO's p_ref and fake answer)."""
-    needs_topk: ClassVar[bool] = False
-    """The data loader reads the stored teacher top-k."""
+    arrays: ClassVar[tuple[str, ...]] = ()
+    """The stored arrays (`t3d.storage_schemas.ARRAYS` names) it reads from `Micro.batch.arrays`: the data
+    loader reads them with the rows and refuses, in one line, a dataset whose shards lack one."""
     parts: ClassVar[tuple[str, ...]] = ("loss",)
     """Its loss parts (metric names): what a run's summary line reports."""
 
