@@ -227,7 +227,7 @@ class DistillConfig:
     states: StatesConfig = field(default_factory=StatesConfig)
     """Training states."""
     loss: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    """The objective: `kind` t3d | ddo | ce | fkl and its weights."""
+    """The objective: `kind`, a registered objective's name (docs/OBJECTIVES.md), and its weights."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
