@@ -3,7 +3,8 @@
 A dataset directory holds `manifest.json` and shards `shard-NNNNN.parquet` +
 `shard-NNNNN.zarr/`; see `schema` for the columns and arrays. Writers build a shard's
 contents with `shard_columns` / `shard_arrays` and commit it with `write_shard`; readers
-go through `Dataset` (rows, columns and arrays by shard). Nothing else in t3d opens a shard.
+go through `Dataset` (rows, columns and arrays by shard) and `RowStream` (a seeded order of
+rows with a position a reader saves and resumes from). Nothing else in t3d opens a shard.
 """
 
 from t3d.storage_schemas.columns import Decoded, sample_id, shard_arrays, shard_columns
@@ -27,6 +28,7 @@ from t3d.storage_schemas.schema import (
     validate_table,
     zarr_path,
 )
+from t3d.storage_schemas.stream import RowStream, TakenRows, epoch_order
 from t3d.storage_schemas.writer import Reconciled, check_shard_files, reconcile, write_shard
 
 __all__ = [
@@ -45,9 +47,12 @@ __all__ = [
     "Decoded",
     "Manifest",
     "Reconciled",
+    "RowStream",
     "ShardInfo",
+    "TakenRows",
     "build_table",
     "check_shard_files",
+    "epoch_order",
     "parquet_path",
     "reconcile",
     "sample_id",

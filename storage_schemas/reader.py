@@ -89,7 +89,7 @@ class Dataset:
         try:
             frame = (
                 pl.scan_parquet(parquet_path(self._path, shard))
-                .select("zarr_index", *columns)
+                .select("zarr_index", *(c for c in columns if c != "zarr_index"))
                 .filter(pl.col("zarr_index").is_in(wanted.tolist()))
                 .sort("zarr_index")
                 .collect()

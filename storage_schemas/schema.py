@@ -73,21 +73,36 @@ class ArraySpec:
     """One Zarr array of a shard: rows align with the Parquet rows through `zarr_index`."""
 
     name: str
+    """The array's name in the shard's Zarr group, and the sampler output's attribute it is read from."""
     dtype: np.dtype
-    dims: tuple[str, ...]  # dimension names; the first is always "row"
+    """Stored dtype; the writer casts to it (range-checked for integers)."""
+    dims: tuple[str, ...]
+    """Dimension names; the first is always "row"; a "position" dimension must have the response's length L."""
     required: bool
+    """Every shard must store it (else the sampler may leave it out: its output attribute is None)."""
+    about: str
+    """What it holds and when the sampler records it, in words (the trainer's refusal quotes it)."""
 
 
 ARRAYS: dict[str, ArraySpec] = {
-    # Teacher's top-k log-probs at the reveal step of each position. float16 because Zarr
-    # has no bfloat16 and k=8 already costs 48 B per token before compression.
+    # float16 because Zarr has no bfloat16 and k=8 already costs 48 B per token before compression.
     "topk_logprobs": ArraySpec(
-        name="topk_logprobs", dtype=np.dtype(np.float16), dims=("row", "position", "k"), required=False
-    ),
-    "topk_ids": ArraySpec(name="topk_ids", dtype=np.dtype(np.int32), dims=("row", "position", "k"), required=False),
-    # Dense masked states, states[:, s] = input of step s; rows shorter than S repeat their final state.
-    "states": ArraySpec(name="states", dtype=np.dtype(np.int32), dims=("row", "step", "position"), required=False),
+        name="topk_logprobs", dtype=np.dtype(np.float16), dims=("row", "position", "k"), required=False,
+        about="the teacher's top-k log-probs at each position's reveal, recorded unless logits_top_k=0",
+    ),  # fmt: skip
+    "topk_ids": ArraySpec(
+        name="topk_ids", dtype=np.dtype(np.int32), dims=("row", "position", "k"), required=False,
+        about="the ids of the teacher's top-k at each position's reveal, recorded unless logits_top_k=0",
+    ),  # fmt: skip
+    # rows shorter than S repeat their final state
+    "states": ArraySpec(
+        name="states", dtype=np.dtype(np.int32), dims=("row", "step", "position"), required=False,
+        about="dense masked states (states[:, s] = the input of step s), recorded with record_states",
+    ),  # fmt: skip
 }
+"""Every Zarr array a shard may hold. Declaring one here is all the writer (`shard_arrays` reads
+the sampler output's attribute of that name) and the reader (`Dataset.arrays`, `RowStream`,
+the trainer's `Batch.arrays`) need; storing it is a contract change: bump `SCHEMA_VERSION`."""
 TOPK_ARRAYS = ("topk_logprobs", "topk_ids")  # both or neither (top-k recording off)
 ROWS_PER_CHUNK = 256
 MAX_CHUNK_BYTES = 16 * 2**20  # fewer rows per chunk when rows are large (dense states)
@@ -319,6 +334,8 @@ def _check_array(values: ArrayLike, spec: ArraySpec, rows: int, width: int | Non
         raise DatasetError(f"{where}: array {spec.name!r} has shape {tuple(values.shape)}, schema says {spec.dims}")
     if values.shape[0] != rows:
         raise DatasetError(f"{where}: array {spec.name!r} has {values.shape[0]} rows, the table has {rows}")
+    if "position" not in spec.dims:
+        return
     position = values.shape[spec.dims.index("position")]
     if width is not None and position != width:
         raise DatasetError(f"{where}: array {spec.name!r} has {position} positions, response_ids has {width}")

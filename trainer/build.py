@@ -115,7 +115,7 @@ def build_loader(cfg: DistillConfig, model: DiffusionLM, dist: Dist, log: Callab
     """The worker's stream of micro-batches, checked against the student."""
     loader = TrajectoryDataset(
         cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed, pad_id=model.pad_id,
-        rank=dist.rank, world=dist.world, with_topk=OBJECTIVES[cfg.loss.kind].needs_topk,
+        rank=dist.rank, world=dist.world, arrays=OBJECTIVES[cfg.loss.kind].arrays,
         fixed_states=cfg.states.fixed_states, log=log,
     )  # fmt: skip
     check_compatible(loader.manifest.teacher, model.identity(), cfg.data.path)

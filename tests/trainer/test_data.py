@@ -7,7 +7,7 @@ import pytest
 from t3d.dllm.errors import UserError
 from t3d.storage_schemas import Dataset, DatasetError
 from t3d.trainer.config import DataConfig
-from t3d.trainer.data import TrajectoryDataset, epoch_order, row_seeds
+from t3d.trainer.data import TrajectoryDataset, row_seeds
 
 
 def loader(path, **kw):
@@ -18,17 +18,6 @@ def loader(path, **kw):
 
 def ids(batches):
     return [tuple(r) for b in batches for r in b.row_id.tolist()]
-
-
-def test_epoch_order_is_a_seeded_permutation_that_keeps_shard_groups():
-    shard_no = np.repeat(np.arange(6), 5)  # 6 shards of 5 rows
-    a = epoch_order(shard_no, seed=1, epoch=0, shuffle_shards=2)
-    assert sorted(a) == list(range(30))
-    assert np.array_equal(a, epoch_order(shard_no, seed=1, epoch=0, shuffle_shards=2))
-    assert not np.array_equal(a, epoch_order(shard_no, seed=1, epoch=1, shuffle_shards=2))
-    assert not np.array_equal(a, epoch_order(shard_no, seed=2, epoch=0, shuffle_shards=2))
-    groups = shard_no[a].reshape(3, 10)  # each run of 10 rows comes from exactly 2 shards
-    assert all(len(set(g)) == 2 for g in groups)
 
 
 def test_rows_match_the_dataset(datasets):
@@ -72,7 +61,7 @@ def test_position_resumes_the_same_stream(datasets):
     again = loader(datasets["bidirectional"], shuffle_shards=1)
     again.load_state_dict(state)
     assert ids(again.next_batch() for _ in range(3)) == expected
-    assert len(again._cache) <= 1  # streaming: at most shuffle_shards shards in memory
+    assert again.stream.shards_held <= 1  # streaming: at most shuffle_shards shards in memory
 
 
 def test_filter_and_length_limits(datasets):
@@ -103,7 +92,7 @@ def test_a_shard_that_loses_rows_after_indexing_stops_the_stream(dataset_copy):
 
 
 def test_topk_comes_with_the_rows(datasets):
-    stream = loader(datasets["bidirectional"], with_topk=True)
+    stream = loader(datasets["bidirectional"], arrays=("topk_logprobs", "topk_ids"))
     batch = stream.next_batch()
     assert batch.topk_logprobs.shape[:2] == batch.x0.shape and batch.topk_ids.shape == batch.topk_logprobs.shape
     real = batch.reveal_step >= 0
@@ -125,4 +114,4 @@ def test_topk_objective_needs_stored_topk(kit, teachers, tmp_path):
     data = kit.collect(tmp_path / "no-topk", teachers["bidirectional"], prompts=8, shards=1, cfg=cfg)
     assert loader(data).next_batch().topk_ids is None
     with pytest.raises(UserError, match="top-k"):
-        loader(data, with_topk=True)
+        loader(data, arrays=("topk_logprobs", "topk_ids"))

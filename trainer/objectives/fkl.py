@@ -15,7 +15,7 @@ class FKL(Objective):
     """Token-level KL(q_teacher || p_θ) over M without padding (no stored top-k there)."""
 
     name = "fkl"
-    needs_topk = True
+    arrays = ("topk_logprobs", "topk_ids")
     parts = ("loss", "fkl")
 
     def loss(self, micro: Micro) -> tuple[Tensor, Metrics]:
