@@ -7,7 +7,7 @@ and the block-causal layout doubles L. Here the LM head runs only on the selecte
 positions, `chunk` rows at a time, and each chunk's logits are dropped as soon as its
 log-sum-exp and the picked logits are known; the backward pass recomputes them chunk by
 chunk (a fused linear log-prob, like the fused linear cross-entropy of the official
-code). Peak extra memory: a few chunk × V float32 buffers.
+code). Peak extra memory: a chunk's logits, sized by a budget (`CHUNK_BYTES`).
 
 `ResponseLogProbs` wraps a `DiffusionLM` so that the whole thing (trunk, head, chunked
 log-probs) is one module `forward`, which is what DDP and FSDP hook into; the network
@@ -23,69 +23,106 @@ from torch import Tensor, nn
 
 from t3d.dllm.model import DiffusionLM
 
-CHUNK_ELEMENTS = 1 << 23
-"""Logit elements per chunk (8 M: 32 MB in float32); rows per chunk = this // V."""
+CHUNK_BYTES = 1 << 28
+"""Memory budget of one chunk's logits (256 MiB): their float32 values and one copy in the compute dtype."""
 
 
-def chunk_rows(vocab: int) -> int:
-    return max(1, CHUNK_ELEMENTS // vocab)
+def chunk_rows(vocab: int, dtype: torch.dtype = torch.float32, budget: int = CHUNK_BYTES) -> int:
+    """Rows per chunk whose (rows, V) logits, computed in `dtype`, fit `budget` (220 at vocabulary 151,936 in float32)."""
+    per_row = vocab * (4 + torch.empty((), dtype=dtype).element_size())
+    return max(1, budget // per_row)
 
 
-def _chunk_logits(hidden: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    """(n, H) x (V, H) -> (n, V) float32 logits (the product in the hidden states' dtype);
-    weight None: `hidden` already holds logits rows."""
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The head's matmul dtype: autocast's on `x`'s device when autocast is on there, else `x`'s own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """Where the softmax runs: float32, or float64 for float64 inputs (exact checks)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, dtype: torch.dtype | None = None) -> Tensor:
+    """(n, H) x (V, H) -> (n, V) float32 (float64) logits, the product in `dtype` (default: the hidden
+    states'); weight None: `hidden` already holds logits rows."""
+    dtype = dtype or hidden.dtype
     if weight is None:
-        return hidden.float()
-    logits = (hidden @ weight.to(hidden.dtype).t()).float()  # (n, V)
-    return logits if bias is None else logits + bias.float()
+        return hidden.to(_wide(dtype))
+    logits = (hidden.to(dtype) @ weight.to(dtype).t()).to(_wide(dtype))  # (n, V)
+    return logits if bias is None else logits + bias.to(logits.dtype)
 
 
 class _LinearLogProbs(torch.autograd.Function):
-    """log softmax(hidden @ W^T + b)[ids], chunked over rows; backward recomputes each chunk."""
+    """log softmax(hidden @ W^T + b)[ids], chunked over rows; backward recomputes each chunk.
+
+    Autocast-correct (what torch.amp's custom_fwd / custom_bwd give, for any device): the
+    forward's dtype (autocast's, else the hidden states') is kept in ctx and all four
+    matmuls run in it, so the backward recomputes exactly the forward's logits.
+    """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, rows: int) -> Tensor:
-        out = hidden.new_empty(ids.shape, dtype=torch.float32)  # (N, k)
-        lse = hidden.new_empty(ids.shape[0], dtype=torch.float32)  # (N,)
-        for start in range(0, hidden.shape[0], rows):
-            part = slice(start, start + rows)
-            logits = _chunk_logits(hidden[part], weight, bias)  # (n, V)
-            lse[part] = torch.logsumexp(logits, dim=-1)
-            out[part] = logits.gather(-1, ids[part]) - lse[part, None]
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, rows: int | None) -> Tensor:
+        dtype = compute_dtype(hidden)
+        rows = rows or chunk_rows(weight.shape[0], dtype)
+        out = hidden.new_empty(ids.shape, dtype=_wide(dtype))  # (N, k)
+        lse = hidden.new_empty(ids.shape[0], dtype=_wide(dtype))  # (N,)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], rows):
+                part = slice(start, start + rows)
+                logits = _chunk_logits(hidden[part], weight, bias, dtype)  # (n, V)
+                lse[part] = torch.logsumexp(logits, dim=-1)
+                out[part] = logits.gather(-1, ids[part]) - lse[part, None]
         ctx.save_for_backward(hidden, weight, bias, ids, lse)
-        ctx.rows = rows
+        ctx.rows, ctx.dtype = rows, dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         hidden, weight, bias, ids, lse = ctx.saved_tensors
+        dtype = ctx.dtype
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
-        w = weight.to(hidden.dtype)
-        for start in range(0, hidden.shape[0], ctx.rows):
-            part = slice(start, start + ctx.rows)
-            g = grad_out[part].float()  # (n, k)
-            probs = (_chunk_logits(hidden[part], weight, bias) - lse[part, None]).exp_()  # (n, V)
-            grad_logits = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, ids[part], g)  # (n, V)
-            if grad_h is not None:
-                grad_h[part] = grad_logits.to(hidden.dtype) @ w
-            if grad_w is not None:
-                grad_w += grad_logits.t() @ hidden[part].float()
-            if grad_b is not None:
-                grad_b += grad_logits.sum(0)
+        wide = _wide(dtype)
+        grad_w = torch.zeros(weight.shape, dtype=wide, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_b = torch.zeros(weight.shape[0], dtype=wide, device=weight.device) if bias is not None else None
+        w = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], ctx.rows):
+                part = slice(start, start + ctx.rows)
+                g = grad_out[part].to(wide)  # (n, k)
+                probs = (_chunk_logits(hidden[part], w, bias, dtype) - lse[part, None]).exp_()  # (n, V)
+                grad_logits = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, ids[part], g)  # (n, V)
+                if grad_h is not None:
+                    grad_h[part] = grad_logits.to(dtype) @ w
+                if grad_w is not None:
+                    _accumulate(grad_w, grad_logits, hidden[part], dtype)
+                if grad_b is not None:
+                    grad_b += grad_logits.sum(0)
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         grad_b = grad_b.to(bias.dtype) if grad_b is not None and ctx.needs_input_grad[2] else None
         return grad_h, grad_w, grad_b, None, None
+
+
+def _accumulate(grad_w: Tensor, grad_logits: Tensor, hidden: Tensor, dtype: torch.dtype) -> None:
+    """grad_w (V, H) float32 (float64) += grad_logits^T (V, n) @ hidden (n, H), the product in `dtype`.
+
+    In the accumulator's dtype in place (`addmm_`: no V x H temporary per chunk); in a lower
+    dtype the product is rounded once and added, so the sum over chunks stays float32.
+    """
+    if dtype == grad_w.dtype:
+        grad_w.addmm_(grad_logits.t(), hidden.to(dtype))
+    else:
+        grad_w += grad_logits.t().to(dtype) @ hidden.to(dtype)
 
 
 def linear_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, rows: int | None = None) -> Tensor:
     """log p(ids) under softmax(hidden @ weight^T + bias), never holding more than `rows` x V logits.
 
     hidden: (N, H); weight: (V, H); bias: (V,) or None; ids: (N, k) int. Returns (N, k)
-    float32, differentiable in hidden, weight and bias (the backward recomputes chunks).
+    float32 (float64 for float64 inputs), differentiable in hidden, weight and bias (the backward recomputes chunks).
+    rows None: as many as `CHUNK_BYTES` allows.
     """
-    rows = rows or chunk_rows(weight.shape[0])
     return _LinearLogProbs.apply(hidden, weight, bias, ids.long(), rows)
 
 
@@ -106,13 +143,14 @@ def linear_proposal(
     log p(fake), chunked like `linear_logprobs`. hidden (N, H), or (N, V) logits with weight None;
     targets (N,). Samples are drawn chunk by chunk in row order with `generator` (on the hidden
     states' device)."""
-    rows = rows or chunk_rows(hidden.shape[-1] if weight is None else weight.shape[0])
+    dtype = compute_dtype(hidden)
+    rows = rows or chunk_rows(hidden.shape[-1] if weight is None else weight.shape[0], dtype)
     n = hidden.shape[0]
     out = [hidden.new_empty(n, dtype=torch.float32), targets.new_empty(n, dtype=torch.long),
            hidden.new_empty(n, dtype=torch.float32)]  # fmt: skip
     for start in range(0, n, rows):
         part = slice(start, start + rows)
-        logits = _chunk_logits(hidden[part], weight, bias)  # (n, V)
+        logits = _chunk_logits(hidden[part], weight, bias, dtype)  # (n, V)
         logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
         if temperature == 0.0:
             fake = logits.argmax(dim=-1)
