@@ -204,16 +204,18 @@ def distill_config(spec: RunSpec, r: int) -> Any:
         raise UserError(f"{spec.where('distill')}: {err}") from None
 
 
-def eval_labels(r: int) -> list[str]:
-    """Students' labels in round r's table: t3d (round 1), t3d-r2, ..."""
-    return ["t3d" if i == 1 else f"t3d-r{i}" for i in range(1, r + 1)]
+def eval_labels(r: int, loss: str = "t3d") -> list[str]:
+    """Students' labels in round r's table, named for the objective they trained with: t3d (round 1), t3d-r2, ...
+    (certainty, certainty-r2, ... with `[distill] loss = "certainty"`)."""
+    return [loss if i == 1 else f"{loss}-r{i}" for i in range(1, r + 1)]
 
 
 def eval_config(spec: RunSpec, r: int, device: str | None = None) -> Any:
     """Teacher and every student so far, on [eval]'s prompts and settings; JSON and plot in the round's eval dir."""
     root, paths = run_root(spec), RoundPaths(run_root(spec), r)
     values = dict(spec.sections["eval"])
-    students = [f"{label}={RoundPaths(root, i).student}" for i, label in enumerate(eval_labels(r), 1)]
+    loss = distill_config(spec, 1).loss.kind
+    students = [f"{label}={RoundPaths(root, i).student}" for i, label in enumerate(eval_labels(r, loss), 1)]
     values.update(model=(f"teacher={teacher_model(spec)}", *students), json=paths.eval / "eval.json", plot=paths.eval / "eval.png")
     for key in ("prompts", "like"):
         if values.get(key) is not None:

@@ -78,10 +78,10 @@ def _cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
 
 
 def entropy(logp: Tensor, temperature: float, eps: float) -> Tensor:
-    """(N, V) log-probs -> (N,) entropy of softmax(logp / T): -Σ p log(p + eps) (eps 0: -Σ p log p)."""
+    """(N, V) log-probs -> (N,) entropy of softmax(logp / T): -Σ p log(p + eps) (eps 0: -Σ p log p, 0 log 0 = 0)."""
     if eps == 0.0:
-        logq = torch.log_softmax(logp / temperature, dim=-1)
-        return -(logq.exp() * logq).sum(-1)
+        logq = torch.log_softmax(logp / temperature, dim=-1)  # -inf where p underflows: clamped, so 0 · log 0 = 0
+        return -(logq.exp() * logq.clamp(min=torch.finfo(logq.dtype).min)).sum(-1)
     q = torch.softmax(logp / temperature, dim=-1)  # (N, V)
     return -(q * torch.log(q + eps)).sum(-1)
 
