@@ -26,7 +26,7 @@ import torch
 
 from t3d.dllm import noise, vocab
 from t3d.dllm.model import DiffusionLM, take_rows
-from t3d.dllm.reveal import get_strategy
+from t3d.dllm.reveal import entropy, get_confidence, get_strategy
 
 
 @dataclass(frozen=True)
@@ -207,13 +207,20 @@ class Engine:
         confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)  # (R, m)
         if self.states is not None:
             self.states[active, step] = self.ids[active, lay.prompt_len :]
-        chosen = get_strategy(cfg.strategy).choose(confidence, masked, self.step_in_block[active], cfg)  # (R, m)
+        chosen = self._choose(probs, confidence, masked, active)  # (R, m)
         self.ids[rows, seq] = torch.where(chosen, proposal, self.ids[rows, seq])
         self.reveal[rows, cols] = torch.where(chosen, step[:, None], self.reveal[rows, cols])
         self.confidence[rows, cols] = torch.where(chosen, confidence, self.confidence[rows, cols])
         if self.k:
             self._record_topk(probs, chosen, rows, cols)
         return self._advance(active, block)
+
+    def _choose(self, probs: torch.Tensor, probability: torch.Tensor, masked: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """The strategy's reveal choice (R, m), ranking by the configured confidence measure."""
+        strategy = get_strategy(self.cfg.strategy)
+        score = get_confidence(self.cfg.confidence).score(probs, probability)  # (R, m)
+        extra = {"entropy": entropy(probs)} if getattr(strategy, "uses_entropy", False) else {}
+        return strategy.choose(score, masked, self.step_in_block[active], self.cfg, **extra)
 
     def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax into one buffer kept across steps: a fresh (R, m, V) tensor per step costs more than the

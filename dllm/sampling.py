@@ -38,8 +38,12 @@ import torch
 from t3d.dllm.errors import UserError
 from t3d.dllm.model import DiffusionLM
 from t3d.dllm.engine import Engine, run
-from t3d.dllm.reveal import STRATEGIES
+from t3d.dllm.reveal import CONFIDENCES, STRATEGIES
 from t3d.dllm.runners import cache_modes, select_runner
+
+
+SAMPLER_SETTINGS_ADDED_LATER = ("confidence", "entropy_budget")
+"""SamplerConfig fields added after datasets were first collected: a dataset key leaves each out at its default."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,11 +55,15 @@ class SamplerConfig:
     block_size: int = 4
     """Tokens per semi-autoregressive block B."""
     steps_per_block: int = 4
-    """Denoising steps per block for the static strategy (B / steps tokens revealed per step)."""
+    """Denoising steps per block for the scheduled strategies: static (B / steps tokens per step) and dream."""
     strategy: str = "static"
-    """Reveal rule: `static` (k most confident per step) or `threshold` (all above it, at least one)."""
+    """Reveal rule: `static` (k most confident per step), `threshold` (all above it, at least one), `dream` (Dream's own step schedule) or `entropy_bounded` (most confident first while their entropies sum within entropy_budget)."""
     threshold: float = 0.9
     """Confidence above which the threshold strategy reveals a position."""
+    confidence: str = "probability"
+    """What ranks the masked positions: probability (of the proposal; Dream's maskgit_plus), margin (top-1 minus top-2; topk_margin) or entropy (negative entropy; Dream's entropy)."""
+    entropy_budget: float = 0.5
+    """Nats the entropy_bounded strategy may reveal per step (summed over the revealed positions; the first is always revealed)."""
     temperature: float = 1.0
     """Proposal temperature; 0 means greedy (argmax)."""
     top_k: int = 0
@@ -80,6 +88,10 @@ class SamplerConfig:
             raise UserError(f"steps_per_block must be between 1 and block_size ({self.block_size}), got {self.steps_per_block}")
         if self.strategy not in STRATEGIES:
             raise UserError(f"unknown strategy {self.strategy!r} (known: {', '.join(sorted(STRATEGIES))})")
+        if self.confidence not in CONFIDENCES:
+            raise UserError(f"unknown confidence {self.confidence!r} (known: {', '.join(sorted(CONFIDENCES))})")
+        if self.entropy_budget < 0:
+            raise UserError(f"entropy_budget must be >= 0, got {self.entropy_budget}")
         if not 0.0 < self.threshold <= 1.0:
             raise UserError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.temperature < 0 or self.top_k < 0 or self.logits_top_k < 0:

@@ -25,7 +25,7 @@ from t3d.dllm.loading import LoadConfig
 from t3d.dllm.options import Option, OptionTree, as_dict, inline
 from t3d.dllm.prompt_encoding import PromptEncoding
 from t3d.dllm.prompt_files import FieldMap, require_prompts
-from t3d.dllm.sampling import SamplerConfig
+from t3d.dllm.sampling import SAMPLER_SETTINGS_ADDED_LATER, SamplerConfig
 from t3d.dllm.scoring import AUTO, SCORER_NAMES
 
 RECORD_STATES = ("none", "dense")
@@ -174,6 +174,10 @@ class CollectConfig:
         # the teacher's fingerprint (checked by `output.open_output`) stand for them.
         del key["prompts"]["prompts"], key["teacher"]["model"], key["teacher"]["trust_remote_code"]
         del key["teacher"]["force_block_size"]  # a permission, not a setting: the block size itself is in the key
+        sampler = key["rollout"]["sampler"]
+        for name in SAMPLER_SETTINGS_ADDED_LATER:  # at its default, a decode is what it was before the setting existed
+            if sampler[name] == getattr(SamplerConfig, name):
+                del sampler[name]  # so datasets collected before it still resume
         return key
 
 

@@ -18,6 +18,8 @@ NOT_STORED = {  # SamplerConfig fields no row column records, and where the row 
     "record_states": "whether the states array is stored",
     "stop_at_eos": "finish_reason and the padding after EOS",
     "cache": "the manifest's collect_config only: one cache mode per dataset",
+    "confidence": "the manifest's collect_config only: one ranking measure per dataset",
+    "entropy_budget": "the manifest's collect_config only: one budget per dataset",
 }
 
 
