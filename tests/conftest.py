@@ -133,7 +133,8 @@ def upstream_net(model_dir, compat_dir=None, work=None):
     if compat_dir is not None:
         work.mkdir(parents=True, exist_ok=True)
         for file in model_dir.iterdir():
-            shutil.copy2(file, work / file.name)
+            if file.is_file():  # not a LoRA student's adapter/ folder
+                shutil.copy2(file, work / file.name)
         for file in compat_dir.glob("*.py"):
             shutil.copy2(file, work / file.name)
         model_dir = work

@@ -21,8 +21,9 @@ from t3d.trainer import sharding
 from t3d.trainer.config import DistillConfig, effective_warmup
 from t3d.trainer.data import TrajectoryDataset
 from t3d.trainer.logprobs import ResponseLogProbs
+from t3d.trainer.lora import Adapters
 from t3d.trainer.objectives import OBJECTIVES, Objective
-from t3d.trainer.reference import Reference
+from t3d.trainer.reference import AdapterReference, Reference
 from t3d.trainer.states import StateConfig
 
 
@@ -59,7 +60,7 @@ class Trainer:
     student: DiffusionLM
     logprobs: torch.nn.Module  # the student's `ResponseLogProbs` (log-probs through `DiffusionLM`), DDP-wrapped with more than one worker
     reference: Reference | None
-    ref_logprobs: torch.nn.Module | None  # the reference's `ResponseLogProbs`
+    ref_logprobs: Callable | None  # the reference's `ResponseLogProbs` (with LoRA: the student's, adapters off)
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loader: TrajectoryDataset
@@ -70,6 +71,7 @@ class Trainer:
     saved_step: int = -1  # step of the newest checkpoint (every worker knows it)
     last_checkpoint: Path | None = None  # its path (rank 0)
     rows_read: list[np.ndarray] = field(default_factory=list)
+    adapters: Adapters | None = None  # the student's LoRA adapters (--lora-r), None for full fine-tuning
 
     @property
     def objective(self) -> Objective:
@@ -230,17 +232,19 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
     device = resolve_device(cfg.train.device, dist)
     out = Path(cfg.train.out)
     resume_from = ckpt.resume_point(out) if cfg.train.resume else None
-    student = build_model(cfg, device, resume_from)
+    student = build_model(cfg, device, None if cfg.lora.enabled else resume_from)  # LoRA: the base, then its adapters
+    adapters = _attach_adapters(cfg, student, resume_from)
     loader = build_loader(cfg, student, dist, log if dist.is_main else quiet)
     cfg = resolve_epochs(cfg, loader)
-    reference = _build_reference(cfg, student, device, resume_from)
+    reference = _build_reference(cfg, student, device, resume_from, adapters)
     optimizer = build_optimizer(student.net, cfg)
+    logprobs = ResponseLogProbs(student)
     trainer = Trainer(
-        cfg=cfg, student=student, logprobs=ResponseLogProbs(student), reference=reference,
-        ref_logprobs=ResponseLogProbs(reference.model) if reference is not None else None,
+        cfg=cfg, student=student, logprobs=logprobs, reference=reference,
+        ref_logprobs=reference.log_probs(logprobs) if reference is not None else None,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg), loader=loader,
-        states=build_state_config(cfg, student, loader), device=device, dist=dist,
+        states=build_state_config(cfg, student, loader), device=device, dist=dist, adapters=adapters,
     )  # fmt: skip
     strategy = sharding.STRATEGIES[cfg.dist.strategy] if dist.world > 1 else None
     if strategy is not None:
@@ -258,11 +262,33 @@ def _rebuild_optimizer(trainer: Trainer) -> None:
     trainer.scheduler = build_scheduler(trainer.optimizer, trainer.cfg)
 
 
-def _build_reference(cfg: DistillConfig, student: DiffusionLM, device, resume_from: Path | None) -> Reference | None:
+def _attach_adapters(cfg: DistillConfig, student: DiffusionLM, resume_from: Path | None) -> Adapters | None:
+    """With --lora-r: the student's LoRA adapters (and a frozen reference adapter when rounds refresh the
+    reference), restored from the checkpoint when resuming; None for full fine-tuning."""
+    if resume_from is not None:
+        trained = ckpt.load_checkpoint_config(resume_from).lora
+        if (trained.r, trained.targets) != (cfg.lora.r, cfg.lora.targets):
+            raise UserError(f"--resume: {resume_from} was trained with --lora-r {trained.r} --lora-targets "
+                            f"{','.join(trained.targets) or 'default'}: resume with the same")  # fmt: skip
+    if not cfg.lora.enabled:
+        return None
+    rounds = OBJECTIVES[cfg.loss.kind].needs_reference and cfg.reference.round_every > 0
+    adapters = Adapters.attach(student, cfg.lora, ckpt.base_dir(cfg), reference=rounds)
+    if resume_from is not None:
+        adapters.load(resume_from)
+    return adapters
+
+
+def _build_reference(
+    cfg: DistillConfig, student: DiffusionLM, device, resume_from: Path | None, adapters: Adapters | None = None
+) -> Reference | None:
     """A copy of the starting student; when resuming, the starting model from --model (its
-    refreshed weights, if any, come from the checkpoint in `checkpoint.restore`)."""
+    refreshed weights, if any, come from the checkpoint in `checkpoint.restore`). A LoRA
+    student's reference is its own network with the adapters off (`AdapterReference`)."""
     if not OBJECTIVES[cfg.loss.kind].needs_reference:
         return None
+    if adapters is not None:
+        return AdapterReference(student, adapters)
     if resume_from is None:
         return Reference.copy_of(student)
     model = cfg.model

@@ -9,10 +9,13 @@ Layout of `--out`:
                                 t3d.json (family, block size, provenance),
                                 trainer_state.pt (optimizer, scheduler, data position,
                                 RNG states, step), distill_config.json,
-                                reference.safetensors once the reference has been refreshed
+                                reference.safetensors once the reference has been refreshed;
+                                with LoRA (--lora-r): the weights are the merged student,
+                                adapter/ the PEFT adapter directory (training dtype) and
+                                reference_adapter.safetensors the refreshed reference adapter
     checkpoints/latest          name of the newest complete checkpoint
     student/                    the final student: the newest checkpoint's model files with
-                                the weights cast to the base's own dtype
+                                the weights cast to the base's own dtype (and adapter/ as is)
     metrics.jsonl               one line per optimizer step
 
 The base is `--model` (the starting student, usually the teacher). Writing the student
@@ -45,11 +48,13 @@ from t3d.dllm.loading import resolve_model_path, weights_fingerprint
 from t3d.dllm.prompt_encoding import dataset_encoding
 from t3d.trainer import sharding
 from t3d.trainer.config import DistillConfig, describe_changes, from_dict, save_config, to_dict
+from t3d.trainer.lora import ADAPTER_DIR, REFERENCE_ADAPTER
 from t3d.trainer.reference import REFERENCE_WEIGHTS
 
 if TYPE_CHECKING:
     from t3d.dllm.model import DiffusionLM
     from t3d.trainer.build import Trainer
+    from t3d.trainer.lora import Adapters
     from t3d.trainer.reference import Reference
 
 CHECKPOINTS = "checkpoints"
@@ -128,13 +133,15 @@ def save_checkpoint(
     reference: Reference | None = None,
     meta: dict[str, Any] | None = None,
     reference_state: dict[str, torch.Tensor] | None = None,
+    write_more: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint `step` (rank 0 only), point `latest` at it, prune old ones.
 
     model: the student `DiffusionLM` (unwrapped network); trainer_state: optimizer,
     scheduler, data and RNG states from the loop; reference: a `Reference` or None;
     meta: extra t3d.json fields (block size, the dataset's teacher); reference_state: the
-    gathered weights of a sharded reference (FSDP), written in its place.
+    gathered weights of a sharded reference (FSDP), written in its place; write_more:
+    writes further files into the checkpoint before it is published (the LoRA adapter).
     """
     root = out / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -150,6 +157,8 @@ def save_checkpoint(
     save_config(cfg, tmp / CONFIG)
     if reference is not None:
         reference.save(tmp, reference_state)
+    if write_more is not None:
+        write_more(tmp)
     final = root / step_name(step)
     _publish(tmp, final)
     _write_text_atomic(root / LATEST, final.name + "\n")
@@ -275,6 +284,8 @@ def export_student(checkpoint: Path, out: Path) -> Path:
         skipped = (TRAINER_STATE, CONFIG, weights.INDEX)  # the index is rewritten with the cast sizes
         if file.is_file() and file.name not in skipped and not file.name.endswith(_WEIGHT_SUFFIXES):
             _link_or_copy(file, tmp / file.name)
+    if (checkpoint / ADAPTER_DIR).is_dir():  # a LoRA student's PEFT adapter, as trained
+        shutil.copytree(checkpoint / ADAPTER_DIR, tmp / ADAPTER_DIR, copy_function=_link_or_copy)
     base = read_t3d_json(checkpoint).get("base", {})  # a checkpoint of an older t3d has none: keep its dtype
     dtype = getattr(torch, base["dtype"]) if "dtype" in base else weights.checkpoint_dtype(checkpoint)
     _cast_shards(checkpoint, tmp, dtype)
@@ -288,7 +299,7 @@ def _cast_shards(checkpoint: Path, dest: Path, dtype: torch.dtype) -> None:
 
     total = 0
     for file in weights.weight_files(checkpoint):
-        if file.name == REFERENCE_WEIGHTS:  # found by the *.safetensors fallback: not part of the model
+        if file.name in (REFERENCE_WEIGHTS, REFERENCE_ADAPTER):  # found by the *.safetensors fallback: not the model
             continue
         tensors = load_file(str(file))
         if all(t.dtype == dtype or not t.is_floating_point() for t in tensors.values()):
@@ -317,13 +328,21 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def save(trainer: Trainer) -> Path | None:
     """Checkpoint the current step (rank 0 writes; every worker waits for it)."""
     path = None
-    student, optimizer_state, reference_state = trainer.student, None, None
-    if sharding.is_sharded(trainer.student.net):  # every worker joins in gathering the full states (to rank 0)
-        weights = sharding.full_state(trainer.student.net)
-        student = sharding.export_model(trainer.student, weights) if trainer.dist.is_main else None
+    student, optimizer_state, reference_state, write_more = trainer.student, None, None, None
+    net_state = None  # the student network's whole state dict, when it has to be gathered or merged
+    sharded = sharding.is_sharded(trainer.student.net)
+    if sharded:  # every worker joins in gathering the full states (to rank 0)
+        net_state = sharding.full_state(trainer.student.net)
         optimizer_state = sharding.full_optimizer_state(trainer.student.net, trainer.optimizer)
-        if trainer.reference is not None and trainer.reference.refreshed_at:
+        if trainer.reference is not None and trainer.reference.refreshed_at and not trainer.reference.shares_student:
             reference_state = sharding.full_state(trainer.reference.net)
+    if trainer.dist.is_main and trainer.adapters is not None:  # LoRA: the merged student, and the adapters' files
+        net_state = net_state if net_state is not None else trainer.student.net.state_dict()
+        student = sharding.export_model(trainer.student, trainer.adapters.merged_state(net_state))
+        reference_state = net_state  # the reference adapter's weights live in the student's network
+        write_more = _adapter_writer(trainer.adapters, net_state)
+    elif sharded:
+        student = sharding.export_model(trainer.student, net_state) if trainer.dist.is_main else None
     if trainer.dist.is_main:
         state = {
             "optimizer": optimizer_state or trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
@@ -335,11 +354,16 @@ def save(trainer: Trainer) -> Path | None:
                 "teacher": trainer.loader.manifest.teacher, "data": str(Path(trainer.cfg.data.path).resolve()),
                 "prompt_encoding": dataset_encoding(trainer.loader.manifest.collect_config).to_dict()}  # fmt: skip
         path = save_checkpoint(out, trainer.step, student, state, trainer.cfg, trainer.reference, meta,
-                                    reference_state=reference_state)  # fmt: skip
+                               reference_state=reference_state, write_more=write_more)  # fmt: skip
     trainer.dist.barrier()
     trainer.saved_step = trainer.step
     trainer.last_checkpoint = path or trainer.last_checkpoint
     return path
+
+
+def _adapter_writer(adapters: Adapters, state: dict[str, torch.Tensor]) -> Callable[[Path], None]:
+    """Writes the student's PEFT adapter directory into a checkpoint."""
+    return lambda directory: adapters.save(directory / ADAPTER_DIR, state)
 
 
 def restore(trainer: Trainer, path: Path, log: Callable = print) -> None:

@@ -137,3 +137,151 @@ def _meta_network(raw: dict[str, Any], family: Family) -> nn.Module:
         cls = getattr(transformers, architecture.model_class)
     with torch.device("meta"):
         return cls(config)
+
+
+class Adapters:
+    """A student's LoRA adapters: peft's model around the student's network, which is adapted in place.
+
+    The student's `DiffusionLM.net` stays the network every caller runs (peft only swaps its
+    projections for LoRA layers), so the trainer, DDP and FSDP see one module tree; this
+    object keeps peft's handle for switching adapters off, and turns a state dict of that
+    tree into the merged teacher-format weights and the PEFT adapter files.
+    """
+
+    def __init__(self, peft_model: Any, cfg: LoraConfig) -> None:
+        self.peft = peft_model
+        self.cfg = cfg
+
+    @classmethod
+    def attach(cls, model: DiffusionLM, cfg: LoraConfig, base: Path, reference: bool = False) -> Adapters:
+        """Freeze `model`'s network and add the trained adapter (and a frozen `reference` one for rounds).
+
+        base: the checkpoint the adapter applies to (`base_model_name_or_path` in its config).
+        """
+        try:
+            from peft import LoraConfig as PeftLoraConfig
+            from peft import get_peft_model
+        except ImportError:
+            raise UserError("--lora-r needs peft: pip install 't3d[lora]' (or peft)") from None
+
+        targets = target_modules(cfg, model.family)
+        adapted_linears(model.net, targets)  # a one-line error for a target that is not a linear layer
+        config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(targets),
+                                bias="none")  # fmt: skip
+        model.net.requires_grad_(False)
+        peft_model = get_peft_model(model.net, config, adapter_name=STUDENT)
+        peft_model.peft_config[STUDENT].base_model_name_or_path = str(base)  # peft wrote the network's (empty) name_or_path
+        if peft_model.base_model.model is not model.net:  # peft adapts the network in place
+            raise RuntimeError("peft did not adapt the student's network in place")
+        if reference:
+            peft_model.add_adapter(REFERENCE, copy.deepcopy(config))
+            peft_model.base_model.set_adapter(STUDENT)  # trainable: the student's adapter only
+        return cls(peft_model, cfg)
+
+    @property
+    def net(self) -> nn.Module:
+        return self.peft.base_model.model
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def running_as(self, adapter: str | None):
+        """Run the network with `adapter` active (None: no adapter, the frozen base), in eval mode (no
+        LoRA dropout); the student's adapter, training mode and trainable flags are restored after."""
+        training = self.net.training
+        self.net.eval()
+        try:
+            if adapter is None:
+                with self.peft.disable_adapter():
+                    yield
+            else:
+                self.peft.base_model.set_adapter(adapter, inference_mode=True)
+                try:
+                    yield
+                finally:
+                    self.peft.base_model.set_adapter(STUDENT)
+        finally:
+            self.net.train(training)
+
+    @torch.no_grad()
+    def copy_to_reference(self) -> None:
+        """The reference adapter becomes the student's (in place; sharded parameters stay sharded)."""
+        params = dict(self.net.named_parameters())
+        for name, param in params.items():
+            if f".{STUDENT}." in name and ".lora_" in name:
+                params[name.replace(f".{STUDENT}.", f".{REFERENCE}.")].copy_(param.detach())
+
+    def merged_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The network's state dict with the student's adapter merged (W + alpha / r x B A, in float32 then
+        the weight's dtype) under the unadapted network's names: what a full fine-tune would hold."""
+        return merge_state(state, self.cfg.scaling, STUDENT)
+
+    def adapter_state(self, state: dict[str, torch.Tensor], adapter: str = STUDENT) -> dict[str, torch.Tensor]:
+        """`adapter`'s weights from the network's state dict, keyed as a PEFT adapter file keys them."""
+        from peft import get_peft_model_state_dict
+
+        prefix = "base_model.model."  # the PeftModel's own names of the network's tensors
+        wanted = {prefix + k: v for k, v in state.items() if f".{adapter}." in k}
+        return get_peft_model_state_dict(self.peft, state_dict=wanted, adapter_name=adapter)
+
+    def save(self, directory: Path, state: dict[str, torch.Tensor]) -> None:
+        """`directory`: a PEFT adapter directory (adapter_config.json, adapter_model.safetensors) of the
+        student's adapter, from the network's (gathered) state dict."""
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.peft.peft_config[STUDENT].save_pretrained(str(directory))
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.adapter_state(state).items()}
+        save_file(tensors, str(directory / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+
+    def save_reference(self, file: Path, state: dict[str, torch.Tensor]) -> None:
+        """The reference adapter's weights (network names) into `file`."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if f".{REFERENCE}." in k}
+        save_file(tensors, str(file), metadata={"format": "pt"})
+
+    def load(self, checkpoint: Path) -> None:
+        """The adapters of a checkpoint (before sharding): the student's from `adapter/`, the reference's
+        from `reference_adapter.safetensors` when a round had refreshed it."""
+        from peft import set_peft_model_state_dict
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME
+        from safetensors.torch import load_file
+
+        from t3d.dllm.weights import check_complete
+
+        file = checkpoint / ADAPTER_DIR / SAFETENSORS_WEIGHTS_NAME
+        if not file.is_file():
+            raise UserError(f"--resume with --lora-r {self.cfg.r}: {checkpoint} has no LoRA adapter ({file.name} in "
+                            f"{ADAPTER_DIR}/): it was not trained with LoRA")  # fmt: skip
+        check_complete(file)
+        result = set_peft_model_state_dict(self.peft, load_file(str(file)), adapter_name=STUDENT)
+        if result.unexpected_keys:
+            raise UserError(f"{file}: tensors this LoRA student does not have ({result.unexpected_keys[0]}, ...): "
+                            "resume with the --lora-r and --lora-targets it was trained with")  # fmt: skip
+        reference = checkpoint / REFERENCE_ADAPTER
+        if reference.is_file():
+            check_complete(reference)
+            missing, unexpected = self.net.load_state_dict(load_file(str(reference)), strict=False)
+            if unexpected:
+                raise UserError(f"{reference}: tensors this LoRA student does not have ({unexpected[0]}, ...)")
+
+
+def merge_state(state: dict[str, torch.Tensor], scaling: float, adapter: str = STUDENT) -> dict[str, torch.Tensor]:
+    """A peft-adapted network's state dict -> the unadapted network's, with `adapter` merged into each
+    adapted weight (W + scaling x B A, computed in float32) and every adapter tensor dropped.
+
+    state: names as the adapted network has them (`...q_proj.base_layer.weight`,
+    `...q_proj.lora_A.<adapter>.weight`, `...q_proj.lora_B.<adapter>.weight`).
+    """
+    out = {name.replace(".base_layer.", "."): t for name, t in state.items() if ".lora_" not in name}
+    suffix = f".lora_A.{adapter}.weight"
+    for name in (n for n in state if n.endswith(suffix)):
+        module = name[: -len(suffix)]
+        a, b = state[name], state[f"{module}.lora_B.{adapter}.weight"]  # (r, in), (out, r)
+        weight = out[f"{module}.weight"]  # (out, in)
+        delta = b.detach().float().to(weight.device) @ a.detach().float().to(weight.device)  # (out, in)
+        out[f"{module}.weight"] = (weight.detach().float() + scaling * delta).to(weight.dtype)
+    return out

@@ -48,10 +48,16 @@ def describe(trainer: Trainer, log: Callable = print) -> None:
     ref = "frozen copy of the start"
     if trainer.reference is None:
         ref = "none (the objective does not use one)"
+    elif trainer.reference.shares_student:  # LoRA
+        ref = "the student's own base, adapters off (no copy)"
+        if cfg.reference.round_every:
+            ref += f"; a frozen copy of its adapter, refreshed every {cfg.reference.round_every} steps"
     elif cfg.reference.round_every:
         ref = f"frozen copy, refreshed every {cfg.reference.round_every} steps"
     dtype = str(model.dtype).removeprefix("torch.")
-    log(f"student {model.name} ({model.family.name}, {dtype}, {params / 1e6:.2f}M params) on {trainer.device}; "
+    trainable = sum(p.numel() for p in model.net.parameters() if p.requires_grad)
+    lora = f"; LoRA r {cfg.lora.r}, {trainable / 1e6:.3f}M trainable" if trainer.adapters is not None else ""
+    log(f"student {model.name} ({model.family.name}, {dtype}, {params / 1e6:.2f}M params{lora}) on {trainer.device}; "
         f"reference: {ref}")  # fmt: skip
     log(f"data {cfg.data.path}: {loader.num_rows:,} rows in {loader.num_shards} shards; response length {length}, "
         f"mean prompt {loader.mean_prompt_len:.1f} tokens")  # fmt: skip

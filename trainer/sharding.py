@@ -140,7 +140,7 @@ class FSDP:
     def shard(self, trainer: Any, rebuild_optimizer: Callable[[Any], None]) -> None:
         bf16 = trainer.cfg.train.bf16
         trainer.logprobs = shard_module(trainer.logprobs, trainer.student.net, trainer.device, bf16)
-        if trainer.ref_logprobs is not None:
+        if trainer.ref_logprobs is not None and not trainer.reference.shares_student:  # LoRA: the student's, sharded above
             trainer.ref_logprobs = shard_module(trainer.ref_logprobs, trainer.reference.net, trainer.device, bf16)
         rebuild_optimizer(trainer)
 
