@@ -320,7 +320,7 @@ class OutputConfig:
     json: Path | None = None
     """Write every number as JSON."""
     plot: Path | None = None
-    """Write a PNG of quality vs tokens per step, one line per model."""
+    """Write a PNG: quality vs steps per block and, below it, vs tokens per forward with each model's AUP; one line per model."""
     samples: Path | None = None
     """Write every response as JSONL."""
     grade: Path | None = None

@@ -104,6 +104,8 @@ class Decoded:
     batched_nfe: int
     seconds_all: list[float] = field(default_factory=list)
     """Wall clock of every timed pass, in order."""
+    revealed: list[int] = field(default_factory=list)
+    """Tokens the sampler revealed per row, those after the stop id included (`SampleOutput.revealed`)."""
 
 
 def row_seeds(num_prompts: int, samples: int, seed: int) -> list[int]:
@@ -140,6 +142,7 @@ def decode(
                 kept = result.reveal_step >= 0  # (N, L): up to and including the first EOS
                 out.responses += [tuple(int(t) for t in tok[keep]) for tok, keep in zip(result.tokens, kept)]
                 out.num_steps += [int(s) for s in result.num_steps]
+                out.revealed += [int(n) for n in result.revealed]
                 out.finish_reason += list(result.finish_reason)
                 out.batched_nfe += result.nfe
         out.seconds_all.append(seconds)
@@ -218,6 +221,14 @@ class EvalRecord:
     """Bootstrap 95 % interval of gap_closure, the three runs resampled on the same prompts."""
     speed_noisy: bool | None = None
     """True when speedup rests on fewer than 3 timed passes, or passes over 20 % apart, on either side."""
+    forwards: int | None = None
+    """Denoising forwards summed over the responses (each row's steps; the exact cache's prefill and commit forwards, which
+    compute no logits, are not counted, as d3LLM and Fast-dLLM count the forwards of their decoding iterations)."""
+    revealed_tokens: int | None = None
+    """Tokens the sampler revealed, summed over the responses, those after a row's stop id included."""
+    tokens_per_forward: float | None = None
+    """revealed_tokens / forwards: the parallelism the decode reached (B / steps per block for a fixed schedule, counted
+    for adaptive strategies); the x of AUP. The kept response's tokens per forward is measured_tokens_per_step."""
 
 
 @dataclass
@@ -298,6 +309,7 @@ def make_record(label: str, setting: SamplerConfig, prompts: PromptSet, decoded:
     """The record of one decode, before the comparisons against the teacher and the baselines."""
     tokens = sum(len(r) for r in decoded.responses)
     steps = sum(decoded.num_steps)
+    revealed = sum(decoded.revealed)
     measured = tokens / steps if steps else 0.0
     scheduled = get_strategy(setting.strategy).scheduled  # a schedule fixes the steps; otherwise they are measured
     return EvalRecord(
@@ -326,6 +338,9 @@ def make_record(label: str, setting: SamplerConfig, prompts: PromptSet, decoded:
         seconds_spread=metrics.relative_spread(decoded.seconds_all),
         timing_repeats=len(decoded.seconds_all),
         tokens_per_second=metrics.tokens_per_second(tokens, decoded.seconds),
+        forwards=steps,
+        revealed_tokens=revealed,
+        tokens_per_forward=metrics.ratio(revealed, steps),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from t3d.dllm.reveal import get_strategy
-from t3d.trainer import metrics
+from t3d.trainer import aup, metrics
 from t3d.trainer.eval_decode import EvalRecord, EvalReport, setting_label
 
 JSON_SCHEMA_VERSION = 1
@@ -36,15 +36,16 @@ def _speedup(r: EvalRecord) -> str:
 def render_table(report: EvalReport) -> str:
     """A compact fixed-width table, one row per (model, setting); `render_legend` explains the columns."""
     metric = report.quality_metric or "quality"
-    header = ["model", "setting", "tok/step", metric, "95% CI", "n", "agree", "distinct", "NFE", "tok/s", "spread", "speedup",
-              "gap", "gap 95% CI"]  # fmt: skip
+    header = ["model", "setting", "tok/step", metric, "95% CI", "n", "agree", "distinct", "NFE", "tok/fwd", "tok/s", "spread",
+              "speedup", "gap", "gap 95% CI", "AUP"]  # fmt: skip
+    scores = (aup_summary(report) or {}).get("models", {})
     body = [
         [
             r.model, r.setting, _fmt(r.tokens_per_step, ".2f"), _fmt(r.quality, ".3f"), _interval(r.quality_interval, ".2f"),
             f"{r.prompts}x{r.samples_per_prompt}", _fmt(r.agreement, ".3f"), _fmt(r.distinct, ".2f"),
-            _fmt(r.nfe_per_response, ".1f"), _fmt(r.tokens_per_second, ".0f"),
+            _fmt(r.nfe_per_response, ".1f"), _fmt(r.tokens_per_forward, ".2f"), _fmt(r.tokens_per_second, ".0f"),
             _fmt(r.seconds_spread if r.timing_repeats > 1 else None, ".0%"), _speedup(r), _fmt(r.gap_closure, ".3f"),
-            _interval(r.gap_closure_interval, ".2f"),
+            _interval(r.gap_closure_interval, ".2f"), _fmt((scores.get(r.model) or {}).get("aup"), ".1f"),
         ]
         for r in report.records
     ]  # fmt: skip
@@ -65,7 +66,8 @@ def legend(report: EvalReport) -> dict[str, str]:
     repeats = report.config.timing_repeats
     noisy = f"fewer than {metrics.MIN_TIMING_REPEATS} timed passes (--timing-repeats) or passes over {metrics.NOISY_SPREAD:.0%} apart"
     return {
-        "tok/step": "tokens revealed per denoising step: block size / steps per block (measured for the threshold strategy)",
+        "tok/step": "tokens revealed per denoising step: block size / steps per block (measured for the threshold strategy: the "
+        "kept response's tokens / steps, those revealed after the stop left out; tok/fwd counts every reveal)",
         metric: {
             "validity": "share of responses the built-in task accepts as valid",
             "accuracy": "share of responses whose answer matches the reference",
@@ -84,6 +86,10 @@ def legend(report: EvalReport) -> dict[str, str]:
         ),
         "distinct": "different responses per prompt, mean over prompts (at most the samples per prompt; 1 = every sample alike)",
         "NFE": "network evaluations (denoising steps) per response",
+        "tok/fwd": "tokens per forward, counted while decoding: tokens the sampler revealed / denoising forwards (B / steps per "
+        "block exactly for a fixed schedule; what an adaptive strategy reached). Forwards are the steps that compute logits, as "
+        "d3LLM and Fast-dLLM count NFE; the exact cache's prefill and commit forwards are not counted. Tokens revealed after a "
+        "row's stop id count; the kept response's tokens per forward is the JSON's measured_tokens_per_step",
         "tok/s": f"response tokens per second of sampler wall clock: median of {repeats} timed pass(es)"
         + (" after an untimed warm-up" if report.config.warmup else " (no warm-up: the first call's start-up is timed)"),
         "spread": "(slowest - fastest) / median of the timed passes; - with one pass (nothing to compare)",
@@ -92,7 +98,52 @@ def legend(report: EvalReport) -> dict[str, str]:
         "setting); 0 = no better than the teacher at these steps, 1 = as good as the teacher at full steps; "
         "- for the teacher, without a teacher, or where the teacher loses nothing at these steps",
         "gap 95% CI": "bootstrap 95 % interval of gap, the student and both teacher runs resampled on the same prompts",
+        "AUP": _aup_legend(report, metric),
     }
+
+
+def _aup_legend(report: EvalReport, metric: str) -> str:
+    summary = aup_summary(report)
+    if summary is None:
+        return "accuracy under parallelism: - without a task metric"
+    return (
+        f"accuracy under parallelism (d3LLM), one per model over all its rows: rho_1 y_1 + the trapezoids of y W(y) against "
+        f"tok/fwd, y = {metric} in %, W(y) = min(exp(-{aup.ALPHA:g} (1 - y / y_max)), 1), y_max = the best {metric} in this "
+        f"table ({summary['y_max']:.1f} %); rows more than {aup.Y_MIN_OFFSET:g} points below the model's lowest-tok/fwd row are "
+        "left out (the JSON's aup lists them). Higher is better; a model at 100 % throughout scores 100 x its highest tok/fwd; compare models decoded at "
+        "the same settings"
+    )
+
+
+def aup_summary(report: EvalReport, x: str = "tokens_per_forward") -> dict[str, Any] | None:
+    """AUP of every model on its records' (x, quality in %) points (`t3d.trainer.aup`); None without a task metric.
+
+    y_max is the best quality of any record in the report, as d3LLM takes the task's best
+    over all methods. x: the record field read as tokens per forward (`measured_tokens_per_step`
+    scores the kept response's tokens instead of every revealed one).
+    """
+    if report.quality_metric is None:
+        return None
+    points = {
+        label: [(getattr(r, x), 100.0 * r.quality) for r in report.records
+                if r.model == label and r.quality is not None and getattr(r, x) is not None]
+        for label in report.models
+    }  # fmt: skip
+    ys = [y for pts in points.values() for _, y in pts]
+    if not ys:
+        return None
+    y_max = max(ys)
+    models: dict[str, Any] = {}
+    for label, pts in points.items():
+        dropped = aup.aup_points(pts)[1] if pts else []
+        models[label] = {"aup": aup.aup(pts, y_max), "points": len(pts), "dropped": [list(p) for p in dropped]} if pts else None
+    return {
+        "definition": "d3LLM (hao-ai-lab/d3LLM AUP_leaderboard/aup_utils.py): points sorted by tokens per forward, those below "
+        "the first's accuracy - y_min_offset left out, AUP = rho_1 y_1 + sum 1/2 (rho_i - rho_i-1) (y_i W(y_i) + y_i-1 W(y_i-1)), "
+        "W(y) = min(exp(-alpha (1 - y / y_max)), 1)",
+        "x": x, "y": f"{report.quality_metric} in percent",
+        "alpha": aup.ALPHA, "y_min_offset": aup.Y_MIN_OFFSET, "y_max": y_max, "models": models,
+    }  # fmt: skip
 
 
 def render_legend(report: EvalReport, columns: int = 110) -> str:
@@ -146,6 +197,7 @@ def report_dict(report: EvalReport) -> dict[str, Any]:
                           "resamples": metrics.BOOTSTRAP_RESAMPLES, "seed": report.config.seed},
             "speed_noise": {"min_timing_repeats": metrics.MIN_TIMING_REPEATS, "max_spread": metrics.NOISY_SPREAD},
             "legend": legend(report),
+            "aup": aup_summary(report),
             "records": [asdict(r) for r in report.records],
         }
     )
@@ -201,6 +253,9 @@ def plot_figure(report: EvalReport) -> Any:
     visible; error bars are the bootstrap 95 % intervals; each point carries its value
     (up to 6 models). The teacher's full-step quality is a dashed horizontal line with its
     interval shaded. Past 6 models the legend goes beside the axes.
+
+    A second panel below puts the same quality against tokens per forward, the plane
+    AUP measures, with each model's AUP in its legend entry.
     """
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -211,9 +266,9 @@ def plot_figure(report: EvalReport) -> Any:
     value = (lambda r: r.quality) if has_metric else (lambda r: r.agreement)
     count = len(report.models)
     many = count > 6
-    fig = Figure(figsize=(9.2 if many else 7.2, 4.8 + 0.1 * max(0, count - 16)), dpi=120)
+    fig = Figure(figsize=(9.2 if many else 7.2, 2 * (4.8 + 0.1 * max(0, count - 16))), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(2, 1, 1)
     cats = _categories(report)
     where = {key: x for x, (key, _) in enumerate(cats)}
     palette = colormaps["tab20"] if count > 10 else colormaps["tab10"]
@@ -255,12 +310,45 @@ def plot_figure(report: EvalReport) -> Any:
                  + ("bars: bootstrap 95 % interval over prompts" if has_metric else "no task metric: agreement with the teacher"),
                  fontsize="medium")  # fmt: skip
     ax.grid(True, alpha=0.3)
+    _legend(ax, many, count)
+    _parallelism_panel(fig.add_subplot(2, 1, 2), report, value, metric, palette)
+    if fig.axes[1].get_legend_handles_labels()[0]:  # records without tokens per forward (built by hand) draw none
+        _legend(fig.axes[1], many, count)
+    fig.tight_layout()
+    return fig
+
+
+def _legend(ax: Any, many: bool, count: int) -> None:
     if many:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + count // 24)
     else:
         ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    return fig
+
+
+def _parallelism_panel(ax: Any, report: EvalReport, value: Any, metric: str, palette: Any) -> None:
+    """Quality against tokens per forward: one line per model through its settings in order of tokens per forward,
+    marked and coloured as in the panel above, its AUP in the legend."""
+    scores = (aup_summary(report) or {}).get("models", {})
+    for index, label in enumerate(report.models):
+        rows = sorted((r for r in report.records if r.model == label and value(r) is not None and r.tokens_per_forward is not None),
+                      key=lambda r: r.tokens_per_forward)  # fmt: skip
+        if not rows:
+            continue
+        score = scores.get(label)
+        style = dict(color=palette(index % palette.N), marker=MARKERS[index % len(MARKERS)], markersize=6)
+        xs, ys = [r.tokens_per_forward for r in rows], [value(r) for r in rows]
+        ax.plot(xs, ys, linestyle=LINESTYLES[index % len(LINESTYLES)], label=f"{label}: AUP {score['aup']:.1f}" if score else label,
+                **style)  # fmt: skip
+        dropped = {tuple(p) for p in score["dropped"]} if score else set()
+        left_out = [(x, y) for x, y, r in zip(xs, ys, rows) if (r.tokens_per_forward, 100.0 * (r.quality or 0.0)) in dropped]
+        if left_out:  # hollow: more than 5 points below the model's first, so outside its AUP
+            ax.plot(*zip(*left_out), linestyle="none", mfc="white", **style)
+    ax.set_ylim(-0.03, 1.08)
+    ax.set_xlabel("tokens per forward (tokens revealed / denoising forwards, counted while decoding)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs tokens per forward; AUP (d3LLM) on {metric} in %, hollow points left out of it" if scores
+                 else f"{metric} vs tokens per forward", fontsize="medium")  # fmt: skip
+    ax.grid(True, alpha=0.3)
 
 
 def _n(report: EvalReport) -> str:

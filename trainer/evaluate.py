@@ -27,6 +27,12 @@ Decisions worth knowing:
   against the anchor (else the same model's own full-step run), compare like with like.
   A speed-up from fewer than 3 timed passes, or from passes more than 20 % apart, is
   flagged `speed_noisy` (the table marks it) instead of being read as a result.
+- Parallelism: tokens per forward is counted while decoding, tokens the sampler
+  revealed / denoising forwards (the forwards that compute logits; the exact cache's
+  prefill and commit forwards are not counted, as d3LLM and Fast-dLLM count NFE), so an
+  adaptive strategy's number is what it reached and a fixed schedule's is B / steps.
+  AUP (`t3d.trainer.aup`, d3LLM's accuracy under parallelism) scores each model's
+  (tokens per forward, quality %) points against the best quality in the report.
 
 The work is split by job: `eval_prompts` (prompt sets, scorers, encodings),
 `eval_decode` (settings, decoding and timing, records) and `eval_report` (table, JSON,
@@ -53,12 +59,12 @@ from t3d.trainer.eval_prompts import (
     load_prompt_file, recorded_encoding, resolve_encodings,
 )  # fmt: skip
 from t3d.trainer.eval_report import (
-    JSON_SCHEMA_VERSION, legend, machine, plot_figure, render_legend, render_table, report_dict, save_plot, write_json,
+    JSON_SCHEMA_VERSION, aup_summary, legend, machine, plot_figure, render_legend, render_table, report_dict, save_plot, write_json,
     write_samples,
 )  # fmt: skip
 
 __all__ = [
-    "JSON_SCHEMA_VERSION", "Decoded", "EvalConfig", "EvalPrompt", "EvalRecord", "EvalReport", "Judged", "PromptEncoding",
+    "JSON_SCHEMA_VERSION", "aup_summary", "Decoded", "EvalConfig", "EvalPrompt", "EvalRecord", "EvalReport", "Judged", "PromptEncoding",
     "PromptSet", "Scorer", "TaskScorer", "TextScorer", "builtin_prompts", "compare", "decode", "decode_response",
     "encode_prompt", "evaluate", "full_steps", "judge", "like_dataset", "load_prompt_file", "machine", "make_record",
     "legend", "metrics", "pick_teacher", "plan", "plot_figure", "progress_bar", "recorded_encoding", "render_legend", "render_table", "report_dict", "resolve_encodings",

@@ -80,14 +80,21 @@ def check_report(data: dict, models: list[str], settings: list[str]) -> None:
     assert full["is_full_steps"] and full["agreement"] == 1.0 and full["speedup"] == 1.0
     one_step = [r for r in data["records"] if r["steps_per_block"] == 1]
     assert all(r["tokens_per_step"] == 4.0 and r["nfe_per_response"] <= 4 for r in one_step)
+    for r in data["records"]:  # a fixed schedule reveals B / spb per forward, counted
+        assert r["tokens_per_forward"] == r["revealed_tokens"] / r["forwards"] == 4 / r["steps_per_block"]
+        assert r["forwards"] == round(r["nfe_per_response"] * r["responses"])
+    scores = data["aup"]["models"]
+    assert set(scores) == set(models) and data["aup"]["x"] == "tokens_per_forward" and data["aup"]["alpha"] == 3.0
+    assert data["aup"]["y_max"] == max(100 * r["quality"] for r in data["records"])
+    assert all(s["points"] == sum(r["model"] == m for r in data["records"]) for m, s in scores.items())
 
 
 def test_json_has_every_field(tiny_run):
     result, out = tiny_run
     check_report(json.loads((out / "eval.json").read_text()), ["teacher", "t3d"], ["static B=4 spb=2", "static B=4 spb=1"])
     header = [cell.strip() for cell in result.stdout.splitlines()[0].split("  ") if cell.strip()]
-    assert header == ["model", "setting", "tok/step", "validity", "95% CI", "n", "agree", "distinct", "NFE", "tok/s", "spread",
-                      "speedup", "gap", "gap 95% CI"]  # fmt: skip
+    assert header == ["model", "setting", "tok/step", "validity", "95% CI", "n", "agree", "distinct", "NFE", "tok/fwd", "tok/s",
+                      "spread", "speedup", "gap", "gap 95% CI", "AUP"]  # fmt: skip
     table, legend = result.stdout.split("\n\n", 1)
     assert len(table.splitlines()) == 2 + 5  # header, rule, anchor + 2 models x 2 settings
     for column in header[2:]:  # the legend under the table names every column
@@ -119,7 +126,9 @@ def test_plot_is_a_png_with_content(tiny_run):
     assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
     pixels = matplotlib.image.imread(out / "eval.png")  # (H, W, 4) floats
     assert pixels.shape[0] > 300 and pixels.shape[1] > 500
-    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20, "not a blank canvas"
+    rgba = (pixels * 255).astype(np.uint32)  # one integer per pixel: np.unique over rows of a 1 M x 4 array takes seconds
+    packed = (rgba[..., 0] << 24) | (rgba[..., 1] << 16) | (rgba[..., 2] << 8) | rgba[..., 3]
+    assert len(np.unique(packed)) > 20, "not a blank canvas"
 
 
 def test_samples_file_has_every_response(tiny_run):

@@ -1,13 +1,15 @@
-"""The eval picture and table, checked on their data: x order as asked, the teacher's line, bars, n, styles, legend."""
+"""The eval picture and table, checked on their data: x order as asked, the teacher's line, bars, n, styles, legend,
+and the tokens-per-forward panel and AUP."""
 
 from dataclasses import replace
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from t3d.dllm import SamplerConfig
 from t3d.trainer.eval_decode import EvalConfig, EvalRecord, EvalReport, full_steps, setting_label
-from t3d.trainer.eval_report import plot_figure, render_legend, render_table, save_plot
+from t3d.trainer.eval_report import aup_summary, plot_figure, render_legend, render_table, report_dict, save_plot
 
 STEPS = (4, 2, 1)  # as the flags ask: --steps-per-block 4,2,1
 
@@ -22,6 +24,7 @@ def record(model: str, setting: SamplerConfig, quality: float, **extra) -> EvalR
         entropy=0.0, true_distinct=None, distinct_ratio=None, truth_extra=None, log_likelihood=None, eos_rate=1.0,
         response_tokens=4.0, nfe_per_response=4.0, batched_nfe=4, tokens=120, seconds=1.0, seconds_spread=0.0,
         timing_repeats=1, tokens_per_second=120.0, quality_interval=(quality - 0.1, min(1.0, quality + 0.05)),
+        tokens_per_forward=setting.block_size / (spb or 2),
     )  # fmt: skip
     return EvalRecord(**(fields | extra))
 
@@ -106,7 +109,7 @@ def test_table_shows_n_intervals_noise_and_a_legend_for_every_column():
     table = render_table(rep).splitlines()
     header = [cell for cell in table[0].split("  ") if cell.strip()]
     assert [h.strip() for h in header] == ["model", "setting", "tok/step", "validity", "95% CI", "n", "agree", "distinct",
-                                           "NFE", "tok/s", "spread", "speedup", "gap", "gap 95% CI"]  # fmt: skip
+                                           "NFE", "tok/fwd", "tok/s", "spread", "speedup", "gap", "gap 95% CI", "AUP"]  # fmt: skip
     row = table[2 + 3]  # after the teacher's three rows: m1 at spb=4
     assert row.startswith("m1") and "10x3" in row and "[0.80,0.95]" in row and "[-0.10,0.60]" in row
     assert "2.00?" in row and "2.00?" not in table[2], "a noisy speed-up is marked, a steady one is not"
@@ -116,3 +119,44 @@ def test_table_shows_n_intervals_noise_and_a_legend_for_every_column():
         assert f"  {column.strip()} " in text, column
     words = " ".join(text.split())
     assert "temperature > 0" in words and "not a failure" in words, "why agree can be 0 for a good student"
+
+
+def test_aup_of_each_model_against_the_best_quality_in_the_report():
+    rep = report(n_models=2, threshold=True, equal=True)  # 0.9 at spb=4 (and threshold), 0.5 elsewhere
+    summary = aup_summary(rep)
+    assert summary["y_max"] == pytest.approx(90.0) and summary["x"] == "tokens_per_forward"
+    m1 = summary["models"]["m1"]  # points (1, 90), (2, 50), (4, 50) and the threshold's (2, 90); 50 < 90 - 5 is left out
+    assert m1["aup"] == pytest.approx(1.0 * 90.0 + 0.5 * (2.0 - 1.0) * (90.0 + 90.0)) and m1["points"] == 4  # W(90) = 1
+    assert sorted(map(tuple, m1["dropped"])) == [(2.0, 50.0), (4.0, 50.0)]
+    rep.records = [replace(r, quality=0.9) if r.model == "m1" else r for r in rep.records]  # m1 flat at 90
+    assert aup_summary(rep)["models"]["m1"]["aup"] == pytest.approx(90.0 + 0.5 * 1.0 * 180.0 + 0 + 0.5 * 2.0 * 180.0)
+    rep = replace(rep, quality_metric=None)
+    assert aup_summary(rep) is None, "no task metric, no accuracy to put under parallelism"
+
+
+def test_table_legend_and_plot_carry_tokens_per_forward_and_aup():
+    rep = report(n_models=2, threshold=True, equal=True)
+    table = render_table(rep).splitlines()
+    header = [cell.strip() for cell in table[0].split("  ") if cell.strip()]
+    m1_rows = [line.split() for line in table[2:] if line.startswith("m1")]
+    assert [row[header.index("tok/fwd") + 2] for row in m1_rows] == ["1.00", "2.00", "4.00", "2.00"]  # label takes 3 cells
+    assert all(row[-1] == "180.0" for row in m1_rows), "the model's AUP on each of its rows"
+    legend = " ".join(render_legend(rep).split())
+    assert "d3LLM" in legend and "y_max = the best validity in this table (90.0 %)" in legend
+    fig = plot_figure(rep)
+    panel = fig.axes[1]
+    assert "tokens per forward" in panel.get_xlabel()
+    lines = {line.get_label(): line for line in panel.get_lines()}
+    xs, ys = lines["m1: AUP 180.0"].get_data()
+    assert list(xs) == [1.0, 2.0, 2.0, 4.0] and list(ys) == pytest.approx([0.9, 0.5, 0.9, 0.5]), "sorted by tokens per forward"
+    hollow = [line for line in panel.get_lines() if line.get_label().startswith("_") and line.get_markerfacecolor() == "white"]
+    assert len(hollow) == 2 and all(list(line.get_data()[0]) == [2.0, 4.0] for line in hollow), "the points AUP left out"
+    assert [t.get_text() for t in panel.get_legend().get_texts()] == ["teacher: AUP 180.0", "m1: AUP 180.0"]
+
+
+def test_json_carries_aup_and_every_record_its_count(tmp_path):
+    rep = report(n_models=2)
+    data = report_dict(rep)
+    assert set(data["aup"]["models"]) == {"teacher", "m1"} and data["aup"]["y_min_offset"] == 5.0
+    assert all("tokens_per_forward" in r and "revealed_tokens" in r and "forwards" in r for r in data["records"])
+    assert np.isfinite([s["aup"] for s in data["aup"]["models"].values()]).all()
