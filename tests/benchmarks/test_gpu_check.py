@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,23 @@ def test_roofline_counts_commit_forwards_and_kv_reads():
     assert 10_000 < one["limit_tok_s"] < 20_000  # and its "roughly 10-20k tok/s on an H200"
     weights_only = 2 * shape.params * one["forwards"] / (128 * 1024) / 1e6  # MB per token without the KV cache
     assert one["mb_per_token"] > 1.5 * weights_only
+
+
+def test_a_part_past_its_time_keeps_what_it_measured_and_the_next_runs():
+    gpu_check = _gpu_check()
+    report = gpu_check.Report(budget_s=60)
+    report.min_part_s = 0.0
+
+    def slow(out):
+        out["measured"] = 1.0
+        with gpu_check.time_limit(30):  # an inner limit never outlasts its part's
+            time.sleep(5)
+        out["never"] = 1.0
+
+    tic = time.perf_counter()
+    entry = report.part("slow", slow, cap_s=0.3)
+    assert time.perf_counter() - tic < 3
+    assert entry["measured"] == 1.0 and "never" not in entry and "timed out" in entry["error"]
+    assert report.part("next", lambda out: out.update(done=True), cap_s=5)["done"]
+    report.deadline = time.perf_counter()  # the budget is spent: later parts are skipped, not run
+    assert "skipped" in report.part("late", lambda out: out.update(done=True), cap_s=5)
