@@ -193,10 +193,13 @@ def test_lora_options_counts_and_refusals(runs, tmp_path):
 
 def lora_steps_on_a_worker(rank: int, world: int, flags: dict) -> dict[str, dict[str, np.ndarray]]:
     """In a spawned gloo worker: 2 LoRA steps with DDP, then with FSDP; rank 0 returns each run's adapter."""
+    from t3d.trainer import sharding
+
     adapters = {}
     for strategy in ("ddp", "fsdp"):
         out = Path(flags["out"]) / strategy
-        _run(flags | {"out": str(out), "strategy": strategy}, Dist(rank=rank, world=world))
+        trainer, _ = _run(flags | {"out": str(out), "strategy": strategy}, Dist(rank=rank, world=world))
+        assert sharding.is_sharded(trainer.student.net) == (strategy == "fsdp")
         if rank == 0:
             adapters[strategy] = {k: v.numpy() for k, v in load_file(str(out / "student" / ADAPTER_DIR /
                                                                        "adapter_model.safetensors")).items()}  # fmt: skip
