@@ -219,13 +219,15 @@ def forward_cost(shape: Shape, rows: int, queries: int, cached: int, head_rows: 
 
 def decode_roofline(shape: Shape, wl: Workload, per_step: int, card: Card) -> dict:
     """The limit of one decode: prefill, then per block `block / per_step` steps over the block (the head
-    on its masked positions) and one commit forward storing the finished block's K/V (no head)."""
+    on its masked positions) and one commit forward storing the finished block's K/V (no head), but
+    for the last block, whose K/V nobody reads."""
     steps = wl.block // per_step
     calls = [forward_cost(shape, wl.decode_batch, wl.prompt, 0, 0)]
-    for start in range(wl.prompt, wl.prompt + wl.new_tokens, wl.block):
-        cached = start
-        calls += [forward_cost(shape, wl.decode_batch, wl.block, cached, wl.block - s * per_step) for s in range(steps)]
-        calls.append(forward_cost(shape, wl.decode_batch, wl.block, cached, 0))
+    last = wl.prompt + wl.new_tokens - wl.block
+    for start in range(wl.prompt, last + 1, wl.block):
+        calls += [forward_cost(shape, wl.decode_batch, wl.block, start, wl.block - s * per_step) for s in range(steps)]
+        if start < last:
+            calls.append(forward_cost(shape, wl.decode_batch, wl.block, start, 0))
     seconds = sum(card.seconds(f, b) for f, b in calls)
     flops, nbytes = sum(f for f, _ in calls), sum(b for _, b in calls)
     tokens = wl.decode_batch * wl.new_tokens

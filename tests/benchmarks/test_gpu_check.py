@@ -74,8 +74,9 @@ def test_smoke_runs_every_part_without_ray_polars_zarr(tmp_path):
         for path in ("t3d", "bare"):
             assert row[path]["tok_s"] > 0 and _in_unit(row[path]["fraction_of_limit"])
             assert 0 <= row[path]["outside_network_share"] < 1
-        # the bare loop makes exactly the calls the roofline counts: prefill, the steps, one commit per block
-        assert row["bare"]["trunk_forwards"] == row["roofline"]["forwards"]
+        # the limit counts the fewest forwards a decode needs: prefill, the steps, a commit per block but the last
+        assert row["roofline"]["forwards"] == 1 + 2 * (4 // per_step + 1) - 1
+        assert row["t3d"]["trunk_forwards"] >= row["roofline"]["forwards"] <= row["bare"]["trunk_forwards"]
 
     full, lora = report["train_full"], report["train_lora"]
     for entry in (full, lora):
@@ -100,7 +101,7 @@ def test_roofline_counts_commit_forwards_and_kv_reads():
     shape, card = gpu_check.Shape.of(gpu_check.SDAR_4B_CHAT), gpu_check.Card("H200", *gpu_check.CARDS["H200"])
     one = gpu_check.decode_roofline(shape, gpu_check.FULL, 1, card)
     four = gpu_check.decode_roofline(shape, gpu_check.FULL, 4, card)
-    assert one["forwards"] == 1 + 256 * (4 + 1) and four["forwards"] == 1 + 256 * (1 + 1)
+    assert one["forwards"] == 256 * (4 + 1) and four["forwards"] == 256 * (1 + 1)  # prefill, steps, commits but the last
     assert 38 < one["gflop_per_token"] < 46  # the issue's ~40 GFLOP per token at one token per step
     assert 10_000 < one["limit_tok_s"] < 20_000  # and its "roughly 10-20k tok/s on an H200"
     weights_only = 2 * shape.params * one["forwards"] / (128 * 1024) / 1e6  # MB per token without the KV cache
