@@ -203,12 +203,14 @@ def check_decode_settings(
 
 
 def report_to_trackers(report: ev.EvalReport, tracking: TrackingConfig, json_path: Optional[Path]) -> None:
-    """--report-to: every record's numbers as `model/setting/field` (the JSON's names), in a run named after the output."""
+    """--report-to: every record's numbers as `model/setting/field` (the JSON's names) and each model's AUP as
+    `model/aup`, in a run named after the output."""
     if not tracking.backends:
         return
     out, data = json_path.parent if json_path is not None else Path("runs/eval"), ev.report_dict(report)
     trackers = open_trackers(tracking, out, data["config"])
-    trackers.log(record_metrics(data["records"]), step=0)
+    scores = {f"{label}/aup": s["aup"] for label, s in ((data["aup"] or {}).get("models") or {}).items() if s}
+    trackers.log(record_metrics(data["records"]) | scores, step=0)
     trackers.close()
     print(f"reported to {', '.join(tracking.backends)}", file=sys.stderr)
 

@@ -106,12 +106,15 @@ def test_eval_reports_every_record_under_the_json_names(tmp_path):
     assert result.exit_code == 0, result.output
     events = EventAccumulator(str(tmp_path / "eval" / "tensorboard"))  # beside the JSON
     events.Reload()
-    records = json.loads(report.read_text())["records"]
+    data = json.loads(report.read_text())
+    records = data["records"]
     assert len(records) == 2
     for record in records:
-        for field in ("quality", "tokens_per_step", "nfe_per_response"):
+        for field in ("quality", "tokens_per_step", "nfe_per_response", "tokens_per_forward"):
             (point,) = events.Scalars(f"{record['model']}/{record['setting']}/{field}")
             assert point.value == pytest.approx(record[field])
+    (aup,) = events.Scalars("teacher/aup")
+    assert aup.value == pytest.approx(data["aup"]["models"]["teacher"]["aup"])
 
 
 def test_an_unknown_tracker_is_one_line_and_writes_nothing(one_line_error, teachers, datasets, tmp_path):
