@@ -167,6 +167,8 @@ def run_decode(cfg: EvalCommandConfig, code_limits: Limits) -> ev.EvalReport:
         steps_per_block=steps or halving(block),
         strategies=strategies,
         threshold=d.threshold,
+        confidence=d.confidence,
+        entropy_budget=d.entropy_budget,
         temperature=d.temperature,
         cache=d.cache,
     )
@@ -304,9 +306,13 @@ class DecodeConfig:
     steps_per_block: str | None = None
     """Comma list for the static strategy, e.g. 4,2,1 (default: B, B/2, ..., 1)."""
     strategy: str = SamplerConfig.strategy
-    """static, threshold, or both as static,threshold (threshold adds one setting)."""
+    """static, threshold, dream, entropy_bounded, or several as static,threshold (each unscheduled one adds one setting)."""
     threshold: float = SamplerConfig.threshold
     """Confidence threshold of the threshold strategy."""
+    confidence: str = SamplerConfig.confidence
+    """What ranks the masked positions in every setting: probability, margin or entropy; see SamplerConfig.confidence."""
+    entropy_budget: float = SamplerConfig.entropy_budget
+    """Nats the entropy_bounded strategy may reveal per step; see SamplerConfig.entropy_budget."""
     temperature: float = SamplerConfig.temperature
     """Proposal temperature; 0 is greedy."""
     cache: str = SamplerConfig.cache

@@ -35,6 +35,8 @@ def sampler_settings(
     threshold: float = SamplerConfig.threshold,
     temperature: float = SamplerConfig.temperature,
     cache: str = SamplerConfig.cache,
+    confidence: str = SamplerConfig.confidence,
+    entropy_budget: float = SamplerConfig.entropy_budget,
 ) -> list[SamplerConfig]:
     """The settings to compare: a scheduled strategy (static) at each steps-per-block value, one setting per other.
 
@@ -43,7 +45,7 @@ def sampler_settings(
     """
     common = dict(
         block_size=block_size, max_new_tokens=max_new_tokens, threshold=threshold, temperature=temperature, logits_top_k=0,
-        cache=cache,
+        cache=cache, confidence=confidence, entropy_budget=entropy_budget,
     )
     settings = []
     for strategy in dict.fromkeys(strategies):
@@ -60,6 +62,7 @@ def full_steps(setting: SamplerConfig) -> SamplerConfig:
 def setting_label(setting: SamplerConfig) -> str:
     """Short name of a setting for tables, samples and the plot."""
     label = f"{setting.strategy} B={setting.block_size} {get_strategy(setting.strategy).describe(setting)}"
+    label = label if setting.confidence == SamplerConfig.confidence else f"{label} by={setting.confidence}"
     return label if setting.temperature == SamplerConfig.temperature else f"{label} T={setting.temperature:g}"
 
 

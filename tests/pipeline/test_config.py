@@ -74,6 +74,16 @@ def test_dataset_key_ignores_where_and_how_it_runs():
     assert build_config({}, {"record_states": "dense"}).rollout.sampler_config().record_states
 
 
+def test_collect_records_with_any_strategy_and_measure_and_keys_its_dataset_by_them():
+    cfg = build_config({}, {"strategy": "entropy_bounded", "confidence": "entropy", "entropy_budget": 2.0})
+    sampler = cfg.rollout.sampler_config()
+    assert (sampler.strategy, sampler.confidence, sampler.entropy_budget) == ("entropy_bounded", "entropy", 2.0)
+    assert {"confidence": "entropy", "entropy_budget": 2.0}.items() <= cfg.dataset_key()["rollout"]["sampler"].items()
+    assert build_config({}, {"confidence": "margin"}).dataset_key() != build_config({}, {}).dataset_key()
+    with pytest.raises(UserError, match="unknown confidence"):
+        build_config({}, {"confidence": "loss"})
+
+
 RECORDED_KEY = {  # dataset_key of these flags, recorded from the code before PromptEncoding and LoadConfig were embedded
     "shard_size": 64, "seed": 0,
     "prompts": {"prompt_field": None, "answer_field": None, "tests_field": None, "limit": None, "chat_template": False,
