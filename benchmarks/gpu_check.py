@@ -17,15 +17,18 @@ freeing its models before the next (`freed` says so):
 3. `decode`: at batch 128, prompts of 256 ids, 1,024 new tokens, blocks of 4, at 1 and 4
    tokens per step: t3d's engine (`sample`, exact KV cache) and the bare cached loop of
    benchmarks/rollout_throughput.py: tok/s, peak memory, the share of wall time outside
-   the network (CUDA events around every forward);
-4. `train`: T3D steps of an SDAR-1.7B shape (batch 2, 1,024 response tokens), full
-   fine-tuning (FSDP2 on one GPU, float32 master weights, bf16 compute) and LoRA:
+   the network (CUDA events around every trunk and LM-head forward);
+4. `train_full` / `train_lora`: T3D steps of an SDAR-1.7B shape (batch 2, 1,024 response
+   tokens) from rollouts made in memory: full fine-tuning (FSDP2 on one GPU, float32 master
+   weights, bf16 compute) and LoRA (`--lora-r 16`, the base frozen in bf16, one worker):
    tokens/s, peak memory, the loop's overhead over a bare forward + backward + AdamW step.
 Beside each measured figure: the card's limit from a roofline model of the same shapes
-(`roofline_*`: FLOPs and bytes per step, commit forwards and KV reads included), the
-fraction of it reached, and `launch_bound` (half or more of the wall time outside the
-network). A part that fails or runs long leaves its error in the JSON and the rest go on;
-past the budget the partial JSON is printed and the process exits.
+(`roofline`: FLOPs and bytes per forward or step, commit forwards and KV reads included),
+the `fraction_of_limit` reached, and `launch_bound` (half or more of the wall time outside
+the network). A part that fails or runs long keeps what it measured, with its error beside
+it, and the rest go on; past the budget and 30 s the partial JSON is printed and the
+process exits. Expected on an H100 (`--plan`): ~270 s (decode ~135 s at a fifth of its
+limit, training ~60 s, checkpoints and loading ~70 s) against the 480 s budget.
 """
 
 from __future__ import annotations
@@ -691,9 +694,10 @@ def train_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card: 
     with tempfile.TemporaryDirectory(prefix="t3d-gpu-check-") as tmp:
         trainer = build_memory_trainer(ckpt, wl, device, Path(tmp), lora_r)
         probe = weakref.ref(trainer.student.net)
-        trainable = sum(p.numel() for p in trainer.student.net.parameters() if p.requires_grad)
-        out |= {"setting": "LoRA r %d, bf16 base, one worker" % lora_r if lora_r else "full, fp32 master weights, FSDP2 on one device",
-                "trainable_params_m": round(trainable / 1e6, 2)}  # fmt: skip
+        trained = [p for p in trainer.student.net.parameters() if p.requires_grad]
+        trainable = sum(p.numel() for p in trained)
+        out |= {"setting": f"LoRA r {lora_r}, bf16 base, one worker" if lora_r else "full, FSDP2 on one device",
+                "trainable_params_m": round(trainable / 1e6, 2), "trainable_dtype": str(trained[0].dtype)}  # fmt: skip
         try:
             out |= time_training(trainer, wl, device)
         finally:
