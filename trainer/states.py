@@ -47,6 +47,11 @@ columns are response positions.
   max(1, floor(random_ratio·|M|)) random tokens per sequence, uniformly among M),
   `path_mode="levels"` (`paper_path_weights`), `padding_shows="pad"` (the pad token stays
   visible after EOS in both copies, so the model sees where an answer ends: a quirk).
+- `state_order="dparallel"`: dParallel's states (czg1225/dParallel, LLaDA/llada_train.py:
+  91-143): every position masked independently with probability ~0.5, ignoring the
+  teacher's order; with the semi_ar layout and `supervise_padding` (dParallel pads with EOS
+  and supervises it) a row is its state exactly: one block uniform, earlier blocks clean,
+  later ones masked. For `--loss certainty` (docs/OBJECTIVES.md).
 
 Two views, picked by the family's training layout (`layout`, a `TrainingLayout` from
 `t3d.dllm.training_layouts`, which also builds the input and its mask; nothing here asks
@@ -90,7 +95,7 @@ class StatesConfig:
     """How training states are cut from the teacher's trajectories (DESIGN.md section 5)."""
 
     state_order: str = "trajectory"
-    """`trajectory`: true teacher states; `reference`: ratio r**8 per block, ceil over the block; `paper`: the official rule (ratio per sequence, int(n·r) of the valid tokens)."""
+    """`trajectory`: true teacher states; `reference`: ratio r**8 per block, ceil over the block; `paper`: the official rule (ratio per sequence, int(n·r) of the valid tokens); `dparallel`: each position masked independently at about 0.5 (dParallel's, for --loss certainty)."""
     random_ratio: float = 0.1
     """Share of supervised positions shown as a random token instead of the mask."""
     path_k_steps: int = 1
@@ -342,10 +347,23 @@ def paper_path_weights(reveal: Tensor, valid: Tensor, k_tokens: int) -> Tensor:
     return (weight / levels.clamp(min=1)[:, None, None]).flatten(1)
 
 
+DPARALLEL_MASK_P = (1 - 1e-3) * 0.5 + 1e-3
+"""dParallel's masking probability, (1 - eps) t + eps with t = 0.5 (czg1225/dParallel LLaDA/llada_train.py:128-129)."""
+
+
+def _dparallel_order(reveal: Tensor, padding: Tensor, tail: Tensor, generator) -> tuple[Tensor, Tensor]:
+    """dParallel's states: every decoded or padding position masked independently with probability
+    `DPARALLEL_MASK_P`, whatever the teacher's order (the prompt's tail never). s is reported as lo_j."""
+    u = _uniform(tuple(reveal.shape), generator, reveal.device)  # (N, nb, B)
+    lo, _ = block_step_range(reveal, padding, tail)
+    return (u < DPARALLEL_MASK_P) & ~tail, lo
+
+
 _ORDERS: dict[str, Callable[..., tuple]] = {
     "trajectory": _trajectory_order,
     "reference": _reference_order,
     "paper": _paper_order,
+    "dparallel": _dparallel_order,
 }
 
 

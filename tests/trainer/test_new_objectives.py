@@ -118,6 +118,26 @@ def test_the_complement_swaps_the_trained_block_on_real_states():
                 assert torch.equal(trained[0], (torch.arange(length) // 4 == block) & ~states.padding[0])
 
 
+def test_dparallel_states_mask_the_current_block_at_one_half():
+    """--state-order dparallel: one block at a time, each position of it masked i.i.d. at ~0.5 whatever the
+    teacher's order, earlier blocks clean, later ones masked; with --supervise-padding, padding too."""
+    n = 400
+    x0 = torch.tensor([[5, 6, 7, 8, 9, 10, 1, 0]]).expand(n, 8)
+    reveal = torch.tensor([[0, 1, 1, 0, 3, 2, 2, -1]]).expand(n, 8)  # the teacher's order: ignored
+    cfg = StateConfig(block_size=4, mask_id=99, eos_id=1, layout="semi_ar", random_ratio=0.0, state_order="dparallel",
+                      supervise_padding=True)  # fmt: skip
+    st = build_states(torch.tensor([[3, 4]]).expand(n, 2), torch.ones(n, 2, dtype=torch.bool), x0, reveal, cfg,
+                      torch.Generator().manual_seed(0))  # fmt: skip
+    block = (torch.arange(8) // 4)[None, :]  # (1, L)
+    current = st.current_block[:, None]  # (N, 1)
+    masked = st.noisy == 99
+    assert not masked[block < current].any() and masked[block > current].all()
+    assert torch.equal(st.supervised, masked & (block == current))
+    share = st.supervised.sum().item() / (n * 4)  # 1,600 positions: 0.5 +- 0.05 is over 4 standard deviations
+    assert 0.45 < share < 0.55 and st.supervised[:, 7].any()  # the padding position is supervised too
+    assert set(st.current_block.tolist()) == {0, 1}
+
+
 # --- through the trainer: exact under accumulation and two workers ---------------------------------------------
 
 
