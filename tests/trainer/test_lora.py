@@ -183,6 +183,8 @@ def test_lora_options_counts_and_refusals(runs, tmp_path):
     assert adapter_parameter_count(raw, LoraConfig(), "sdar") == 0
     cfg = build_config({"lora": {"r": 8, "targets": ["q_proj", "v_proj"]}})  # a config file's or preset's [lora] table
     assert (cfg.lora.r, cfg.lora.targets) == (8, ("q_proj", "v_proj"))
+    over_preset = build_config({"preset": "paper-4b", "lora_r": 16})
+    assert over_preset.lora.r == 16 and over_preset.optim.lr == build_config({"preset": "paper-4b"}).optim.lr
     with pytest.raises(UserError, match="--lora-r must be >= 0"):
         build_config({"lora_r": -1})
     with pytest.raises(UserError, match="--lora-targets nope: no such module"):
