@@ -518,8 +518,6 @@ def load_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, config:
 def decode_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card: Card | None, shape: Shape) -> None:
     """The engine and the bare cached loop at 1 and 4 tokens per step, each measurement timed out on its own
     (at 10x its roofline time plus 20 s: under a tenth of the limit is a finding, not a wait)."""
-    from rollout_throughput import bare_cached_loop
-
     from t3d.dllm import load_model
     from t3d.dllm.sampling import SamplerConfig, sample
 
@@ -529,6 +527,8 @@ def decode_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card:
     prompts = [torch.randint(0, ORDINARY_IDS, (wl.prompt,), generator=gen).tolist() for _ in range(wl.decode_batch)]
     seeds = list(range(wl.decode_batch))
     sample(model, prompts[:2], SamplerConfig(max_new_tokens=wl.block, block_size=wl.block), seeds[:2])  # warm-up
+    with contextlib.suppress(Exception):  # imported before timing; a failure is the bare entries' error
+        bare_loop()
     out |= {"batch": wl.decode_batch, "prompt": wl.prompt, "new_tokens": wl.new_tokens, "block": wl.block}
     for per_step in wl.tokens_per_step:
         steps = wl.block // per_step
@@ -537,7 +537,7 @@ def decode_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card:
                             stop_at_eos=False)  # fmt: skip
         runs = {
             "t3d": lambda: sample(model, prompts, cfg, seeds).response_length.sum(),
-            "bare": lambda: bare_cached_loop(model.net, prompts, wl.new_tokens, steps=steps, block=wl.block),
+            "bare": lambda: bare_loop()(model.net, prompts, wl.new_tokens, steps=steps, block=wl.block),
         }
         row = out[f"{per_step}_tok_per_step"] = {"roofline": limit}
         for name, fn in runs.items():
@@ -551,6 +551,14 @@ def decode_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card:
     del model
     free_memory()
     out["freed"] = probe() is None
+
+
+def bare_loop() -> Callable:
+    """The bare cached loop that benchmarks/rollout_throughput.py holds `sample` against (imported when
+    first timed: a change there costs the bare entries only)."""
+    from rollout_throughput import bare_cached_loop
+
+    return bare_cached_loop
 
 
 # ---- training from memory ------------------------------------------------------------------------
@@ -690,8 +698,9 @@ def time_training(trainer, wl: Workload, device: torch.device) -> dict:
 
 
 def train_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card: Card | None, shape: Shape, lora_r: int) -> None:
-    """T3D steps of one setting (full: lora_r 0); the models are freed afterwards (`freed`)."""
-    with tempfile.TemporaryDirectory(prefix="t3d-gpu-check-") as tmp:
+    """T3D steps of one setting (full: lora_r 0, FSDP2 over a one-process group); the models are freed
+    afterwards (`freed`)."""
+    with tempfile.TemporaryDirectory(prefix="t3d-gpu-check-") as tmp, process_group(device) if not lora_r else contextlib.nullcontext():
         trainer = build_memory_trainer(ckpt, wl, device, Path(tmp), lora_r)
         probe = weakref.ref(trainer.student.net)
         trained = [p for p in trainer.student.net.parameters() if p.requires_grad]
@@ -767,14 +776,13 @@ def run(args, report: Report) -> None:
                 cap_s=report.left() - train_reserve)  # fmt: skip
     if "shards" not in report.part("train_checkpoint", lambda out: write_checkpoint(out, ckpt_17b, small, device), cap_s=120):
         return
-    with process_group(device):
-        report.part("train_full", lambda out: train_part(out, ckpt_17b, wl, device, card, Shape.of(small), 0), cap_s=150)
-        missing = lora_available()
-        if missing:
-            report.data["train_lora"] = {"lora": missing}
-        else:
-            report.part("train_lora", lambda out: train_part(out, ckpt_17b, wl, device, card, Shape.of(small), wl.lora_r),
-                        cap_s=150)  # fmt: skip
+    report.part("train_full", lambda out: train_part(out, ckpt_17b, wl, device, card, Shape.of(small), 0), cap_s=150)
+    missing = lora_available()
+    if missing:
+        report.data["train_lora"] = {"lora": missing}
+    else:
+        report.part("train_lora", lambda out: train_part(out, ckpt_17b, wl, device, card, Shape.of(small), wl.lora_r),
+                    cap_s=150)  # fmt: skip
 
 
 def main() -> None:
