@@ -133,7 +133,7 @@ def results_table(records: list[dict[str, Any]], teacher: str) -> str:
             "speed-up / NFE reduction"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     models = list(dict.fromkeys([teacher] + [r["model"] for r in records]))
-    for r in sorted(records, key=lambda r: (models.index(r["model"]), r["strategy"] != "static", r["tokens_per_step"])):
+    for r in sorted(records, key=lambda r: (models.index(r["model"]), not scheduled(r["strategy"]), r["tokens_per_step"])):
         extra = r.get("truth_extra") or {}
         lines.append("| " + " | ".join([
             r["model"], r["setting"], _f(r["measured_tokens_per_step"], ".2f"), _f(r["quality"]), _f(r["gap_closure"], ".2f"),
@@ -144,9 +144,17 @@ def results_table(records: list[dict[str, Any]], teacher: str) -> str:
     return "\n".join(lines)
 
 
-def find(records: list[dict[str, Any]], model: str, strategy: str = "static", spb: int | None = None) -> dict | None:
+def scheduled(strategy: str) -> bool:
+    """Whether a reveal strategy follows the steps-per-block schedule (the registry says; no name is compared)."""
+    from t3d.dllm.reveal import get_strategy
+
+    return get_strategy(strategy).scheduled
+
+
+def find(records: list[dict[str, Any]], model: str, spb: int | None = None) -> dict | None:
+    """The first record of `model` at a scheduled strategy (at `spb` steps per block, if given)."""
     for r in records:
-        if r["model"] == model and r["strategy"] == strategy and (spb is None or r["steps_per_block"] == spb):
+        if r["model"] == model and scheduled(r["strategy"]) and (spb is None or r["steps_per_block"] == spb):
             return r
     return None
 
@@ -170,7 +178,7 @@ def word_faults(samples: Path) -> dict[str, dict[str, float]]:
     task, counts = BuiltinTask(), {}
     for line in samples.read_text().splitlines():
         row = json.loads(line)
-        if not (row["setting"].startswith("static ") and row["setting"].endswith(" spb=1")):
+        if not (scheduled(row["setting"].split()[0]) and row["setting"].endswith(" spb=1")):  # label: strategy first
             continue
         count = counts.setdefault(row["model"], dict.fromkeys(FAULTS, 0) | {"words": 0})
         prompt = task.encode(row["prompt"])
@@ -306,7 +314,7 @@ def observations(records: list[dict[str, Any]], teacher: str, block: int, faults
         return _f(((r or {}).get("truth_extra") or {}).get("marker_first_rate"), ".2f")
 
     truth_first = true_marker_first_rate()
-    threshold = [r for r in records if r["strategy"] == "threshold" and r["model"] == teacher]
+    threshold = [r for r in records if not scheduled(r["strategy"]) and r["model"] == teacher]  # EVAL's threshold
     t3d = find(records, "t3d", spb=1)
     parts = [
         f"- Diversity against the task's truth: among words with exactly one marker in their first two positions, "
@@ -322,7 +330,7 @@ def observations(records: list[dict[str, Any]], teacher: str, block: int, faults
         parts.append(f"- The threshold sampler (confidence >= {threshold[0]['threshold']:g}) reveals "
                      f"{threshold[0]['measured_tokens_per_step']:.2f} tokens per step for the teacher: on this task the symbols "
                      "are uniform over 8, so confidence rarely passes the threshold and it behaves like full steps.")  # fmt: skip
-    one_step = [r["tokens_per_second"] for r in records if r["strategy"] == "static" and r["steps_per_block"] == 1]
+    one_step = [r["tokens_per_second"] for r in records if scheduled(r["strategy"]) and r["steps_per_block"] == 1]
     if len(one_step) > 1:
         parts.append(f"- Every model here has the same architecture, so at one step per block their tokens per second "
                      f"differ only by timing noise: {min(one_step):.0f} to {max(one_step):.0f} on this machine. Read the "

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from t3d.dllm import load_model
+from t3d.dllm.reveal import get_strategy
 from t3d.dllm.task import BuiltinTask
 from t3d.trainer.config import load_config
 from t3d.trainer.evaluate import EvalConfig, builtin_prompts, evaluate, sampler_settings
@@ -34,10 +35,15 @@ from t3d.trainer.loop import train
 SUMMARY_FIELDS = ("quality", "distinct_valid", "gap_closure", "agreement", "log_likelihood", "truth_extra")
 
 
+def scheduled(strategy: str) -> bool:
+    """Whether a reveal strategy follows the steps-per-block schedule (the registry says; no name is compared)."""
+    return get_strategy(strategy).scheduled
+
+
 def teacher_records(prompts, settings, config: EvalConfig) -> dict[int, dict[str, Any]]:
     """The teacher's numbers at every setting, decoded once for the whole sweep."""
     report = evaluate({"teacher": load_model("builtin")}, prompts, settings, config)
-    return {r.steps_per_block: {k: getattr(r, k) for k in SUMMARY_FIELDS} for r in report.records if r.strategy == "static"}
+    return {r.steps_per_block: {k: getattr(r, k) for k in SUMMARY_FIELDS} for r in report.records if scheduled(r.strategy)}
 
 
 def trial(options: dict[str, Any], data: str, out: Path, prompts, settings, config: EvalConfig) -> dict[str, Any]:
@@ -51,7 +57,7 @@ def trial(options: dict[str, Any], data: str, out: Path, prompts, settings, conf
     report = evaluate(models, prompts, settings, config)
     scores = {}
     for r in report.records:
-        if r.model == "student" and r.strategy == "static":
+        if r.model == "student" and scheduled(r.strategy):
             scores[f"spb={r.steps_per_block}"] = {k: getattr(r, k) for k in SUMMARY_FIELDS}
     keep = ("loss", "ddo", "path", "ce", "real_log_ratio", "fake_log_ratio", "real_margin", "fake_margin")
     last = {k: round(v, 4) for k, v in result.metrics.items() if k in keep or k.endswith("log_ratio")}
