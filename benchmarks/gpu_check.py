@@ -705,6 +705,8 @@ def train_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card: 
         probe = weakref.ref(trainer.student.net)
         trained = [p for p in trainer.student.net.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in trained)
+        if lora_r and trainable > 0.1 * sum(p.numel() for p in trainer.student.net.parameters()):
+            raise RuntimeError(f"--lora-r {lora_r} was accepted but the student trains {trainable} parameters: no adapters")
         out |= {"setting": f"LoRA r {lora_r}, bf16 base, one worker" if lora_r else "full, FSDP2 on one device",
                 "trainable_params_m": round(trainable / 1e6, 2), "trainable_dtype": str(trained[0].dtype)}  # fmt: skip
         try:
