@@ -195,9 +195,9 @@ def test_new_objectives_reduce_exactly_under_accumulation_and_two_workers(kit, t
 # --- what each needs from the dataset ----------------------------------------------------------------------------
 
 
-@register
 class NeedsDenseStates(Objective):
-    """A test objective that reads the dense states, which the fixture datasets do not store."""
+    """A test objective that reads the dense states, which the fixture datasets do not store
+    (registered only inside the test, so no other test's loop over `OBJECTIVES` meets it)."""
 
     name = "test_needs_states"
     arrays = ("states",)
@@ -205,9 +205,13 @@ class NeedsDenseStates(Objective):
 
 def test_objectives_say_what_they_read_and_a_dataset_without_it_is_refused(kit, teachers, datasets, tmp_path):
     assert all(OBJECTIVES[k].arrays == () for k in NEW)  # x0 and the reveal order: every dataset holds them
-    flags = _flags(kit, datasets["bidirectional"], teachers, tmp_path / "out", "test_needs_states")
-    with pytest.raises(UserError) as err:
-        build_trainer(build_config(flags), log=lambda *a: None)
+    register(NeedsDenseStates)
+    try:
+        flags = _flags(kit, datasets["bidirectional"], teachers, tmp_path / "out", "test_needs_states")
+        with pytest.raises(UserError) as err:
+            build_trainer(build_config(flags), log=lambda *a: None)
+    finally:
+        OBJECTIVES.pop(NeedsDenseStates.name)
     assert "states" in str(err.value) and "\n" not in str(err.value)
 
 
