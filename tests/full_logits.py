@@ -105,6 +105,7 @@ def states_of(targets: Tensor, supervised: Tensor, path: Tensor | None = None, p
     key = (targets if input_ids is None else input_ids)[:, :1]
     return SimpleNamespace(
         input_ids=torch.cat([key, targets], dim=1), attention_bias=None, position_ids=None, tail=zeros,
+        current_block=None,
         targets=targets, supervised=supervised, path=zeros if path is None else path, path_weight=path_weight,
         padding=zeros if padding is None else padding, shift=torch.zeros(len(targets), dtype=torch.long),
     )  # fmt: skip

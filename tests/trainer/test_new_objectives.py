@@ -179,13 +179,15 @@ def test_new_objectives_reduce_exactly_under_accumulation_and_two_workers(kit, t
 
     one = _first_steps(every("one", batch_size=4))
     accum = _first_steps(every("acc", batch_size=2, grad_accum=2))
-    workers = run_workers(__file__, "steps_on_a_worker", (every("two", batch_size=2, num_workers=2),), tmp_path / "store")
+    two = every("two", batch_size=2, num_workers=2)
+    workers = run_workers(__file__, "steps_on_a_worker", (two,), tmp_path / "store")
     for kind in NEW:
         (m_one, rows), (m_acc, rows_acc) = one[kind], accum[kind]
         m_two = workers[0][kind][0]
         assert m_two == workers[1][kind][0], kind  # every worker reports the same reduced metrics
         two_rows = np.concatenate([w[kind][1] for w in workers])
-        assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, rows_acc.tolist())) == sorted(map(tuple, two_rows.tolist()))
+        same = [sorted(map(tuple, r.tolist())) for r in (rows, rows_acc, two_rows)]
+        assert same[0] == same[1] == same[2], kind  # the same global batch
         assert m_one["entropy"] > 0 and m_one["correct_share"] > 0, (kind, m_one)  # the certainty term is live
         for key in KEYS:
             assert m_acc[key] == pytest.approx(m_one[key], rel=1e-5, abs=1e-7), (kind, key)

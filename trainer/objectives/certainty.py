@@ -51,13 +51,11 @@ def _inner(student: torch.nn.Module) -> torch.nn.Module:
 def trained_columns(states: TrainingStates) -> Tensor:
     """(B, L) bool: the response columns of the blocks this state trains (semi-AR: the current block; else all)."""
     cols = torch.ones_like(states.supervised)
-    current = getattr(states, "current_block", None)
-    if current is not None:
+    if states.current_block is not None:
         size = cols.shape[1] // states.state_step.shape[1]  # B
         block = torch.arange(cols.shape[1], device=cols.device) // size  # (L,)
-        cols = block[None, :] == current[:, None]  # (B, L)
-    tail = getattr(states, "tail", None)
-    return cols & ~states.padding & (~tail if tail is not None else True)
+        cols = block[None, :] == states.current_block[:, None]  # (B, L)
+    return cols & ~states.padding & ~states.tail
 
 
 def complement(states: TrainingStates, mask_id: int) -> tuple[Tensor, Tensor]:
@@ -122,7 +120,6 @@ class Certainty(Objective):
 
     name = "certainty"
     parts = ("loss", "ce", "entropy")
-    entropy_eps = ENTROPY_EPS
     complement_entropy = True
     """dParallel adds the complement's entropy term too (d3LLM does not)."""
     scale = 1.0
@@ -131,16 +128,13 @@ class Certainty(Objective):
     def counts(self, states: TrainingStates) -> dict[str, Tensor]:
         return {"rows": torch.tensor(states.targets.shape[0], device=states.targets.device)}
 
-    def temperature(self, cfg: ObjectiveConfig) -> float:
-        return cfg.entropy_temperature
-
     def describe(self, cfg: ObjectiveConfig, states: StateConfig) -> str:
-        return (f"entropy_weight {cfg.entropy_weight}, entropy_temperature {self.temperature(cfg)}, "
+        return (f"entropy_weight {cfg.entropy_weight}, entropy_temperature {cfg.entropy_temperature}, "
                 f"complement {'on' if cfg.complement else 'off'}")  # fmt: skip
 
     def loss(self, micro: Micro) -> tuple[Tensor, Metrics]:
         cfg, rows = micro.cfg, micro.norms["rows"].clamp(min=1)
-        views = view_terms(micro, self.temperature(cfg), self.entropy_eps, cfg.complement)
+        views = view_terms(micro, cfg.entropy_temperature, ENTROPY_EPS, cfg.complement)
         ce = sum(row_mean(v.ce, v.masked) for v in views)  # (B,)
         with_entropy = views if self.complement_entropy else views[:1]
         ent = sum(row_mean(v.entropy, v.correct) for v in with_entropy)  # (B,)
