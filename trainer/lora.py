@@ -18,7 +18,8 @@ Outputs (see `t3d.trainer.checkpoint`): the student merged into the teacher's fo
 (W + alpha / r x B A under the teacher's tensor names: a drop-in, as for full
 fine-tuning), and beside it `adapter/`, a PEFT adapter directory that
 `PeftModel.from_pretrained(base, path)` loads onto the network as t3d builds it
-(transformers' classes and module names). Resume reloads the base from `--model` and the
+(transformers' module names; SDAR's own code uses the same names and takes it too, LLaDA's
+does not: its adapter fits `LlamaForCausalLM`). Resume reloads the base from `--model` and the
 adapters from the checkpoint, in the training dtype: exact.
 """
 
