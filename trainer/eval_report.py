@@ -110,8 +110,9 @@ def _aup_legend(report: EvalReport, metric: str) -> str:
         f"accuracy under parallelism (d3LLM), one per model over all its rows: rho_1 y_1 + the trapezoids of y W(y) against "
         f"tok/fwd, y = {metric} in %, W(y) = min(exp(-{aup.ALPHA:g} (1 - y / y_max)), 1), y_max = the best {metric} in this "
         f"table ({summary['y_max']:.1f} %); rows more than {aup.Y_MIN_OFFSET:g} points below the model's lowest-tok/fwd row are "
-        "left out (the JSON's aup lists them). Higher is better; a model at 100 % throughout scores 100 x its highest tok/fwd; compare models decoded at "
-        "the same settings"
+        "left out (the JSON's aup lists them). Higher is better; a model at 100 % throughout scores 100 x its highest tok/fwd; "
+        "compare models decoded at the same settings. The JSON's aup_kept_tokens scores the kept response's tokens per forward "
+        "instead (measured_tokens_per_step: answer tokens / NFE, what Fast-dLLM's and d3LLM's eval scripts divide)"
     )
 
 
@@ -126,7 +127,7 @@ def aup_summary(report: EvalReport, x: str = "tokens_per_forward") -> dict[str, 
         return None
     points = {
         label: [(getattr(r, x), 100.0 * r.quality) for r in report.records
-                if r.model == label and r.quality is not None and getattr(r, x) is not None]
+                if r.model == label and r.quality is not None and getattr(r, x)]  # d3LLM's rho is positive
         for label in report.models
     }  # fmt: skip
     ys = [y for pts in points.values() for _, y in pts]
@@ -138,9 +139,9 @@ def aup_summary(report: EvalReport, x: str = "tokens_per_forward") -> dict[str, 
         dropped = aup.aup_points(pts)[1] if pts else []
         models[label] = {"aup": aup.aup(pts, y_max), "points": len(pts), "dropped": [list(p) for p in dropped]} if pts else None
     return {
-        "definition": "d3LLM (hao-ai-lab/d3LLM AUP_leaderboard/aup_utils.py): points sorted by tokens per forward, those below "
-        "the first's accuracy - y_min_offset left out, AUP = rho_1 y_1 + sum 1/2 (rho_i - rho_i-1) (y_i W(y_i) + y_i-1 W(y_i-1)), "
-        "W(y) = min(exp(-alpha (1 - y / y_max)), 1)",
+        "definition": "d3LLM (hao-ai-lab/d3LLM AUP_leaderboard/aup_utils.py): points sorted by tokens per forward, those "
+        "below the first's accuracy - y_min_offset left out, AUP = rho_1 y_1 + sum 1/2 (rho_i - rho_i-1) (y_i W(y_i) "
+        "+ y_i-1 W(y_i-1)), W(y) = min(exp(-alpha (1 - y / y_max)), 1)",
         "x": x, "y": f"{report.quality_metric} in percent",
         "alpha": aup.ALPHA, "y_min_offset": aup.Y_MIN_OFFSET, "y_max": y_max, "models": models,
     }  # fmt: skip
@@ -198,6 +199,7 @@ def report_dict(report: EvalReport) -> dict[str, Any]:
             "speed_noise": {"min_timing_repeats": metrics.MIN_TIMING_REPEATS, "max_spread": metrics.NOISY_SPREAD},
             "legend": legend(report),
             "aup": aup_summary(report),
+            "aup_kept_tokens": aup_summary(report, x="measured_tokens_per_step"),
             "records": [asdict(r) for r in report.records],
         }
     )
@@ -330,15 +332,15 @@ def _parallelism_panel(ax: Any, report: EvalReport, value: Any, metric: str, pal
     marked and coloured as in the panel above, its AUP in the legend."""
     scores = (aup_summary(report) or {}).get("models", {})
     for index, label in enumerate(report.models):
-        rows = sorted((r for r in report.records if r.model == label and value(r) is not None and r.tokens_per_forward is not None),
-                      key=lambda r: r.tokens_per_forward)  # fmt: skip
+        rows = [r for r in report.records if r.model == label and value(r) is not None and r.tokens_per_forward is not None]
+        rows.sort(key=lambda r: r.tokens_per_forward)
         if not rows:
             continue
         score = scores.get(label)
         style = dict(color=palette(index % palette.N), marker=MARKERS[index % len(MARKERS)], markersize=6)
         xs, ys = [r.tokens_per_forward for r in rows], [value(r) for r in rows]
-        ax.plot(xs, ys, linestyle=LINESTYLES[index % len(LINESTYLES)], label=f"{label}: AUP {score['aup']:.1f}" if score else label,
-                **style)  # fmt: skip
+        name = f"{label}: AUP {score['aup']:.1f}" if score else label
+        ax.plot(xs, ys, linestyle=LINESTYLES[index % len(LINESTYLES)], label=name, **style)
         dropped = {tuple(p) for p in score["dropped"]} if score else set()
         left_out = [(x, y) for x, y, r in zip(xs, ys, rows) if (r.tokens_per_forward, 100.0 * (r.quality or 0.0)) in dropped]
         if left_out:  # hollow: more than 5 points below the model's first, so outside its AUP

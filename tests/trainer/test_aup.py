@@ -22,7 +22,8 @@ def test_a_flat_curve_at_the_best_accuracy_is_rho_max_times_y():
 
 
 def test_a_falling_curve_weights_every_trapezoid():
-    expected = 1.0 * 100.0 + 0.5 * 1.0 * (98.0 * exp(-3 * 0.02) + 100.0) + 0.5 * 1.0 * (96.0 * exp(-3 * 0.04) + 98.0 * exp(-3 * 0.02))
+    w98, w96 = exp(-3 * (1 - 98 / 100)), exp(-3 * (1 - 96 / 100))
+    expected = 1.0 * 100.0 + 0.5 * 1.0 * (98.0 * w98 + 100.0) + 0.5 * 1.0 * (96.0 * w96 + 98.0 * w98)
     assert aup([(1.0, 100.0), (2.0, 98.0), (3.0, 96.0)], y_max=100.0) == pytest.approx(expected)  # 284.87: 100 + 96.146 + 88.719
     assert expected == pytest.approx(284.8651, abs=1e-4)
 

@@ -109,7 +109,8 @@ def test_table_shows_n_intervals_noise_and_a_legend_for_every_column():
     table = render_table(rep).splitlines()
     header = [cell for cell in table[0].split("  ") if cell.strip()]
     assert [h.strip() for h in header] == ["model", "setting", "tok/step", "validity", "95% CI", "n", "agree", "distinct",
-                                           "NFE", "tok/fwd", "tok/s", "spread", "speedup", "gap", "gap 95% CI", "AUP"]  # fmt: skip
+                                           "NFE", "tok/fwd", "tok/s", "spread", "speedup", "gap", "gap 95% CI",
+                                           "AUP"]  # fmt: skip
     row = table[2 + 3]  # after the teacher's three rows: m1 at spb=4
     assert row.startswith("m1") and "10x3" in row and "[0.80,0.95]" in row and "[-0.10,0.60]" in row
     assert "2.00?" in row and "2.00?" not in table[2], "a noisy speed-up is marked, a steady one is not"
@@ -160,3 +161,5 @@ def test_json_carries_aup_and_every_record_its_count(tmp_path):
     assert set(data["aup"]["models"]) == {"teacher", "m1"} and data["aup"]["y_min_offset"] == 5.0
     assert all("tokens_per_forward" in r and "revealed_tokens" in r and "forwards" in r for r in data["records"])
     assert np.isfinite([s["aup"] for s in data["aup"]["models"].values()]).all()
+    kept = data["aup_kept_tokens"]  # every record's kept tokens per step is 1.0 here: each curve is its first point
+    assert kept["x"] == "measured_tokens_per_step" and kept["models"]["m1"]["aup"] == pytest.approx(1.0 * 90.0)
