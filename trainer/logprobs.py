@@ -33,6 +33,12 @@ def chunk_rows(vocab: int, dtype: torch.dtype = torch.float32, budget: int = CHU
     return max(1, budget // per_row)
 
 
+def balanced(n: int, rows: int) -> int:
+    """At most `rows` rows per chunk, as evenly as the chunk count allows (256 rows at 220: 128 + 128, not 220 + 36)."""
+    chunks = max(1, -(-n // rows))
+    return max(1, -(-n // chunks))
+
+
 def compute_dtype(x: Tensor) -> torch.dtype:
     """The head's matmul dtype: autocast's on `x`'s device when autocast is on there, else `x`'s own."""
     device = x.device.type
@@ -65,7 +71,7 @@ class _LinearLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, rows: int | None) -> Tensor:
         dtype = compute_dtype(hidden)
-        rows = rows or chunk_rows(weight.shape[0], dtype)
+        rows = balanced(hidden.shape[0], rows or chunk_rows(weight.shape[0], dtype))
         out = hidden.new_empty(ids.shape, dtype=_wide(dtype))  # (N, k)
         lse = hidden.new_empty(ids.shape[0], dtype=_wide(dtype))  # (N,)
         with torch.autocast(hidden.device.type, enabled=False):
