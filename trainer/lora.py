@@ -166,7 +166,11 @@ class Adapters:
             raise UserError("--lora-r needs peft: pip install 't3d[lora]' (or peft)") from None
 
         targets = target_modules(cfg, model.family)
-        adapted_linears(model.net, targets)  # a one-line error for a target that is not a linear layer
+        linears = adapted_linears(model.net, targets)  # a one-line error for a target that is not a linear layer
+        head = model.net.get_output_embeddings() if hasattr(model.net, "get_output_embeddings") else None
+        if getattr(model.net.config, "tie_word_embeddings", False) and any(m is head for m in linears.values()):
+            raise UserError("--lora-targets: this model's LM head is tied to its input embeddings; the merged student "
+                            "cannot keep them tied with an adapter on the head alone")  # fmt: skip
         config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(targets),
                                 bias="none")  # fmt: skip
         model.net.requires_grad_(False)
@@ -265,7 +269,7 @@ class Adapters:
         reference = checkpoint / REFERENCE_ADAPTER
         if reference.is_file():
             check_complete(reference)
-            missing, unexpected = self.net.load_state_dict(load_file(str(reference)), strict=False)
+            _, unexpected = self.net.load_state_dict(load_file(str(reference)), strict=False)
             if unexpected:
                 raise UserError(f"{reference}: tensors this LoRA student does not have ({unexpected[0]}, ...)")
 

@@ -113,8 +113,8 @@ class AdapterReference(Reference):
         self.adapters = adapters
         self.refreshed_at = 0
 
-    def log_probs(self, student: ResponseLogProbs) -> AdapterOff:
-        return AdapterOff(self, student)
+    def log_probs(self, student: ResponseLogProbs) -> AsReference:
+        return AsReference(self, student)
 
     def running(self):
         """A context in which the student's network computes as the reference."""
@@ -139,7 +139,7 @@ class AdapterReference(Reference):
         self.refreshed_at = refreshed_at
 
 
-class AdapterOff:
+class AsReference:
     """The student's log-probs module run as the reference (`AdapterReference.running`).
 
     A plain callable, not a module: it owns no parameters, so DDP, FSDP and `.parameters()`
