@@ -25,7 +25,8 @@ COPY pipeline/ pipeline/
 COPY trainer/ trainer/
 COPY tools/ tools/
 COPY scheduler/ scheduler/
-RUN pip install . && mkdir -p /app/runs
+# the lora and tracking extras: --lora-r and --report-to work in the image as on a workstation
+RUN pip install '.[lora,tracking]' && mkdir -p /app/runs
 
 # GCS, Ray client server, dashboard (published on 127.0.0.1 only, see docker-compose.yml).
 EXPOSE 6379 10001 8265

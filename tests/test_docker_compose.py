@@ -47,7 +47,7 @@ def test_every_node_is_built_from_the_projects_dockerfile(services):
         assert build.get("dockerfile", "Dockerfile") == "Dockerfile", name
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile
-    assert "pip install ." in dockerfile
+    assert "pip install '.[lora,tracking]'" in dockerfile  # LoRA students and trackers in the image too
     assert "whl/cpu" in dockerfile  # CPU torch unless the gpu profile overrides the index
 
 
