@@ -27,6 +27,11 @@ CHUNK_BYTES = 1 << 28
 """Memory budget of one chunk's logits (256 MiB): their float32 values and one copy in the compute dtype."""
 
 
+KEEP_BYTES = 1 << 28
+"""Softmax rows of the whole call (N x V in float32) up to this size (256 MiB) are kept from the forward for the
+backward, which then skips recomputing the logits (3 matmuls instead of 4); larger calls recompute chunk by chunk."""
+
+
 def chunk_rows(vocab: int, dtype: torch.dtype = torch.float32, budget: int = CHUNK_BYTES) -> int:
     """Rows per chunk whose (rows, V) logits, computed in `dtype`, fit `budget` (220 at vocabulary 151,936 in float32)."""
     per_row = vocab * (4 + torch.empty((), dtype=dtype).element_size())
@@ -61,7 +66,8 @@ def _chunk_logits(hidden: Tensor, weight: Tensor | None, bias: Tensor | None, dt
 
 
 class _LinearLogProbs(torch.autograd.Function):
-    """log softmax(hidden @ W^T + b)[ids], chunked over rows; backward recomputes each chunk.
+    """log softmax(hidden @ W^T + b)[ids], chunked over rows; backward recomputes each chunk
+    (or reads the softmax kept by the forward when the whole call's fits `KEEP_BYTES`).
 
     Autocast-correct (what torch.amp's custom_fwd / custom_bwd give, for any device): the
     forward's dtype (autocast's, else the hidden states') is kept in ctx and all four
@@ -74,19 +80,23 @@ class _LinearLogProbs(torch.autograd.Function):
         rows = balanced(hidden.shape[0], rows or chunk_rows(weight.shape[0], dtype))
         out = hidden.new_empty(ids.shape, dtype=_wide(dtype))  # (N, k)
         lse = hidden.new_empty(ids.shape[0], dtype=_wide(dtype))  # (N,)
+        size = hidden.shape[0] * weight.shape[0] * lse.element_size()
+        kept = lse.new_empty(hidden.shape[0], weight.shape[0]) if any(ctx.needs_input_grad) and size <= KEEP_BYTES else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], rows):
                 part = slice(start, start + rows)
                 logits = _chunk_logits(hidden[part], weight, bias, dtype)  # (n, V)
                 lse[part] = torch.logsumexp(logits, dim=-1)
                 out[part] = logits.gather(-1, ids[part]) - lse[part, None]
-        ctx.save_for_backward(hidden, weight, bias, ids, lse)
+                if kept is not None:
+                    torch.exp(logits - lse[part, None], out=kept[part])  # (n, V) the softmax, as the backward computes it
+        ctx.save_for_backward(hidden, weight, bias, ids, lse, kept)
         ctx.rows, ctx.dtype = rows, dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        hidden, weight, bias, ids, lse = ctx.saved_tensors
+        hidden, weight, bias, ids, lse, kept = ctx.saved_tensors
         dtype = ctx.dtype
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         wide = _wide(dtype)
@@ -97,8 +107,12 @@ class _LinearLogProbs(torch.autograd.Function):
             for start in range(0, hidden.shape[0], ctx.rows):
                 part = slice(start, start + ctx.rows)
                 g = grad_out[part].to(wide)  # (n, k)
-                probs = (_chunk_logits(hidden[part], w, bias, dtype) - lse[part, None]).exp_()  # (n, V)
-                grad_logits = probs.mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, ids[part], g)  # (n, V)
+                if kept is None:
+                    probs = (_chunk_logits(hidden[part], w, bias, dtype) - lse[part, None]).exp_()  # (n, V)
+                    grad_logits = probs.mul_(-g.sum(-1, keepdim=True))
+                else:
+                    grad_logits = kept[part].mul(-g.sum(-1, keepdim=True))  # (n, V)
+                grad_logits.scatter_add_(-1, ids[part], g)
                 if grad_h is not None:
                     grad_h[part] = grad_logits.to(dtype) @ w
                 if grad_w is not None:

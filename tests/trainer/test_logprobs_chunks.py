@@ -49,7 +49,7 @@ class MatmulDtypes(TorchDispatchMode):
         self.dtypes = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_, torch.ops.aten.bmm):
             self.dtypes.append(args[-1].dtype)
         return func(*args, **(kwargs or {}))
 
@@ -67,3 +67,22 @@ def test_under_autocast_all_four_matmuls_run_in_its_dtype_and_the_backward_match
     ref_grads = torch.autograd.grad((ref * upstream.float()).sum(), [hb, wb])
     assert torch.equal(out, ref)
     assert torch.equal(grads[0].bfloat16(), ref_grads[0]) and torch.equal(grads[1].bfloat16(), ref_grads[1])
+
+
+def test_a_kept_softmax_saves_the_backward_matmul_and_changes_no_bit(monkeypatch):
+    """Under KEEP_BYTES the backward reads the forward's softmax (3 matmuls, not 4): the same log-probs and gradients."""
+    from t3d.trainer import logprobs
+
+    results = []
+    for keep in (0, logprobs.KEEP_BYTES):
+        monkeypatch.setattr(logprobs, "KEEP_BYTES", keep)
+        hidden, weight, bias, ids, upstream = problem(torch.float32)
+        seen = MatmulDtypes()
+        with seen:
+            out = linear_logprobs(hidden, weight, bias, ids, rows=4)
+            grads = torch.autograd.grad((out * upstream.float()).sum(), [hidden, weight, bias])
+        results.append((out, grads, len(seen.dtypes)))
+    (out0, grads0, mm0), (out1, grads1, mm1) = results
+    chunks = -(-N // 4)
+    assert (mm0, mm1) == (4 * chunks, 3 * chunks)
+    assert torch.equal(out0, out1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
