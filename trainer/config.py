@@ -35,6 +35,7 @@ from t3d.dllm.weights import parameter_count, weight_files
 from t3d.dllm.options import OptionTree, as_dict, inline
 from t3d.trainer import sharding
 from t3d.trainer.lora import LoraConfig
+from t3d.trainer.memory_plan import parse_size
 from t3d.trainer.objectives import ObjectiveConfig
 from t3d.trainer.states import StatesConfig
 from t3d.trainer.tracking import TrackingConfig
@@ -169,9 +170,13 @@ class TrainConfig:
     """bf16 autocast on CUDA (never on CPU, where it is slow)."""
     progress: bool = True
     """Show a progress bar."""
+    memory_budget: str = "auto"
+    """Memory one device may use (e.g. 24GiB): a run whose planned peak exceeds it is refused before loading; auto: the CUDA device's memory, on CPU the available memory over the workers; off: no check (trainer/memory_plan.py)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.out), "--out must name a directory")
+        if self.memory_budget not in ("auto", "off"):
+            parse_size(self.memory_budget)
         _check(self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1")
         _check(self.global_batch >= 0 and self.epochs >= 0, "--global-batch and --epochs must be >= 0")
@@ -206,8 +211,12 @@ class DistConfig:
     """CPUs Ray reserves per worker (also its torch thread count on CPU)."""
     gpus_per_worker: int = -1
     """GPUs per worker: -1 uses one each when the cluster has GPUs, 0 forces CPU."""
+    offload: bool = False
+    """With --strategy fsdp: keep the sharded weights, gradients and optimizer state (and the reference) in CPU memory, the optimizer step on the CPU (FSDP2's CPUOffloadPolicy)."""
 
     def __post_init__(self) -> None:
+        _check(not self.offload or (self.strategy == "fsdp" and self.num_workers > 1),
+               "--offload needs --strategy fsdp and --num-workers > 1 (FSDP2 offloads its shards)")
         _check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
         _one_of("--strategy", self.strategy, tuple(sharding.STRATEGIES))
         _check(self.cpus_per_worker >= 1, f"--cpus-per-worker must be >= 1, got {self.cpus_per_worker}")

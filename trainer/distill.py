@@ -23,6 +23,7 @@ from t3d.dllm.outdir import Output, claim
 from t3d.storage_schemas import DatasetError
 from t3d.trainer.config import AUTO, TREE, DistillConfig, default_preset, load_config, preset_values, presets, size_preset
 from t3d.trainer.objectives import loss_parts
+from t3d.trainer.memory_plan import check_run
 from t3d.trainer.tracking import check_available
 from t3d.dllm.block_checks import check_training_block
 
@@ -92,6 +93,7 @@ def run(cfg: DistillConfig) -> None:
     check_available(cfg.tracking)  # a missing tracker library stops the run before any model loads
     if cfg.model.block_size:  # against the checkpoint's config.json, before its weights load
         check_training_block(cfg.model.path, cfg.model.block_size, family=cfg.model.family, force=cfg.model.force_block_size)
+    check_run(cfg)  # the memory plan, from config.json, safetensors headers and the data's lengths: refused if it cannot fit
     with claim("t3d-distill", Output(path=Path(cfg.train.out), option="--out")):  # the driver's: workers take none
         if cfg.dist.num_workers > 1:
             from t3d.trainer.ray_train import run_distributed

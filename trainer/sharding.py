@@ -6,6 +6,11 @@ DistributedDataParallel after a resume; `fsdp` shards before the resume (so the 
 state loads onto the shards). The loop calls both hooks and never asks which it has.
 
 `--strategy fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) over the Ray Train workers.
+With `--offload`, FSDP2's own `CPUOffloadPolicy`: the sharded weights, their gradients
+and so AdamW's state (built on the shards) stay in CPU memory; each unit's weights are
+copied to the device for its forward and backward, and the optimizer steps on the CPU.
+The arithmetic is the same, so a run with offload equals one without, and resumes
+exactly (the checkpoint holds the same gathered states).
 
 Each decoder layer is one FSDP unit and the head module (`ResponseLogProbs`: embeddings,
 final norm, LM head) the root, for the student and the frozen reference alike, so no
@@ -47,15 +52,18 @@ def _layers(net: nn.Module) -> list[nn.Module]:
     return list(layers) if layers is not None else []
 
 
-def shard_module(head: nn.Module, net: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
-    """fully_shard each decoder layer of `net`, then `head` (which holds `net`) as the root."""
+def shard_module(head: nn.Module, net: nn.Module, device: torch.device, bf16: bool, offload: bool = False) -> nn.Module:
+    """fully_shard each decoder layer of `net`, then `head` (which holds `net`) as the root;
+    `offload`: the shards and their gradients live in CPU memory (`CPUOffloadPolicy`)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     kwargs: dict[str, Any] = {"mesh": mesh}
     if device.type == "cuda" and bf16:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")  # pinning needs an accelerator
     for layer in _layers(net):
         fully_shard(layer, **kwargs)
     return fully_shard(head, **kwargs)
@@ -138,10 +146,10 @@ class FSDP:
     """FSDP brings its own mixed precision (`MixedPrecisionPolicy`) instead of the loop's autocast."""
 
     def shard(self, trainer: Any, rebuild_optimizer: Callable[[Any], None]) -> None:
-        bf16 = trainer.cfg.train.bf16
-        trainer.logprobs = shard_module(trainer.logprobs, trainer.student.net, trainer.device, bf16)
+        bf16, offload = trainer.cfg.train.bf16, trainer.cfg.dist.offload
+        trainer.logprobs = shard_module(trainer.logprobs, trainer.student.net, trainer.device, bf16, offload)
         if trainer.ref_logprobs is not None and not trainer.reference.shares_student:  # LoRA: the student's, sharded above
-            trainer.ref_logprobs = shard_module(trainer.ref_logprobs, trainer.reference.net, trainer.device, bf16)
+            trainer.ref_logprobs = shard_module(trainer.ref_logprobs, trainer.reference.net, trainer.device, bf16, offload)
         rebuild_optimizer(trainer)
 
     def wrap(self, trainer: Any) -> None:
