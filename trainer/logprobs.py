@@ -32,6 +32,12 @@ KEEP_BYTES = 1 << 28
 backward, which then skips recomputing the logits (3 matmuls instead of 4); larger calls recompute chunk by chunk."""
 
 
+def kept_bytes(rows: int, vocab: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes a call on `rows` x `vocab` keeps from forward to backward (its softmax when it fits `KEEP_BYTES`, else 0)."""
+    size = rows * vocab * _wide(dtype).itemsize
+    return size if size <= KEEP_BYTES else 0
+
+
 def chunk_rows(vocab: int, dtype: torch.dtype = torch.float32, budget: int = CHUNK_BYTES) -> int:
     """Rows per chunk whose (rows, V) logits, computed in `dtype`, fit `budget` (220 at vocabulary 151,936 in float32)."""
     per_row = vocab * (4 + torch.empty((), dtype=dtype).element_size())
@@ -80,8 +86,8 @@ class _LinearLogProbs(torch.autograd.Function):
         rows = balanced(hidden.shape[0], rows or chunk_rows(weight.shape[0], dtype))
         out = hidden.new_empty(ids.shape, dtype=_wide(dtype))  # (N, k)
         lse = hidden.new_empty(ids.shape[0], dtype=_wide(dtype))  # (N,)
-        size = hidden.shape[0] * weight.shape[0] * lse.element_size()
-        kept = lse.new_empty(hidden.shape[0], weight.shape[0]) if any(ctx.needs_input_grad) and size <= KEEP_BYTES else None
+        keep = any(ctx.needs_input_grad) and kept_bytes(hidden.shape[0], weight.shape[0], dtype) > 0
+        kept = lse.new_empty(hidden.shape[0], weight.shape[0]) if keep else None  # (N, V)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], rows):
                 part = slice(start, start + rows)
