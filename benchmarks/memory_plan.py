@@ -2,7 +2,8 @@
 
 For each setup, a tiny Llama-layout checkpoint (t3d.dllm.tiny) and synthetic trajectories of
 its vocabulary are written once; a fresh process then imports the trainer, opens the
-dataset and reads a batch (so library code and the data's index are resident), takes its resident set size
+dataset and trains one step of a negligible model of the same vocabulary (so library code and kernels
+are resident: ~50 MiB of code pages that no tensor accounts for), takes its resident set size
 as the baseline, builds the trainer (`build.build_trainer`: student, reference, optimizer)
 and runs a few optimizer steps (`step.train_step`). Measured: the kernel's peak resident
 set size (VmHWM, reset at the baseline) minus the baseline. glibc's mmap threshold is fixed
@@ -19,6 +20,7 @@ Prints one JSON object: per setup, planned and measured MiB and the error in %. 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -31,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODEL = {"vocab_size": 32000, "hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024}
 """20.6 M parameters: large enough that weights, optimizer and activations (not Python) decide the peak."""
+WARM = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+"""The same vocabulary at a negligible size: one step of it before the baseline pages in the kernels' code."""
 RESPONSE, BLOCK = 128, 4
 
 SETUPS: dict[str, dict] = {
@@ -57,6 +61,8 @@ def prepare(work: Path) -> Path:
 
     if not (work / "data" / "manifest.json").is_file():
         build_checkpoint(work / "model", "block_causal", max_position_embeddings=2 * RESPONSE + 64, block_size=BLOCK, **MODEL)
+        build_checkpoint(work / "warm", "block_causal", max_position_embeddings=2 * RESPONSE + 64, block_size=BLOCK,
+                         **(MODEL | WARM))  # fmt: skip
         write_dataset(work / "data", load_model(work / "model").identity(), rows=32, shards=1, length=RESPONSE, block=BLOCK,
                       vocab=MODEL["vocab_size"])  # fmt: skip
     return work
@@ -89,8 +95,7 @@ def child(values: dict, steps: int) -> int:
     import torch
     import transformers.models.llama.modeling_llama  # noqa: F401  (imported when the model builds)
 
-    from t3d.dllm.loading import describe_checkpoint
-    from t3d.trainer.build import Dist, build_loader, build_trainer
+    from t3d.trainer.build import build_trainer
     from t3d.trainer.config import build_config
     from t3d.trainer.step import train_step
 
@@ -98,7 +103,11 @@ def child(values: dict, steps: int) -> int:
     cfg = build_config(values)
     if cfg.lora.enabled:
         import peft  # noqa: F401
-    build_loader(cfg, describe_checkpoint(cfg.model.path), Dist(), log=lambda *a: None).next_batch()  # data code resident
+    warm = build_trainer(build_config(values | {"model": str(Path(cfg.model.path).parent / "warm"), "batch_size": 1,
+                                                "grad_accum": 1}), log=lambda *a: None)  # fmt: skip
+    train_step(warm, [warm.loader.next_batch()])  # library code and kernels resident, then freed
+    del warm
+    gc.collect()
     base = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     trainer = build_trainer(cfg, log=lambda *a: None)

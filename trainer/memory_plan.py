@@ -17,8 +17,8 @@ trainer's own byte counts:
   kernels save them, the MLP's four intermediates), plus the additive attention masks of all
   micro-batches of a step (built before the first forward); with gradient checkpointing, the
   layers' inputs and one layer recomputed;
-- LM head: `logprobs.linear_logprobs`' backward, a float32 vocab x hidden gradient and two
-  chunk x vocab float32 buffers (`logprobs.chunk_rows`);
+- LM head: `logprobs.linear_logprobs`: the softmax it keeps for the backward (when small
+  enough), a chunk's buffers (`logprobs.chunk_rows`) and the float32 vocab x hidden gradient;
 - step temporaries: the optimizer's (CPU AdamW: ~2 copies of the largest tensor; CUDA's fused
   AdamW none).
 
@@ -249,18 +249,22 @@ def activation_bytes(shape: ModelShape, setup: Setup) -> int:
 
 
 def lm_head_bytes(shape: ModelShape, setup: Setup, head_trained: bool) -> int:
-    """The chunked head's backward (`logprobs.linear_logprobs`): a chunk's float32 logits and their
-    exp (plus its copy in a 16-bit compute dtype), and when the head trains, its float32 V x H
-    gradient (plus, in a 16-bit compute dtype, the weight's copy and each chunk's product)."""
+    """The chunked head (`logprobs.linear_logprobs`): the softmax it keeps from forward to backward
+    when it fits `logprobs.KEEP_BYTES`; then the larger of the forward's chunk (its float32
+    logits and their shifted copy) and the backward's (a chunk's gradient, or without a kept
+    softmax the recomputed logits and their exp; 25 % more in a 16-bit compute dtype), with
+    the float32 V x H gradient when the head trains (and the weight's 16-bit copy)."""
     import torch
 
-    from t3d.trainer.logprobs import balanced, chunk_rows
+    from t3d.trainer.logprobs import balanced, chunk_rows, kept_bytes
 
     half = setup.activation_bytes == 2
-    rows = balanced(int(SUPERVISED_SHARE * setup.batch * setup.response), chunk_rows(shape.vocab, torch.bfloat16 if half else torch.float32))
-    chunk = rows * shape.vocab * (10 if half else 8)
-    grad = shape.vocab * shape.hidden * (8 if half else 4)
-    return chunk + (grad if head_trained else 0)
+    dtype = torch.bfloat16 if half else torch.float32
+    supervised = int(SUPERVISED_SHARE * setup.batch * setup.response)
+    kept = kept_bytes(supervised, shape.vocab, dtype)
+    chunk = balanced(supervised, chunk_rows(shape.vocab, dtype)) * shape.vocab * (5 if half else 4)
+    grad = shape.vocab * shape.hidden * (6 if half else 4) if head_trained else 0
+    return kept + max(2 * chunk, (1 if kept else 2) * chunk + grad)
 
 
 def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:

@@ -40,7 +40,7 @@ def test_full_fine_tuning_in_float32_is_16_bytes_per_parameter_and_fsdp_divides_
 def test_lora_trains_adapters_only_and_its_reference_is_free():
     lora = plan(SHAPE, Setup(trainable=5000, reference=True))
     assert (lora.weights, lora.gradients, lora.optimizer, lora.reference) == (4_000_000, 20_000, 40_000, 0)
-    assert lora.lm_head < plan(SHAPE, Setup()).lm_head  # the frozen head has no V x H gradient
+    assert lora.lm_head == lm_head_bytes(SHAPE, Setup(), head_trained=False)  # the frozen head has no V x H gradient
     rounds = plan(SHAPE, Setup(trainable=5000, reference=True, reference_adapter=True))
     assert rounds.reference == 20_000  # a frozen copy of the adapters
 
@@ -66,7 +66,9 @@ def test_activations_and_the_peak_rule_by_hand():
     assert ckpt.activations == tokens * (4 * 100 * 4 + per_token + 100 * 8) + 2 * length * length * 4
     accum = plan(SHAPE, Setup(batch=2, prompt=10, response=20, reference=False, accum=2))
     assert accum.peak - p.peak == p.gradients + 2 * length * length * 4  # gradients held while accumulating
-    assert lm_head_bytes(SHAPE, setup, head_trained=True) == 20 * 1000 * 8 + 1000 * 100 * 4  # 20 supervised rows
+    kept = chunk = 20 * 1000 * 4  # half of 2 x 20 positions supervised: the softmax kept, one chunk of 20 rows
+    assert lm_head_bytes(SHAPE, setup, head_trained=True) == kept + chunk + 1000 * 100 * 4  # + the head's gradient
+    assert lm_head_bytes(SHAPE, setup, head_trained=False) == kept + 2 * chunk
 
 
 def test_sizes():
