@@ -1,6 +1,8 @@
 """Reproduce the headline result on the built-in task, from the shipped teacher, in one command.
 
     python benchmarks/reproduce.py            # ~27 min on a 2-core CPU; writes docs/RESULTS.md
+    python benchmarks/reproduce.py --compare  # the objectives side by side (issue 22): results_compare.json,
+                                              # RESULTS.md's last section
 
 1. `t3d-collect`: the shipped teacher decodes the task's *train* prompts at one token per
    step (`--rollouts-per-prompt` samples each), with a collect seed (5) different from the
@@ -74,6 +76,24 @@ GAP_CLOSURE_TARGET, GAP_CLOSURE_STRETCH = 0.85, 0.90
 SPEED_TARGET = 0.8
 
 
+# The comparison (`--compare`, issue 22 item 5): every objective on the same collected data, the
+# same budget (the `builtin` preset, COMMON) and the same scorer; only `--loss` differs, each at
+# its own defaults (docs/OBJECTIVES.md: certainty and d3llm at dParallel's w = 2, T = 0.5).
+COMPARE_LOSSES = ("t3d", "ce", "ddo", "certainty", "d3llm")
+COMPARE_EVAL = {"steps-per-block": "4,2,1", "strategy": "static,threshold,entropy_bounded", "threshold": 0.9,
+                "temperature": 1.0, "samples-per-prompt": 8, "seed": 0, "timing-repeats": 1}  # fmt: skip
+# The entropy_bounded budget is chosen on the *val* split with the teacher: these (nats per step) in
+# order up to the first whose validity falls more than BUDGET_TOLERANCE below the teacher's at one
+# token per step; the largest before it is chosen.
+# A symbol uniform over the task's 8 has log 8 = 2.08 nats: 2.5 lets one symbol through with
+# near-certain tokens, 4.5 two, 6.5 three.
+BUDGET_GRID = (0.5, 2.5, 4.5, 6.5)
+VAL_EVAL = {"temperature": 1.0, "samples-per-prompt": 8, "seed": 0, "timing-repeats": 1}
+BUDGET_TOLERANCE = 0.01
+COMPARE_JSON = "results_compare.json"
+"""The comparison's numbers, beside results.json (the headline run's); RESULTS.md's last section is written from it."""
+
+
 def tool(name: str) -> str:
     """The console script `name` of this environment (beside the running Python), else from PATH."""
     local = Path(sys.executable).parent / name
@@ -93,6 +113,10 @@ class Runner:
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
         self.steps: list[dict[str, Any]] = []
+
+    def reused(self, name: str, argv: list[str]) -> None:
+        """A step whose output an earlier run left (`--reuse`): listed with the commands, not run."""
+        self.steps.append({"command": " ".join(shlex.quote(_relative(a)) for a in [name, *argv]) + "  # output reused", "seconds": 0.0})
 
     def __call__(self, name: str, argv: list[str]) -> None:
         shown = " ".join(shlex.quote(_relative(a)) for a in [name, *argv])
@@ -348,6 +372,136 @@ def observations(records: list[dict[str, Any]], teacher: str, block: int, faults
     return "\n".join(parts)
 
 
+COMPARE_START, COMPARE_END = "<!-- compare: written by benchmarks/reproduce.py --compare -->", "<!-- compare end -->"
+
+
+def compare_rows(records: list[dict[str, Any]], losses: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """{loss or teacher: {setting: [record per training seed]}}, settings in the eval's order."""
+    table: dict[str, dict[str, list[dict]]] = {}
+    for loss in ["teacher", *losses]:
+        labels = ["teacher"] if loss == "teacher" else seed_labels(records, loss)
+        for r in records:
+            if r["model"] in labels:
+                table.setdefault(loss, {}).setdefault(r["setting"], []).append(r)
+    return table
+
+
+def _stat(rows: list[dict], key: str, spec: str = ".3f") -> str:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return "-"
+    if len(set(values)) == 1:
+        return format(values[0], spec)
+    return f"{_mean(values):{spec}} ({min(values):{spec}}-{max(values):{spec}})"
+
+
+def compare_table(table: dict[str, dict[str, list[dict]]], aup: dict[str, float | None]) -> str:
+    """Markdown: one row per (objective, setting), means over training seeds with their range."""
+    head = ["objective", "setting", "tokens / forward", "validity", "gap closure", "distinct valid / prompt", "AUP"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for loss, settings in table.items():
+        for setting, rows in settings.items():
+            scores = [aup.get(r["model"]) for r in rows]
+            scores = [x for x in scores if x is not None]
+            a = "-" if not scores else f"{_mean(scores):.1f}" + (f" ({min(scores):.1f}-{max(scores):.1f})" if len(scores) > 1 else "")
+            lines.append(f"| {loss} | {setting} | {_stat(rows, 'tokens_per_forward', '.2f')} | {_stat(rows, 'quality')} | "
+                         f"{_stat(rows, 'gap_closure', '.2f')} | {_stat(rows, 'distinct_valid', '.2f')} | {a if setting == next(iter(settings)) else ''} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _pick(settings: dict[str, list[dict]], want) -> list[dict]:
+    return next((rows for rows in settings.values() if want(rows[0])), [])
+
+
+def compare_verdicts(table: dict[str, dict[str, list[dict]]], aup: dict[str, float | None], block: int) -> list[str]:
+    """What the comparison says, each line from its numbers: the best objective per setting and AUP, and whether it
+    leads on every training seed; adaptive decoding's tokens per forward where validity holds."""
+    losses = [loss for loss in table if loss != "teacher"]
+    spb = {f"one step per block ({block} tokens per step)": 1, "two tokens per step": block // 2}
+    out = []
+
+    def ranking(name: str, per_loss: dict[str, list[float]], spec: str) -> None:
+        per_loss = {k: v for k, v in per_loss.items() if v}
+        if len(per_loss) < 2:
+            return
+        order = sorted(per_loss, key=lambda k: -_mean(per_loss[k]))
+        best, runner = order[0], order[1]
+        seeds = min(len(per_loss[best]), len(per_loss[runner]))
+        wins = sum(a > b for a, b in zip(per_loss[best], per_loss[runner]))
+        means = ", ".join(f"{k} {_mean(per_loss[k]):{spec}}" for k in order)
+        sure = "on every seed" if wins == seeds else f"on {wins} of {seeds} seeds only: not a clear lead"
+        out.append(f"- {name}: {best} first, ahead of {runner} {sure} (means: {means}).")
+
+    for name, k in spb.items():
+        rows = {loss: _pick(table[loss], lambda r, k=k: scheduled(r["strategy"]) and r["steps_per_block"] == k) for loss in losses}
+        ranking(f"Validity at {name}", {loss: [r["quality"] for r in v] for loss, v in rows.items()}, ".3f")
+    ranking("AUP", {loss: [aup[r["model"]] for r in next(iter(table[loss].values())) if aup.get(r["model"]) is not None]
+                    for loss in losses}, ".1f")  # fmt: skip
+    for strategy in dict.fromkeys(r[0]["strategy"] for s in table.values() for r in s.values() if not scheduled(r[0]["strategy"])):
+        held, fell = [], []
+        for loss in table:
+            one = _pick(table[loss], lambda r: scheduled(r["strategy"]) and r["steps_per_block"] == block)
+            ada = _pick(table[loss], lambda r, s=strategy: r["strategy"] == s)
+            if not one or not ada:
+                continue
+            drop = _mean([r["quality"] for r in one]) - _mean([r["quality"] for r in ada])
+            tpf = _mean([r["tokens_per_forward"] for r in ada])
+            (held if drop <= BUDGET_TOLERANCE else fell).append(f"{loss} {tpf:.2f}" + ("" if drop <= BUDGET_TOLERANCE else f" (-{drop:.3f})"))
+        setting = _pick(next(iter(table.values())), lambda r, s=strategy: r["strategy"] == s)[0]["setting"]
+        out.append(f"- {setting}: tokens per forward where validity stays within {BUDGET_TOLERANCE} of the same objective's at one "
+                   f"token per step: {', '.join(held) or 'none'}; validity fell more for: {', '.join(fell) or 'none'}.")  # fmt: skip
+    return out
+
+
+def write_compare(docs: Path, results: dict[str, Any]) -> Path:
+    """RESULTS.md's comparison section (between COMPARE_START and COMPARE_END, appended if absent) from `results`."""
+    records, options = results["records"], results["options"]
+    block = records[0]["block_size"]
+    aup = {label: (s or {}).get("aup") for label, s in ((results.get("aup") or {}).get("models") or {}).items()}
+    table = compare_rows(records, options["losses"])
+    budget = options["entropy_budget"]
+    grid = ", ".join(f"{b} nats: {v:.3f}" for b, v in budget["val_validity"].items())
+    first = records[0]
+    body = "\n".join([
+        COMPARE_START,
+        "## The objectives compared (issue 22)",
+        "",
+        f"Written {results['written_at']} by `python benchmarks/reproduce.py --compare` in {results['total_seconds'] / 60:.1f} "
+        f"minutes on {results['machine_line']}. Every objective trains on the same collected data "
+        f"({json.dumps(options['collect'])}), from the teacher, with the same budget ({json.dumps(options['budget'])}, "
+        f"{json.dumps(options['common'])}): only `--loss` differs, each at its own defaults (docs/OBJECTIVES.md); nothing "
+        f"of the objectives was tuned. Test split: {first['prompts']} prompts x {first['samples_per_prompt']} samples, "
+        f"eval options {json.dumps(options['eval'])}. The entropy budget ({budget['chosen']:g} nats) was chosen on the "
+        f"*val* split with the teacher: the largest of the grid whose validity stays within {budget['tolerance']} of its "
+        f"validity at one token per step ({budget['val_full_steps']:.3f}; grid {grid}).",
+        "",
+        "Means over the training seeds, the range over seeds in brackets; AUP (d3LLM's, over each model's settings) on "
+        "each objective's first row. Tokens per forward: revealed tokens per denoising forward.",
+        "",
+        compare_table(table, aup),
+        "",
+        "What the numbers say (written by the script from them):",
+        "",
+        *compare_verdicts(table, aup, block),
+        "",
+        "Commands:",
+        "",
+        "```",
+        *(f"{s['command']}    # {s['seconds']:.0f} s" for s in results["commands"]),
+        "```",
+        COMPARE_END,
+    ])  # fmt: skip
+    path = docs / "RESULTS.md"
+    text = path.read_text() if path.exists() else ""
+    if COMPARE_START in text:
+        head, rest = text.split(COMPARE_START, 1)
+        text = head + body + rest.split(COMPARE_END, 1)[1]
+    else:
+        text = text + ("\n" if text and not text.endswith("\n") else "") + "\n" + body + "\n"
+    path.write_text(text)
+    return path
+
+
 def write_results(docs: Path, results: dict[str, Any], sweep: Path) -> Path:
     """docs/RESULTS.md from `results` (what main writes to results.json): the prose of
     `RESULTS_TEMPLATE` with this run's numbers, verdicts and tables in its `${...}` slots."""
@@ -369,7 +523,69 @@ def write_results(docs: Path, results: dict[str, Any], sweep: Path) -> Path:
     }  # fmt: skip
     path = docs / "RESULTS.md"
     path.write_text(string.Template(RESULTS_TEMPLATE.read_text()).substitute(values))
+    if (docs / COMPARE_JSON).is_file():  # the comparison's section outlives a rewrite of the rest
+        write_compare(docs, json.loads((docs / COMPARE_JSON).read_text()))
     return path
+
+
+def val_budget(run: Runner, out: Path, limit: list[str], reuse: bool = False) -> dict[str, Any]:
+    """The entropy budget, chosen on the val split with the teacher: one t3d-eval per BUDGET_GRID value."""
+    validity: dict[float, float] = {}
+    full = None
+    for budget in BUDGET_GRID:
+        path = out / f"val_budget_{budget:g}.json"
+        strategy = "static,entropy_bounded" if full is None else "entropy_bounded"  # the teacher's anchor comes with either
+        argv = ["--model", "teacher=builtin", "--prompts", "builtin:val", "--steps-per-block", "4", "--strategy", strategy,
+                "--entropy-budget", str(budget), *flags(VAL_EVAL), *limit, "--json", str(path)]  # fmt: skip
+        (run.reused if reuse and path.is_file() else run)("t3d-eval", argv)
+        records = json.loads(path.read_text())["records"]
+        full = next(r["quality"] for r in records if scheduled(r["strategy"]))
+        validity[budget] = next(r["quality"] for r in records if not scheduled(r["strategy"]))
+        if validity[budget] < full - BUDGET_TOLERANCE:  # a larger budget reveals more at once: stop at the first that loses
+            break
+    return {"grid": list(BUDGET_GRID), "val_validity": {f"{b:g}": v for b, v in validity.items()}, "val_full_steps": full,
+            "tolerance": BUDGET_TOLERANCE, "chosen": choose_budget(validity, full)}  # fmt: skip
+
+
+def choose_budget(validity: dict[float, float], full: float) -> float:
+    """The largest budget whose validity is within BUDGET_TOLERANCE of one token per step's (else the smallest)."""
+    kept = [b for b, v in validity.items() if v >= full - BUDGET_TOLERANCE]
+    return max(kept) if kept else min(validity)
+
+
+def compare(args: argparse.Namespace, run: Runner, out: Path, docs: Path, data: Path, start: float) -> None:
+    """Every COMPARE_LOSSES student per training seed on `data`, then one t3d-eval of them all on test."""
+    seeds = [int(x) for x in args.train_seeds.split(",")]
+    steps = {"max-steps": args.max_steps} if args.max_steps else {}
+    eval_limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    budget = val_budget(run, out, ["--limit", str(args.val_limit)] if args.val_limit else [], args.reuse)
+    students = {}
+    for seed in seeds:
+        for loss in COMPARE_LOSSES:
+            label = round_label(loss, 1, seed, seeds[0])
+            students[label] = out / "students" / label
+            argv = ["--data", str(data), "--out", str(students[label]), "--loss", loss, *flags({**steps, "seed": seed}),
+                    *flags(COMMON), "--no-progress"]  # fmt: skip
+            if args.reuse and (students[label] / "student").is_dir():
+                run.reused("t3d-distill", argv)
+                continue
+            shutil.rmtree(students[label], ignore_errors=True)
+            run("t3d-distill", argv)
+    report_path, samples = out / "eval_compare.json", out / "samples_compare.jsonl"
+    models = ["--model", "teacher=builtin"] + [a for label, p in students.items() for a in ("--model", f"{label}={p / 'student'}")]
+    run("t3d-eval", [*models, *flags({**COMPARE_EVAL, "samples-per-prompt": args.eval_samples}), "--entropy-budget", str(budget["chosen"]), *eval_limit,
+                     "--json", str(report_path), "--samples", str(samples)])  # fmt: skip
+    results = {
+        **json.loads(report_path.read_text()),
+        "commands": run.steps, "total_seconds": round(time.perf_counter() - start, 1),
+        "written_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine_line": machine_line(),
+        "options": {"losses": list(COMPARE_LOSSES), "budget": {**steps, "seed": seeds}, "common": COMMON, "collect": COLLECT,
+                    "eval": {**COMPARE_EVAL, "samples-per-prompt": args.eval_samples}, "eval_limit": args.eval_limit, "val_limit": args.val_limit, "entropy_budget": budget},
+    }  # fmt: skip
+    (docs / COMPARE_JSON).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {docs / COMPARE_JSON}")
+    path = write_compare(docs, results)
+    print(f"\nwrote {path} in {results['total_seconds'] / 60:.1f} min")
 
 
 def main() -> None:
@@ -386,10 +602,21 @@ def main() -> None:
     parser.add_argument("--sweep", default=str(REPO / "docs" / "sweep_val.jsonl"), help="val sweep results to report")
     parser.add_argument("--address", default=None, help="Ray cluster for t3d-collect to join (default: a local Ray)")
     parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from an existing results.json, run nothing")
+    parser.add_argument("--compare", action="store_true",
+                        help=f"the objectives' comparison instead ({', '.join(COMPARE_LOSSES)}): writes {COMPARE_JSON} and RESULTS.md's last section")
+    parser.add_argument("--reuse", action="store_true", help="--compare: keep the students and val runs already in --out (a rerun of the eval)")
+    parser.add_argument("--eval-samples", type=int, default=COMPARE_EVAL["samples-per-prompt"], help="--compare: samples per test prompt")
+    parser.add_argument("--val-limit", type=int, default=None, help="--compare: use only the first N val prompts to choose the entropy budget")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
 
+    if args.report_only and args.compare:
+        source = Path(args.docs) / COMPARE_JSON
+        if not source.is_file():
+            sys.exit(f"reproduce: no {source} to report from; run --compare without --report-only first")
+        print(f"wrote {write_compare(Path(args.docs), json.loads(source.read_text()))}")
+        return
     if args.report_only:
         source = Path(args.docs) / "results.json"
         if not source.is_file():
@@ -404,7 +631,10 @@ def main() -> None:
     data = out / "trajectories"
     limit = ["--limit", str(args.limit)] if args.limit else []
     address = ["--address", args.address] if args.address else []
-    run("t3d-collect", ["--out", str(data), *flags(COLLECT), *limit, *address, "--overwrite", "--no-progress"])
+    collect = ["--out", str(data), *flags(COLLECT), *limit, *address, "--overwrite", "--no-progress"]
+    (run.reused if args.compare and args.reuse and (data / "manifest.json").is_file() else run)("t3d-collect", collect)
+    if args.compare:
+        return compare(args, run, out, docs, data, start)
 
     students = {}
     seeds = [int(x) for x in args.train_seeds.split(",")]

@@ -137,9 +137,60 @@ def test_results_md_holds_the_table_commands_and_sweep(tmp_path):
 def test_the_committed_results_md_is_the_template_filled_from_results_json(tmp_path):
     """The findings live in docs/RESULTS.template.md, the numbers in docs/results.json; together they are docs/RESULTS.md."""
     docs = REPO / "docs"
+    if (docs / reproduce.COMPARE_JSON).is_file():  # the comparison's section is RESULTS.md's last
+        (tmp_path / reproduce.COMPARE_JSON).write_text((docs / reproduce.COMPARE_JSON).read_text())
     path = reproduce.write_results(tmp_path, json.loads((docs / "results.json").read_text()), docs / "sweep_val.jsonl")
     assert path.read_text() == (docs / "RESULTS.md").read_text()
     assert "${" not in path.read_text() and "${verdicts}" in reproduce.RESULTS_TEMPLATE.read_text()
+
+
+def compare_record(model: str, spb: int | None, quality: float, tpf: float | None = None, strategy: str = "static") -> dict:
+    r = record(model, spb or 4, quality, strategy=strategy)
+    return r | {"tokens_per_forward": tpf if tpf is not None else 4 / (spb or 4)} | (
+        {} if strategy == "static" else {"setting": f"{strategy} B=4 t=0.9", "steps_per_block": None})
+
+
+# Two objectives over two seeds: ce leads at one step per block on both seeds, t3d at two tokens
+# per step on one seed only (its mean ahead); under the threshold t3d keeps its validity, ce loses 0.05.
+COMPARE = [
+    compare_record("teacher", 4, 0.98), compare_record("teacher", 1, 0.30), compare_record("teacher", None, 0.98, 1.0, "threshold"),
+    compare_record("t3d", 4, 0.95), compare_record("t3d", 1, 0.60), compare_record("t3d", 2, 0.90),
+    compare_record("t3d", None, 0.945, 1.5, "threshold"),
+    compare_record("t3d_s1", 4, 0.95), compare_record("t3d_s1", 1, 0.62), compare_record("t3d_s1", 2, 0.70),
+    compare_record("t3d_s1", None, 0.95, 1.3, "threshold"),
+    compare_record("ce", 4, 0.96), compare_record("ce", 1, 0.70), compare_record("ce", 2, 0.80),
+    compare_record("ce", None, 0.91, 1.2, "threshold"),
+    compare_record("ce_s1", 4, 0.96), compare_record("ce_s1", 1, 0.72), compare_record("ce_s1", 2, 0.78),
+    compare_record("ce_s1", None, 0.91, 1.2, "threshold"),
+]  # fmt: skip
+COMPARE_AUP = {"teacher": 120.0, "t3d": 150.0, "t3d_s1": 140.0, "ce": 130.0, "ce_s1": 100.0}
+
+
+def test_compare_verdicts_rank_by_the_seed_means_and_say_when_a_lead_is_not_on_every_seed():
+    table = reproduce.compare_rows(COMPARE, ["t3d", "ce"])
+    assert [r["model"] for r in table["t3d"]["static B=4 spb=1"]] == ["t3d", "t3d_s1"]
+    text = "\n".join(reproduce.compare_verdicts(table, COMPARE_AUP, 4))
+    assert "Validity at one step per block (4 tokens per step): ce first, ahead of t3d on every seed (means: ce 0.710, t3d 0.610)" in text
+    assert "Validity at two tokens per step: t3d first, ahead of ce on 1 of 2 seeds only: not a clear lead" in text
+    assert "AUP: t3d first, ahead of ce on every seed (means: t3d 145.0, ce 115.0)" in text
+    assert "threshold B=4 t=0.9: tokens per forward where validity stays within 0.01 of the same objective's at one token " \
+           "per step: teacher 1.00, t3d 1.40; validity fell more for: ce 1.20 (-0.050)" in text
+
+
+def test_compare_section_is_written_into_results_md_and_replaced_on_a_rewrite(tmp_path):
+    (tmp_path / "RESULTS.md").write_text("# Results\n\nthe headline run\n")
+    budget = {"grid": [0.5, 2.5], "val_validity": {"0.5": 0.98, "2.5": 0.9}, "val_full_steps": 0.98, "tolerance": 0.01, "chosen": 0.5}
+    results = {"records": COMPARE, "aup": {"models": {k: {"aup": v} for k, v in COMPARE_AUP.items()}},
+               "commands": [{"command": "t3d-distill --loss ce", "seconds": 30.0}], "total_seconds": 120.0,
+               "written_at": "2026-12-07 12:00 UTC", "machine_line": "a test box",
+               "options": {"losses": ["t3d", "ce"], "budget": {"max-steps": 400, "seed": [0, 1]}, "common": reproduce.COMMON,
+                           "collect": reproduce.COLLECT, "eval": reproduce.COMPARE_EVAL, "entropy_budget": budget}}  # fmt: skip
+    reproduce.write_compare(tmp_path, results)
+    text = reproduce.write_compare(tmp_path, results).read_text()  # twice: one section
+    assert text.startswith("# Results\n\nthe headline run\n") and text.count("## The objectives compared") == 1
+    assert "| t3d | static B=4 spb=1 | 4.00 | 0.610 (0.600-0.620) | - | 4.00 |  |" in text  # seed means (range)
+    assert "| t3d | static B=4 spb=4 | 1.00 | 0.950 | - | 4.00 | 145.0 (140.0-150.0) |" in text  # AUP on the first row
+    assert "(0.980; grid 0.5 nats: 0.980, 2.5 nats: 0.900)" in text and "t3d-distill --loss ce    # 30 s" in text
 
 
 def test_rounds_below_one_are_refused_before_anything_runs(tmp_path):
