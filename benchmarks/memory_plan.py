@@ -50,7 +50,8 @@ SETUPS: dict[str, dict] = {
 
 def flags(work: Path, setup: dict) -> dict:
     return {"data": str(work / "data"), "model": str(work / "model"), "out": str(work / "out"), "max_steps": 100,
-            "device": "cpu", "progress": False, "save_every": 0, "verify": False, "path_k_steps": 4, **setup}  # fmt: skip
+            "device": "cpu", "progress": False, "save_every": 0, "verify": False, "path_k_steps": 4,
+            **setup}  # fmt: skip
 
 
 def prepare(work: Path) -> Path:
@@ -60,11 +61,11 @@ def prepare(work: Path) -> Path:
     from train_throughput import write_dataset
 
     if not (work / "data" / "manifest.json").is_file():
-        build_checkpoint(work / "model", "block_causal", max_position_embeddings=2 * RESPONSE + 64, block_size=BLOCK, **MODEL)
-        build_checkpoint(work / "warm", "block_causal", max_position_embeddings=2 * RESPONSE + 64, block_size=BLOCK,
-                         **(MODEL | WARM))  # fmt: skip
-        write_dataset(work / "data", load_model(work / "model").identity(), rows=32, shards=1, length=RESPONSE, block=BLOCK,
-                      vocab=MODEL["vocab_size"])  # fmt: skip
+        shape = {"max_position_embeddings": 2 * RESPONSE + 64, "block_size": BLOCK}
+        build_checkpoint(work / "model", "block_causal", **shape, **MODEL)
+        build_checkpoint(work / "warm", "block_causal", **shape, **(MODEL | WARM))
+        write_dataset(work / "data", load_model(work / "model").identity(), rows=32, shards=1, length=RESPONSE,
+                      block=BLOCK, vocab=MODEL["vocab_size"])  # fmt: skip
     return work
 
 

@@ -170,7 +170,8 @@ class Setup:
             trainable=_adapter_count(cfg) if cfg.lora.enabled else None, reference=needs_reference,
             reference_adapter=cfg.lora.enabled and needs_reference and cfg.reference.round_every > 0,
             workers=cfg.dist.num_workers, fsdp=fsdp, offload=fsdp and cfg.dist.offload, batch=cfg.train.batch_size,
-            accum=cfg.train.grad_accum, prompt=prompt, response=response, checkpointing=cfg.model.gradient_checkpointing,
+            accum=cfg.train.grad_accum, prompt=prompt, response=response,
+            checkpointing=cfg.model.gradient_checkpointing,
         )  # fmt: skip
 
 
@@ -203,7 +204,8 @@ class MemoryPlan:
     def peak(self) -> int:
         held = self.gradients if self.accumulating else 0
         backward = self.activations + self.lm_head + held
-        return self.weights + self.optimizer + self.reference + max(backward, self.gradients + self.step_temporaries) + self.runtime
+        step = self.gradients + self.step_temporaries
+        return self.weights + self.optimizer + self.reference + max(backward, step) + self.runtime
 
     def table(self, title: str) -> str:
         """A few aligned lines: each part and the peak."""
@@ -211,8 +213,8 @@ class MemoryPlan:
                 if f.name not in ("accumulating", "host")]  # fmt: skip
         lines = [f"memory plan ({title}), per device:"]
         lines += [f"  {name:<17}{size(value):>11}" for name, value in rows]
-        lines.append(f"  {'peak':<17}{size(self.peak):>11}  (weights + optimizer + reference + max(activations + lm head, "
-                     "gradients + step temporaries) + runtime)")  # fmt: skip
+        lines.append(f"  {'peak':<17}{size(self.peak):>11}  (weights + optimizer + reference"
+                     " + max(activations + lm head, gradients + step temporaries) + runtime)")  # fmt: skip
         if self.host:
             lines.append(f"  {'on the CPU':<17}{size(self.host):>11}  (--offload: per worker)")
         return "\n".join(lines)
@@ -241,10 +243,11 @@ def activation_bytes(shape: ModelShape, setup: Setup) -> int:
     """Saved activations of one micro-batch's student forward, with the step's attention masks."""
     tokens = setup.batch * (setup.prompt + shape.copies * setup.response)
     layer = tokens * _saved_per_token(shape, setup.activation_bytes)
-    trunk = tokens * shape.hidden * setup.activation_bytes * shape.layers + layer if setup.checkpointing else layer * shape.layers
+    inputs = tokens * shape.hidden * setup.activation_bytes * shape.layers  # what checkpointing keeps
+    trunk = inputs + layer if setup.checkpointing else layer * shape.layers
     final_norm = tokens * shape.hidden * (4 + setup.activation_bytes)
     length = setup.prompt + shape.copies * setup.response
-    masks = setup.accum * setup.batch * length * length * setup.dtype_bytes  # (B, 1, T, T) additive, one per micro-batch
+    masks = setup.accum * setup.batch * length * length * setup.dtype_bytes  # (B, 1, T, T) additive, each micro-batch
     return trunk + final_norm + masks
 
 
@@ -280,7 +283,8 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
     optimizer = 2 * trainable * state_bytes // shards
     reference = 0
     if setup.reference:
-        reference = trainable * 4 if setup.reference_adapter else (0 if lora else shape.parameters * setup.dtype_bytes // shards)
+        copy = 0 if lora else shape.parameters * setup.dtype_bytes // shards
+        reference = trainable * 4 if setup.reference_adapter else copy
     largest = min(trainable, shape.largest)
     temporaries = 0 if setup.device == "cuda" else 2 * largest * state_bytes // shards
     host = 0
@@ -308,7 +312,8 @@ def data_lengths(data: Any) -> tuple[int, int] | None:
         from t3d.storage_schemas import Dataset
 
         lengths = Dataset.open(Path(data.path).expanduser()).scan().select(
-            pl.col("prompt_ids").list.len().max().alias("prompt"), pl.col("response_ids").list.len().max().alias("response"),
+            pl.col("prompt_ids").list.len().max().alias("prompt"),
+            pl.col("response_ids").list.len().max().alias("response"),
         ).collect()  # fmt: skip
         prompt, response = int(lengths["prompt"][0]), int(lengths["response"][0])
     except Exception:  # noqa: BLE001  (a missing or damaged dataset is the loader's to report)
@@ -373,7 +378,8 @@ def candidates(cfg: DistillConfig) -> list[dict[str, Any]]:
     fsdp = cfg.dist.num_workers > 1 and cfg.dist.strategy == "fsdp"
     out += [{"num_workers": n, "strategy": "fsdp"} for n in WORKER_COUNTS if n > cfg.dist.num_workers or not fsdp]
     if not cfg.dist.offload and not cfg.lora.enabled:
-        out.append({"offload": True} if fsdp else {"num_workers": max(2, cfg.dist.num_workers), "strategy": "fsdp", "offload": True})
+        workers = {} if fsdp else {"num_workers": max(2, cfg.dist.num_workers), "strategy": "fsdp"}
+        out.append(workers | {"offload": True})
     batch = cfg.train.batch_size
     while batch > 1:
         batch //= 2
@@ -381,12 +387,15 @@ def candidates(cfg: DistillConfig) -> list[dict[str, Any]]:
     return out
 
 
-def fitting_options(cfg: DistillConfig, shape: ModelShape, lengths: tuple[int, int], device: str, budget: int) -> list[str]:
+def fitting_options(
+    cfg: DistillConfig, shape: ModelShape, lengths: tuple[int, int], device: str, budget: int
+) -> list[str]:
     """The `candidates` whose re-planned peak fits `budget`, as flags with their peak: the first
     worker count and the largest batch that fit, each idea once."""
     found, ideas = [], set()
     for change in candidates(cfg):
-        idea = "batch" if "batch_size" in change else "workers" if "offload" not in change and "num_workers" in change else _flags(change)
+        workers = "num_workers" in change and "offload" not in change
+        idea = "batch" if "batch_size" in change else "workers" if workers else _flags(change)
         if idea in ideas:
             continue
         try:
@@ -411,12 +420,14 @@ def check_run(cfg: DistillConfig, log=print) -> MemoryPlan | None:
     device = run_device(cfg)
     result = plan_run(cfg, shape, lengths, device)
     what = (f"{shape.parameters:,} parameters, {'LoRA r ' + str(cfg.lora.r) if cfg.lora.enabled else 'full'}, "
-            f"batch {cfg.train.batch_size} x prompt {lengths[0]} + {shape.copies} x {lengths[1]} tokens, {device}")  # fmt: skip
+            f"batch {cfg.train.batch_size} x prompt {lengths[0]} + {shape.copies} x {lengths[1]} tokens, "
+            f"{device}")  # fmt: skip
     log(result.table(what))
     budget = device_budget(cfg, device)
     if budget is None or result.peak <= budget[0]:
         return result
     fits = fitting_options(cfg, shape, lengths, device, budget[0])
-    advice = f"these would fit: {'; '.join(fits)}" if fits else "no single option fits: combine --lora-r, --gradient-checkpointing and a smaller --batch-size, or use more devices"
+    advice = (f"these would fit: {'; '.join(fits)}" if fits else "no single option fits: combine --lora-r, "
+              "--gradient-checkpointing and a smaller --batch-size, or use more devices")
     raise UserError(f"the planned peak {size(result.peak)} per device exceeds {size(budget[0])} "
                     f"({budget[1]}; --memory-budget states another, off skips the check); {advice}")  # fmt: skip

@@ -99,7 +99,8 @@ def test_a_run_that_cannot_fit_is_refused_before_loading_with_options_that_fit(k
             if word.startswith("--"):
                 value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True
                 changes[word[2:].replace("-", "_")] = int(value) if str(value).isdigit() else value
-        assert check_run(build_config(flags | changes | {"memory_budget": budget}), log=lambda *a: None).peak <= full.peak * 0.8
+        fitted = check_run(build_config(flags | changes | {"memory_budget": budget}), log=lambda *a: None)
+        assert fitted.peak <= full.peak * 0.8, proposal
 
 
 def _bench():
