@@ -103,3 +103,16 @@ def test_a_metric_that_does_not_say_how_it_reduces_is_refused():
         reduce_metrics(parts, Dist())
     two = [{"m": Metric.mean(torch.tensor(1.0), torch.tensor(3))}, {"m": Metric.mean(torch.tensor(2.0), torch.tensor(1))}]
     assert reduce_metrics(two, Dist())["m"] == pytest.approx(1.25)  # (3 x 1 + 1 x 2) / 4, not (1 + 2) / 2
+
+
+def test_every_objective_file_in_the_package_registers_without_a_name_list():
+    """A new objective is its file alone: __init__ imports every module of the package."""
+    import pkgutil
+
+    import t3d.trainer.objectives as package
+    from t3d.trainer.objectives import OBJECTIVES
+
+    files = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"base"}
+    registered_from = {type(o).__module__.rsplit(".", 1)[-1] for o in OBJECTIVES.values()}
+    assert files <= registered_from  # each file's objective is registered on import
+    assert {"t3d", "ce", "ddo", "fkl", "certainty", "cap", "d3llm"} <= set(OBJECTIVES)
