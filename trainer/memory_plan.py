@@ -391,21 +391,34 @@ def fitting_options(
     cfg: DistillConfig, shape: ModelShape, lengths: tuple[int, int], device: str, budget: int
 ) -> list[str]:
     """The `candidates` whose re-planned peak fits `budget`, as flags with their peak: the first
-    worker count and the largest batch that fit, each idea once."""
+    worker count and the largest batch that fit, each idea once; when none fits alone, the first
+    pair of them that fits together."""
     found, ideas = [], set()
     for change in candidates(cfg):
         workers = "num_workers" in change and "offload" not in change
         idea = "batch" if "batch_size" in change else "workers" if workers else _flags(change)
-        if idea in ideas:
-            continue
-        try:
-            peak = plan_run(_with(cfg, **change), shape, lengths, device).peak
-        except UserError:  # an option this model cannot take (LoRA on remote code)
-            continue
-        if peak <= budget:
+        peak = _peak(cfg, change, shape, lengths, device)
+        if idea not in ideas and peak <= budget:
             ideas.add(idea)
             found.append(f"{_flags(change)} ({size(peak)})")
-    return found
+    if found:
+        return found
+    options = candidates(cfg)
+    for i, first in enumerate(options):
+        for second in options[i + 1 :]:
+            if first.keys() & second.keys():
+                continue
+            if (peak := _peak(cfg, first | second, shape, lengths, device)) <= budget:
+                return [f"{_flags(first | second)} ({size(peak)})"]
+    return []
+
+
+def _peak(cfg: DistillConfig, change: dict[str, Any], shape: ModelShape, lengths: tuple[int, int], device: str) -> float:
+    """The re-planned peak with `change` applied; infinite for options this model cannot take."""
+    try:
+        return plan_run(_with(cfg, **change), shape, lengths, device).peak
+    except UserError:  # e.g. LoRA on a network only its own code runs
+        return math.inf
 
 
 def check_run(cfg: DistillConfig, log=print) -> MemoryPlan | None:
@@ -427,7 +440,8 @@ def check_run(cfg: DistillConfig, log=print) -> MemoryPlan | None:
     if budget is None or result.peak <= budget[0]:
         return result
     fits = fitting_options(cfg, shape, lengths, device, budget[0])
-    advice = (f"these would fit: {'; '.join(fits)}" if fits else "no single option fits: combine --lora-r, "
-              "--gradient-checkpointing and a smaller --batch-size, or use more devices")
+    advice = (f"these would fit: {'; '.join(fits)}" if fits else "no option or pair of options fits: combine "
+              "--lora-r, --gradient-checkpointing, a smaller --batch-size and more devices")
+    source = budget[1] if budget[1] == "--memory-budget" else f"{budget[1]}; --memory-budget states another"
     raise UserError(f"the planned peak {size(result.peak)} per device exceeds {size(budget[0])} "
-                    f"({budget[1]}; --memory-budget states another, off skips the check); {advice}")  # fmt: skip
+                    f"({source}, off skips the check); {advice}")  # fmt: skip

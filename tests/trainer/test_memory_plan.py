@@ -94,13 +94,25 @@ def test_a_run_that_cannot_fit_is_refused_before_loading_with_options_that_fit(k
     proposals = [part.split(" (")[0] for part in message.split("these would fit: ")[1].split("; ")]
     assert "--gradient-checkpointing" in proposals and any(p.startswith("--batch-size") for p in proposals)
     for proposal in proposals:  # each one, applied, fits the same budget
-        words, changes = proposal.split(), {}
-        for i, word in enumerate(words):
-            if word.startswith("--"):
-                value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True
-                changes[word[2:].replace("-", "_")] = int(value) if str(value).isdigit() else value
-        fitted = check_run(build_config(flags | changes | {"memory_budget": budget}), log=lambda *a: None)
+        fitted = check_run(build_config(flags | _options(proposal) | {"memory_budget": budget}), log=lambda *a: None)
         assert fitted.peak <= full.peak * 0.8, proposal
+    singles = [check_run(build_config(flags | _options(p)), log=lambda *a: None).peak for p in proposals]
+    tight = f"{int(min(singles)) - 1}B"  # no single option fits: a pair is proposed, and fits
+    with pytest.raises(UserError, match="these would fit: ") as refused:
+        check_run(build_config(flags | {"memory_budget": tight}), log=lambda *a: None)
+    (pair,) = [part.split(" (")[0] for part in str(refused.value).split("these would fit: ")[1].split("; ")]
+    assert len(_options(pair)) >= 2
+    assert check_run(build_config(flags | _options(pair) | {"memory_budget": tight}), log=lambda *a: None)
+
+
+def _options(proposal: str) -> dict:
+    """`--lora-r 16 --gradient-checkpointing` -> {"lora_r": 16, "gradient_checkpointing": True}."""
+    words, changes = proposal.split(), {}
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True
+            changes[word[2:].replace("-", "_")] = int(value) if str(value).isdigit() else value
+    return changes
 
 
 def _bench():
