@@ -9,11 +9,13 @@ and runs a few optimizer steps (`step.train_step`). Measured: the kernel's peak 
 set size (VmHWM, reset at the baseline) minus the baseline. glibc's mmap threshold is fixed
 at 64 KiB (MALLOC_MMAP_THRESHOLD_) so that freed tensors go back to the kernel at once and the
 resident set follows the live tensors instead of the allocator's cache. Planned: `plan()` of
-the same options and the dataset's lengths (`check_run`'s own path, without the budget).
+the same options and the dataset's lengths (`check_run`'s own path, without the budget). With
+--num-workers 2 (`t3d-fsdp2-b4`) the workers are spawned gloo processes (tests/gloo_workers.py),
+each measured the same way, and the larger peak is the measured one.
 
 Prints one JSON object: per setup, planned and measured MiB and the error in %. Usage:
 
-    python benchmarks/memory_plan.py            # every setup below (~1 min on 2 cores)
+    python benchmarks/memory_plan.py            # every setup below (a few minutes on 2 busy cores)
     python benchmarks/memory_plan.py --only ce-b4 t3d-ckpt-b8
 """
 
@@ -44,6 +46,7 @@ SETUPS: dict[str, dict] = {
     "t3d-b8": {"loss": "t3d", "batch_size": 8},
     "t3d-accum2-b4": {"loss": "t3d", "batch_size": 4, "grad_accum": 2},
     "t3d-lora8-b4": {"loss": "t3d", "batch_size": 4, "lora_r": 8},
+    "t3d-fsdp2-b4": {"loss": "t3d", "batch_size": 4, "num_workers": 2, "strategy": "fsdp"},
 }
 """name -> the option values that differ from the common ones (`flags`)."""
 
@@ -78,8 +81,22 @@ def planned(work: Path, setup: dict) -> int:
 
 
 def measured(work: Path, setup: dict, steps: int = 3) -> int:
-    """Peak resident bytes above the warmed baseline, in a fresh process."""
+    """Peak resident bytes above the warmed baseline, in a fresh process (the largest of the workers' with
+    --num-workers > 1: spawned gloo workers, no Ray)."""
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    if setup.get("num_workers", 1) > 1:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from gloo_workers import run_workers
+
+        saved = dict(os.environ)
+        os.environ.update(env)  # the spawned workers' glibc reads it at start
+        try:
+            peaks = run_workers(__file__, "worker_peak", (flags(work, setup), steps), work / "store",
+                                world=setup["num_workers"])  # fmt: skip
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return max(peaks)
     cmd = [sys.executable, __file__, "--child", json.dumps(flags(work, setup)), "--steps", str(steps)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
@@ -91,12 +108,17 @@ def _status(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
-def child(values: dict, steps: int) -> int:
+def worker_peak(rank: int, world: int, values: dict, steps: int) -> int:
+    """On a spawned gloo worker: `child` with this worker's rank."""
+    return child(values, steps, rank, world)
+
+
+def child(values: dict, steps: int, rank: int = 0, world: int = 1) -> int:
     import polars  # noqa: F401
     import torch
     import transformers.models.llama.modeling_llama  # noqa: F401  (imported when the model builds)
 
-    from t3d.trainer.build import build_trainer
+    from t3d.trainer.build import Dist, build_trainer
     from t3d.trainer.config import build_config
     from t3d.trainer.step import train_step
 
@@ -105,13 +127,13 @@ def child(values: dict, steps: int) -> int:
     if cfg.lora.enabled:
         import peft  # noqa: F401
     warm = build_trainer(build_config(values | {"model": str(Path(cfg.model.path).parent / "warm"), "batch_size": 1,
-                                                "grad_accum": 1}), log=lambda *a: None)  # fmt: skip
+                                                "grad_accum": 1}), Dist(rank, world), log=lambda *a: None)  # fmt: skip
     train_step(warm, [warm.loader.next_batch()])  # library code and kernels resident, then freed
     del warm
     gc.collect()
     base = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    trainer = build_trainer(cfg, log=lambda *a: None)
+    trainer = build_trainer(cfg, Dist(rank, world), log=lambda *a: None)
     for _ in range(steps):
         train_step(trainer, [trainer.loader.next_batch() for _ in range(cfg.train.grad_accum)])
     return _status("VmHWM") - base
