@@ -54,7 +54,7 @@ WORKER_COUNTS = (2, 4, 8)
 """FSDP worker counts the refusal tries."""
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}  # fmt: skip
-_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def parse_size(text: str, option: str = "--memory-budget") -> int:
@@ -161,7 +161,7 @@ class Setup:
         """The setup of a run with options `cfg` on `device` (`cuda` or `cpu`)."""
         from t3d.trainer.objectives import OBJECTIVES
 
-        dtype = cfg.model.dtype if cfg.model.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+        dtype = cfg.model.dtype if cfg.model.dtype != "auto" else _auto_dtype(cfg.model.path, device)
         autocast = device == "cuda" and cfg.train.bf16
         fsdp = cfg.dist.num_workers > 1 and cfg.dist.strategy == "fsdp"
         needs_reference = OBJECTIVES[cfg.loss.kind].needs_reference
@@ -173,6 +173,16 @@ class Setup:
             accum=cfg.train.grad_accum, prompt=prompt, response=response,
             checkpointing=cfg.model.gradient_checkpointing,
         )  # fmt: skip
+
+
+def _auto_dtype(path: str, device: str) -> str:
+    """--dtype auto: the checkpoint's stored dtype on CUDA (from a safetensors header), float32 on CPU."""
+    if device != "cuda":
+        return "float32"
+    from t3d.dllm.loading import resolve_model_path
+    from t3d.dllm.weights import checkpoint_dtype
+
+    return str(checkpoint_dtype(resolve_model_path(path))).removeprefix("torch.")
 
 
 def _adapter_count(cfg: DistillConfig) -> int:
