@@ -39,6 +39,7 @@ import string
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -554,13 +555,16 @@ def choose_budget(validity: dict[float, float], full: float) -> float:
 
 
 def compare(args: argparse.Namespace, run: Runner, out: Path, docs: Path, data: Path, start: float) -> None:
-    """Every COMPARE_LOSSES student per training seed on `data`, then one t3d-eval of them all on test."""
+    """Every COMPARE_LOSSES student per training seed on `data`, each seed's students then scored with the teacher
+    by one t3d-eval on test (seeds run side by side with --jobs); the reports merged into one."""
     seeds = [int(x) for x in args.train_seeds.split(",")]
     steps = {"max-steps": args.max_steps} if args.max_steps else {}
-    eval_limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
     budget = val_budget(run, out, ["--limit", str(args.val_limit)] if args.val_limit else [], args.reuse)
-    students = {}
-    for seed in seeds:
+    evals = {**COMPARE_EVAL, "samples-per-prompt": args.eval_samples}
+    eval_limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+
+    def one_seed(seed: int) -> dict[str, Any]:
+        students = {}
         for loss in COMPARE_LOSSES:
             label = round_label(loss, 1, seed, seeds[0])
             students[label] = out / "students" / label
@@ -571,21 +575,37 @@ def compare(args: argparse.Namespace, run: Runner, out: Path, docs: Path, data: 
                 continue
             shutil.rmtree(students[label], ignore_errors=True)
             run("t3d-distill", argv)
-    report_path, samples = out / "eval_compare.json", out / "samples_compare.jsonl"
-    models = ["--model", "teacher=builtin"] + [a for label, p in students.items() for a in ("--model", f"{label}={p / 'student'}")]
-    run("t3d-eval", [*models, *flags({**COMPARE_EVAL, "samples-per-prompt": args.eval_samples}), "--entropy-budget", str(budget["chosen"]), *eval_limit,
-                     "--json", str(report_path), "--samples", str(samples)])  # fmt: skip
+        report = out / f"eval_compare_seed{seed}.json"
+        models = ["--model", "teacher=builtin"] + [a for label, p in students.items() for a in ("--model", f"{label}={p / 'student'}")]
+        run("t3d-eval", [*models, *flags(evals), "--entropy-budget", str(budget["chosen"]), *eval_limit, "--json", str(report),
+                         "--samples", str(out / f"samples_compare_seed{seed}.jsonl")])  # fmt: skip
+        return json.loads(report.read_text())
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        reports = list(pool.map(one_seed, seeds))
     results = {
-        **json.loads(report_path.read_text()),
+        **merge_reports(reports),
         "commands": run.steps, "total_seconds": round(time.perf_counter() - start, 1),
         "written_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine_line": machine_line(),
         "options": {"losses": list(COMPARE_LOSSES), "budget": {**steps, "seed": seeds}, "common": COMMON, "collect": COLLECT,
-                    "eval": {**COMPARE_EVAL, "samples-per-prompt": args.eval_samples}, "eval_limit": args.eval_limit, "val_limit": args.val_limit, "entropy_budget": budget},
+                    "eval": evals, "eval_limit": args.eval_limit, "val_limit": args.val_limit, "entropy_budget": budget},
     }  # fmt: skip
     (docs / COMPARE_JSON).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {docs / COMPARE_JSON}")
     path = write_compare(docs, results)
     print(f"\nwrote {path} in {results['total_seconds'] / 60:.1f} min")
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One t3d-eval report from several over the same prompts and settings, each with the teacher: the first's
+    teacher (the teacher decodes the same with the same seeds in each), every report's students and their AUP."""
+    merged = {**reports[0], "records": list(reports[0]["records"])}
+    for report in reports[1:]:
+        merged["records"] += [r for r in report["records"] if r["model"] != report["teacher"]]
+        for key in ("aup", "aup_kept_tokens"):
+            if (report.get(key) or {}).get("models"):
+                merged[key] = {**merged[key], "models": {**report[key]["models"], **merged[key]["models"]}}
+    return merged
 
 
 def main() -> None:
@@ -606,6 +626,7 @@ def main() -> None:
                         help=f"the objectives' comparison instead ({', '.join(COMPARE_LOSSES)}): writes {COMPARE_JSON} and RESULTS.md's last section")
     parser.add_argument("--reuse", action="store_true", help="--compare: keep the students and val runs already in --out (a rerun of the eval)")
     parser.add_argument("--eval-samples", type=int, default=COMPARE_EVAL["samples-per-prompt"], help="--compare: samples per test prompt")
+    parser.add_argument("--jobs", type=int, default=1, help="--compare: training seeds run side by side (each its students, then its eval)")
     parser.add_argument("--val-limit", type=int, default=None, help="--compare: use only the first N val prompts to choose the entropy budget")
     args = parser.parse_args()
     if args.rounds < 1:
