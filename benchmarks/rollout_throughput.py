@@ -83,11 +83,15 @@ def wrap(net: torch.nn.Module, family) -> DiffusionLM:
 
 
 class NetworkClock:
-    """Seconds spent inside the network's forward (CPU: no asynchrony to account for)."""
+    """Seconds spent inside the network's trunk and LM head (CPU: no asynchrony to account for).
+
+    The two are clocked apart because a cache prefill or commit runs the trunk alone.
+    """
 
     def __init__(self, net: torch.nn.Module) -> None:
         self.seconds, self._start = 0.0, 0.0
-        self._hooks = [net.register_forward_pre_hook(self._pre), net.register_forward_hook(self._post)]
+        parts = [net.model, net.get_output_embeddings()] if isinstance(getattr(net, "model", None), torch.nn.Module) else [net]
+        self._hooks = [h for part in parts for h in (part.register_forward_pre_hook(self._pre), part.register_forward_hook(self._post))]
 
     def _pre(self, *_):
         self._start = time.perf_counter()
