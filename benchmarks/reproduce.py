@@ -91,6 +91,8 @@ COMPARE_EVAL = {"steps-per-block": "4,2,1", "strategy": "static,threshold,entrop
 BUDGET_GRID = (0.5, 2.5, 4.5, 6.5)
 VAL_EVAL = {"temperature": 1.0, "samples-per-prompt": 8, "seed": 0, "timing-repeats": 1}
 BUDGET_TOLERANCE = 0.01
+STUDY_JSON = "confidence_study.json"
+"""benchmarks/confidence_study.py --json's output, beside results.json: RESULTS.md's section after the comparison's."""
 COMPARE_JSON = "results_compare.json"
 """The comparison's numbers, beside results.json (the headline run's); RESULTS.md's last section is written from it."""
 
@@ -526,7 +528,20 @@ def write_results(docs: Path, results: dict[str, Any], sweep: Path) -> Path:
     path.write_text(string.Template(RESULTS_TEMPLATE.read_text()).substitute(values))
     if (docs / COMPARE_JSON).is_file():  # the comparison's section outlives a rewrite of the rest
         write_compare(docs, json.loads((docs / COMPARE_JSON).read_text()))
+    if (docs / STUDY_JSON).is_file():  # and so does the confidence study's, after it
+        study = json.loads((docs / STUDY_JSON).read_text())
+        confidence_study().write_section(path, study, study["command"])
     return path
+
+
+def confidence_study():
+    """benchmarks/confidence_study.py as a module (its section writer)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("confidence_study", Path(__file__).with_name("confidence_study.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def val_budget(run: Runner, out: Path, limit: list[str], reuse: bool = False) -> dict[str, Any]:
@@ -560,7 +575,7 @@ def compare(args: argparse.Namespace, run: Runner, out: Path, docs: Path, data: 
     seeds = [int(x) for x in args.train_seeds.split(",")]
     steps = {"max-steps": args.max_steps} if args.max_steps else {}
     budget = val_budget(run, out, ["--limit", str(args.val_limit)] if args.val_limit else [], args.reuse)
-    evals = {**COMPARE_EVAL, "samples-per-prompt": args.eval_samples}
+    evals = {**COMPARE_EVAL, "samples-per-prompt": args.eval_samples, "steps-per-block": args.eval_steps_per_block}
     eval_limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
 
     def one_seed(seed: int) -> dict[str, Any]:
@@ -627,6 +642,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="--compare: keep the students and val runs already in --out (a rerun of the eval)")
     parser.add_argument("--eval-samples", type=int, default=COMPARE_EVAL["samples-per-prompt"], help="--compare: samples per test prompt")
     parser.add_argument("--jobs", type=int, default=1, help="--compare: training seeds run side by side (each its students, then its eval)")
+    parser.add_argument("--eval-steps-per-block", default=COMPARE_EVAL["steps-per-block"],
+                        help="--compare: the static settings (the teacher is always decoded at one token per step too)")
     parser.add_argument("--val-limit", type=int, default=None, help="--compare: use only the first N val prompts to choose the entropy budget")
     args = parser.parse_args()
     if args.rounds < 1:

@@ -137,8 +137,9 @@ def test_results_md_holds_the_table_commands_and_sweep(tmp_path):
 def test_the_committed_results_md_is_the_template_filled_from_results_json(tmp_path):
     """The findings live in docs/RESULTS.template.md, the numbers in docs/results.json; together they are docs/RESULTS.md."""
     docs = REPO / "docs"
-    if (docs / reproduce.COMPARE_JSON).is_file():  # the comparison's section is RESULTS.md's last
-        (tmp_path / reproduce.COMPARE_JSON).write_text((docs / reproduce.COMPARE_JSON).read_text())
+    for name in (reproduce.COMPARE_JSON, reproduce.STUDY_JSON):  # the comparison's and the study's sections end RESULTS.md
+        if (docs / name).is_file():
+            (tmp_path / name).write_text((docs / name).read_text())
     path = reproduce.write_results(tmp_path, json.loads((docs / "results.json").read_text()), docs / "sweep_val.jsonl")
     assert path.read_text() == (docs / "RESULTS.md").read_text()
     assert "${" not in path.read_text() and "${verdicts}" in reproduce.RESULTS_TEMPLATE.read_text()
