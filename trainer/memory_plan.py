@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t3d.dllm.errors import UserError
+from t3d.trainer import sharding
 
 if TYPE_CHECKING:
     from t3d.trainer.config import DistillConfig
@@ -163,7 +164,7 @@ class Setup:
 
         dtype = cfg.model.dtype if cfg.model.dtype != "auto" else _auto_dtype(cfg.model.path, device)
         autocast = device == "cuda" and cfg.train.bf16
-        fsdp = cfg.dist.num_workers > 1 and cfg.dist.strategy == "fsdp"
+        fsdp = sharding.shards(cfg.dist.strategy, cfg.dist.num_workers)
         needs_reference = OBJECTIVES[cfg.loss.kind].needs_reference
         return cls(
             device=device, dtype_bytes=_BYTES[dtype], activation_bytes=2 if autocast else _BYTES[dtype],
@@ -385,10 +386,10 @@ def candidates(cfg: DistillConfig) -> list[dict[str, Any]]:
         out.append({"lora_r": LORA_SUGGESTED_RANK})
     if not cfg.model.gradient_checkpointing:
         out.append({"gradient_checkpointing": True})
-    fsdp = cfg.dist.num_workers > 1 and cfg.dist.strategy == "fsdp"
-    out += [{"num_workers": n, "strategy": "fsdp"} for n in WORKER_COUNTS if n > cfg.dist.num_workers or not fsdp]
+    fsdp = sharding.shards(cfg.dist.strategy, cfg.dist.num_workers)
+    out += [{"num_workers": n, "strategy": sharding.SHARDED} for n in WORKER_COUNTS if n > cfg.dist.num_workers or not fsdp]
     if not cfg.dist.offload and not cfg.lora.enabled:
-        workers = {} if fsdp else {"num_workers": max(2, cfg.dist.num_workers), "strategy": "fsdp"}
+        workers = {} if fsdp else {"num_workers": max(2, cfg.dist.num_workers), "strategy": sharding.SHARDED}
         out.append(workers | {"offload": True})
     batch = cfg.train.batch_size
     while batch > 1:

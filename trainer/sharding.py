@@ -129,6 +129,8 @@ class DDP:
 
     autocast = True
     """The loop's bf16 autocast applies (on CUDA with --bf16)."""
+    shards = False
+    """Each worker holds the whole student, its gradients and its optimizer state (the memory plan's view)."""
 
     def shard(self, trainer: Any, rebuild_optimizer: Callable[[Any], None]) -> None:
         """Before a resume: nothing to shard."""
@@ -144,6 +146,8 @@ class FSDP:
 
     autocast = False
     """FSDP brings its own mixed precision (`MixedPrecisionPolicy`) instead of the loop's autocast."""
+    shards = True
+    """Weights, gradients, optimizer state and the reference are split over the workers (and can be offloaded)."""
 
     def shard(self, trainer: Any, rebuild_optimizer: Callable[[Any], None]) -> None:
         bf16, offload = trainer.cfg.train.bf16, trainer.cfg.dist.offload
@@ -158,3 +162,11 @@ class FSDP:
 
 STRATEGIES: dict[str, DDP | FSDP] = {"ddp": DDP(), "fsdp": FSDP()}
 """`--strategy` with more than one worker; one worker runs the plain loop whatever is named."""
+
+SHARDED = next(name for name, strategy in STRATEGIES.items() if strategy.shards)
+"""The strategy that shards (the one `--offload` needs and the memory plan proposes)."""
+
+
+def shards(strategy: str, workers: int) -> bool:
+    """Whether a run with `--strategy strategy` over `workers` workers shards its state."""
+    return workers > 1 and STRATEGIES[strategy].shards
