@@ -176,6 +176,9 @@ def test_compare_verdicts_rank_by_the_seed_means_and_say_when_a_lead_is_not_on_e
     assert "AUP: t3d first, ahead of ce on every seed (means: t3d 145.0, ce 115.0)" in text
     assert "threshold B=4 t=0.9: tokens per forward where validity stays within 0.01 of the same objective's at one token " \
            "per step: teacher 1.00, t3d 1.40; validity fell more for: ce 1.20 (-0.050)" in text
+    no_own = [r for r in COMPARE if r["model"] == "teacher" or r["steps_per_block"] != 4]  # students not at one token per step
+    text = "\n".join(reproduce.compare_verdicts(reproduce.compare_rows(no_own, ["t3d", "ce"]), COMPARE_AUP, 4))
+    assert "within 0.01 of the teacher's at one token per step: teacher 1.00; validity fell more for: t3d 1.40 (-0.032), ce 1.20 (-0.070)" in text
 
 
 def test_compare_section_is_written_into_results_md_and_replaced_on_a_rewrite(tmp_path):
