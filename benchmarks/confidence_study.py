@@ -151,21 +151,21 @@ def finding(result: dict[str, Any]) -> str:
     symbol_high = [m["model"] for m in models if over(m, "symbol") > 0.05]
     one_low = [m["model"] for m in models if m["confidence"]["one"].get("reveals") and over(m, "one") < 0.9]
     sharper = [m["model"] for m in models[1:] if over(m, "pair") > over(teacher, "pair") + 0.05]
-    if not symbol_high and not one_low:
-        parts.append(f"So it is the task: on the symbols, most of what a word holds, no model is confident, as no calibrated model "
-                     f"can be (8 letters are equally valid), and where one token is valid every model is. A threshold at {t:g} can "
-                     "add only the one-valid positions and the marker, and the marker is the first reveal of a masked word anyway: no "
-                     "parallel reveal inside a word.")  # fmt: skip
+    if not symbol_high:
+        parts.append(f"So the ceiling is the task's: on the symbols, most of what a word holds, no model is confident, as no "
+                     f"calibrated model can be (8 letters are equally valid there), whatever the objective. A threshold at {t:g} "
+                     "can add only the one-valid positions and the marker, and the marker is the first reveal of a masked word "
+                     "anyway: no parallel reveal inside a word.")  # fmt: skip
     else:
-        if symbol_high:
-            parts.append(f"Not the task alone: {', '.join(symbol_high)} pass {t:g} on more than 5% of the symbols, over-confident "
-                         "where the task is not (the objective collapses them).")  # fmt: skip
-        if one_low:
-            parts.append(f"Not the task alone: {', '.join(one_low)} stay under {t:g} on more than 10% of the one-valid reveals.")
+        parts.append(f"Not the task alone: {', '.join(symbol_high)} pass {t:g} on more than 5% of the symbols, over-confident "
+                     "where the task is not (the objective collapses them).")  # fmt: skip
+    if one_low:
+        parts.append(f"What the objective changes: {', '.join(one_low)} stay under {t:g} on more than 10% of the one-valid "
+                     "reveals (less sure than the task allows).")  # fmt: skip
     if sharper:
         parts.append(f"Sharper than the teacher on the marker's position: {', '.join(sharper)} (over {t:g} more often than "
-                     "the teacher, whose confidence there is calibrated near 0.8): the students' mode-seeking on the marker-first "
-                     "choice, worth at most that one position per word.")  # fmt: skip
+                     "the teacher, whose confidence there is calibrated near 0.8): mode-seeking on the marker-first choice, "
+                     "worth at most that one position per word.")  # fmt: skip
     return " ".join(parts)
 
 

@@ -42,11 +42,11 @@ def model(name: str, one: float, pair: float, symbol: float) -> dict:
 def test_the_finding_names_the_task_or_the_objective_from_the_numbers(tmp_path):
     task_like = {"threshold": 0.9, "models": [model("teacher", 1.0, 0.0, 0.0), model("t3d", 1.0, 0.5, 0.01)]}
     text = study.finding(task_like)
-    assert "So it is the task" in text and "Sharper than the teacher on the marker's position: t3d" in text
+    assert "So the ceiling is the task's" in text and "Sharper than the teacher on the marker's position: t3d" in text
     collapsed = {"threshold": 0.9, "models": [model("teacher", 1.0, 0.0, 0.0), model("ce", 0.5, 0.0, 0.2)]}
     text = study.finding(collapsed)
-    assert "So it is the task" not in text and "ce pass 0.9 on more than 5% of the symbols" in text
-    assert "ce stay under 0.9 on more than 10% of the one-valid reveals" in text
+    assert "So the ceiling is the task's" not in text and "ce pass 0.9 on more than 5% of the symbols" in text
+    assert "What the objective changes: ce stay under 0.9 on more than 10% of the one-valid reveals" in text
     path = tmp_path / "RESULTS.md"
     path.write_text("# Results\n")
     for _ in range(2):
