@@ -23,7 +23,7 @@ def test_checkpoints_are_hf_models_and_old_ones_are_pruned(kit, teachers, datase
     assert names == ["latest", ckpt.step_name(3), ckpt.step_name(4)]
     assert ckpt.latest_checkpoint(out).name == ckpt.step_name(4)
     state = ckpt.load_trainer_state(root / ckpt.step_name(4))
-    assert state["step"] == 4 and state["data"]["position"] == 4
+    assert state["step"] == 4 and state["data"]["rows_taken"] == 4 * cfg.train.batch_size  # 4 steps of one micro-batch
     assert {"optimizer", "scheduler", "rng"} <= set(state)
     hf = AutoModelForCausalLM.from_pretrained(result.student, local_files_only=True)
     ours = load_model(result.student)
