@@ -407,8 +407,9 @@ def compare_table(table: dict[str, dict[str, list[dict]]], aup: dict[str, float 
             scores = [aup.get(r["model"]) for r in rows]
             scores = [x for x in scores if x is not None]
             a = "-" if not scores else f"{_mean(scores):.1f}" + (f" ({min(scores):.1f}-{max(scores):.1f})" if len(scores) > 1 else "")
+            gap = _stat(rows, "gap_closure", ".2f") if scheduled(rows[0]["strategy"]) else "-"  # teacher ~ full there: 0 / 0
             lines.append(f"| {loss} | {setting} | {_stat(rows, 'tokens_per_forward', '.2f')} | {_stat(rows, 'quality')} | "
-                         f"{_stat(rows, 'gap_closure', '.2f')} | {_stat(rows, 'distinct_valid', '.2f')} | {a if setting == next(iter(settings)) else ''} |")  # fmt: skip
+                         f"{gap} | {_stat(rows, 'distinct_valid', '.2f')} | {a if setting == next(iter(settings)) else ''} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -497,8 +498,8 @@ def write_compare(docs: Path, results: dict[str, Any]) -> Path:
         COMPARE_START,
         "## The objectives compared (issue 22)",
         "",
-        f"Written {results['written_at']} by `python benchmarks/reproduce.py --compare` in {results['total_seconds'] / 60:.1f} "
-        f"minutes on {results['machine_line']}. Every objective trains on the same collected data "
+        f"Written {results['written_at']} by `python benchmarks/reproduce.py --compare` on {results['machine_line']}; its last "
+        f"invocation took {results['total_seconds'] / 60:.1f} minutes (commands marked `output reused` ran before it, same command). Every objective trains on the same collected data "
         f"({json.dumps(options['collect'])}), from the teacher, with the same budget ({json.dumps(options['budget'])}, "
         f"{json.dumps(options['common'])}): only `--loss` differs, each at its own defaults (docs/OBJECTIVES.md); nothing "
         f"of the objectives was tuned. Test split: {first['prompts']} prompts x {first['samples_per_prompt']} samples, "
@@ -520,7 +521,8 @@ def write_compare(docs: Path, results: dict[str, Any]) -> Path:
         "Commands:",
         "",
         "```",
-        *(f"{s['command']}    # {s['seconds']:.0f} s" for s in results["commands"]),
+        *(s["command"] if s["command"].endswith("output reused") else f"{s['command']}    # {s['seconds']:.0f} s"
+          for s in results["commands"]),
         "```",
         COMPARE_END,
     ])  # fmt: skip
