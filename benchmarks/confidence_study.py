@@ -188,10 +188,16 @@ def write_section(path: Path, result: dict[str, Any], command: str) -> None:
         f"Command: `{command}`",
         STUDY_END,
     ])  # fmt: skip
+    replace_section(path, STUDY_START, STUDY_END, body)
+
+
+def replace_section(path: Path, start: str, end: str, body: str) -> None:
+    """Put `body` (which opens with `start` and closes with `end`) in place of that marked section of
+    `path`, or append it when the file has none (reproduce.py writes its comparison section the same way)."""
     text = path.read_text() if path.exists() else ""
-    if STUDY_START in text:
-        head, rest = text.split(STUDY_START, 1)
-        text = head + body + rest.split(STUDY_END, 1)[1]
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + body + rest.split(end, 1)[1]
     else:
         text = text + ("\n" if text and not text.endswith("\n") else "") + "\n" + body + "\n"
     path.write_text(text)

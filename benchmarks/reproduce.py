@@ -527,13 +527,7 @@ def write_compare(docs: Path, results: dict[str, Any]) -> Path:
         COMPARE_END,
     ])  # fmt: skip
     path = docs / "RESULTS.md"
-    text = path.read_text() if path.exists() else ""
-    if COMPARE_START in text:
-        head, rest = text.split(COMPARE_START, 1)
-        text = head + body + rest.split(COMPARE_END, 1)[1]
-    else:
-        text = text + ("\n" if text and not text.endswith("\n") else "") + "\n" + body + "\n"
-    path.write_text(text)
+    confidence_study().replace_section(path, COMPARE_START, COMPARE_END, body)
     return path
 
 
