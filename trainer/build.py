@@ -246,7 +246,7 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
         scheduler=build_scheduler(optimizer, cfg), loader=loader,
         states=build_state_config(cfg, student, loader), device=device, dist=dist, adapters=adapters,
     )  # fmt: skip
-    strategy = sharding.STRATEGIES[cfg.dist.strategy] if dist.world > 1 else None
+    strategy = sharding.applied(cfg.dist.strategy, dist.world, cfg.dist.offload)
     if strategy is not None:
         strategy.shard(trainer, _rebuild_optimizer)
     if resume_from is not None:

@@ -212,13 +212,13 @@ class DistConfig:
     gpus_per_worker: int = -1
     """GPUs per worker: -1 uses one each when the cluster has GPUs, 0 forces CPU."""
     offload: bool = False
-    """With --strategy fsdp: keep the sharded weights, gradients and optimizer state (and the reference) in CPU memory, the optimizer step on the CPU (FSDP2's CPUOffloadPolicy)."""
+    """Keep the weights, gradients and optimizer state (and the reference) in CPU memory, the optimizer step on the CPU (FSDP2's CPUOffloadPolicy; with more than 1 worker it needs --strategy fsdp, on 1 worker FSDP2 runs over that one process)."""
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, f"--num-workers must be >= 1, got {self.num_workers}")
         _one_of("--strategy", self.strategy, tuple(sharding.STRATEGIES))
-        _check(not self.offload or sharding.shards(self.strategy, self.num_workers),
-               f"--offload needs --strategy {sharding.SHARDED} and --num-workers > 1 (FSDP2 offloads its shards)")
+        _check(not self.offload or sharding.shards(self.strategy, self.num_workers, offload=True),
+               f"--offload needs --strategy {sharding.SHARDED} with {self.num_workers} workers (FSDP2 offloads its shards)")
         _check(self.cpus_per_worker >= 1, f"--cpus-per-worker must be >= 1, got {self.cpus_per_worker}")
         _check(self.gpus_per_worker in (-1, 0, 1), "--gpus-per-worker must be -1, 0 or 1")
 

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from t3d.dllm.model import DiffusionLM
 from t3d.trainer import checkpoint as ckpt
-from t3d.trainer.build import Dist, Trainer, build_trainer, quiet
+from t3d.trainer import sharding
+from t3d.trainer.build import Dist, Trainer, build_trainer, quiet, resolve_device
 from t3d.trainer.config import DistillConfig, to_dict
 from t3d.trainer.reporting import METRICS_FILE, MetricsLog, describe
 from t3d.trainer.step import NonFiniteLoss, train_step
@@ -59,7 +60,15 @@ def run_steps(trainer: Trainer, on_step: Callable[[dict], None]) -> None:
 
 
 def train(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print) -> RunResult:
-    """A whole run on this worker: build, describe, train, checkpoint, export the student."""
+    """A whole run on this worker: build, describe, train, checkpoint, export the student. One worker with
+    --offload trains under FSDP2 over a process group of its own."""
+    if dist.world == 1 and sharding.shards(cfg.dist.strategy, 1, cfg.dist.offload):
+        with sharding.one_process_group(resolve_device(cfg.train.device, dist)):
+            return _train(cfg, dist, log)
+    return _train(cfg, dist, log)
+
+
+def _train(cfg: DistillConfig, dist: Dist, log: Callable) -> RunResult:
     say = log if dist.is_main else quiet
     trainer = build_trainer(cfg, dist, say)
     cfg = trainer.cfg  # with --epochs resolved to steps

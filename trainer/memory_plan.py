@@ -10,7 +10,8 @@ trainer's own byte counts:
 - gradients and optimizer: the trainable elements x the dtype's bytes, and AdamW's two
   moments in the weights' dtype (so float32 full fine-tuning is the 16 bytes per parameter of
   DeepSpeed's estimate: 4 + 4 + 8; bfloat16 is 2 + 2 + 4: t3d keeps no float32 master copy);
-  LoRA trains peft's float32 adapters only; FSDP shards both; `--offload` keeps them on the CPU;
+  LoRA trains peft's float32 adapters only; FSDP shards both; `--offload` keeps them on the CPU
+  (FSDP2 over one process on one worker), where they count in the peak when the CPU is the device;
 - reference: DDO's frozen copy of the student (none for LoRA: the base with its adapters off);
 - activations: what autograd saves in one micro-batch's student forward, per token and layer
   (`_saved_per_token`: the residual streams, norms, q/k/v and attention output as SDPA's fused
@@ -164,7 +165,7 @@ class Setup:
 
         dtype = cfg.model.dtype if cfg.model.dtype != "auto" else _auto_dtype(cfg.model.path, device)
         autocast = device == "cuda" and cfg.train.bf16
-        fsdp = sharding.shards(cfg.dist.strategy, cfg.dist.num_workers)
+        fsdp = sharding.shards(cfg.dist.strategy, cfg.dist.num_workers, cfg.dist.offload)
         needs_reference = OBJECTIVES[cfg.loss.kind].needs_reference
         return cls(
             device=device, dtype_bytes=_BYTES[dtype], activation_bytes=2 if autocast else _BYTES[dtype],
@@ -210,22 +211,26 @@ class MemoryPlan:
     accumulating: bool = False
     host: int = 0
     """With --offload: what the CPU holds per worker instead (sharded weights, gradients, optimizer, reference)."""
+    host_is_device: bool = False
+    """Training on the CPU: the offloaded bytes are the same memory, so they count in the peak."""
 
     @property
     def peak(self) -> int:
         held = self.gradients if self.accumulating else 0
         backward = self.activations + self.lm_head + held
         step = self.gradients + self.step_temporaries
-        return self.weights + self.optimizer + self.reference + max(backward, step) + self.runtime
+        host = self.host if self.host_is_device else 0
+        return self.weights + self.optimizer + self.reference + max(backward, step) + self.runtime + host
 
     def table(self, title: str) -> str:
         """A few aligned lines: each part and the peak."""
         rows = [(f.name.replace("_", " "), getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name not in ("accumulating", "host")]  # fmt: skip
+                if f.name not in ("accumulating", "host", "host_is_device")]  # fmt: skip
         lines = [f"memory plan ({title}), per device:"]
         lines += [f"  {name:<17}{size(value):>11}" for name, value in rows]
         lines.append(f"  {'peak':<17}{size(self.peak):>11}  (weights + optimizer + reference"
-                     " + max(activations + lm head, gradients + step temporaries) + runtime)")  # fmt: skip
+                     " + max(activations + lm head, gradients + step temporaries) + runtime"
+                     f"{' + on the CPU' if self.host and self.host_is_device else ''})")  # fmt: skip
         if self.host:
             lines.append(f"  {'on the CPU':<17}{size(self.host):>11}  (--offload: per worker)")
         return "\n".join(lines)
@@ -307,7 +312,7 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
         weights=weights, gradients=gradients, optimizer=optimizer, reference=reference,
         activations=activation_bytes(shape, setup), lm_head=lm_head_bytes(shape, setup, head_trained=not lora),
         step_temporaries=temporaries, runtime=CUDA_RUNTIME if setup.device == "cuda" else 0,
-        accumulating=setup.accum > 1, host=host,
+        accumulating=setup.accum > 1, host=host, host_is_device=setup.device == "cpu",
     )  # fmt: skip
 
 
@@ -388,9 +393,8 @@ def candidates(cfg: DistillConfig) -> list[dict[str, Any]]:
         out.append({"gradient_checkpointing": True})
     fsdp = sharding.shards(cfg.dist.strategy, cfg.dist.num_workers)
     out += [{"num_workers": n, "strategy": sharding.SHARDED} for n in WORKER_COUNTS if n > cfg.dist.num_workers or not fsdp]
-    if not cfg.dist.offload and not cfg.lora.enabled:
-        workers = {} if fsdp else {"num_workers": max(2, cfg.dist.num_workers), "strategy": sharding.SHARDED}
-        out.append(workers | {"offload": True})
+    if not cfg.dist.offload and not cfg.lora.enabled:  # one worker offloads under FSDP2 over itself
+        out.append(({} if fsdp or cfg.dist.num_workers == 1 else {"strategy": sharding.SHARDED}) | {"offload": True})
     batch = cfg.train.batch_size
     while batch > 1:
         batch //= 2

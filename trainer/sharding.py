@@ -6,7 +6,8 @@ DistributedDataParallel after a resume; `fsdp` shards before the resume (so the 
 state loads onto the shards). The loop calls both hooks and never asks which it has.
 
 `--strategy fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) over the Ray Train workers.
-With `--offload`, FSDP2's own `CPUOffloadPolicy`: the sharded weights, their gradients
+With `--offload`, FSDP2's own `CPUOffloadPolicy` (on one worker too: FSDP2 over a process
+group of one, `applied` / `one_process_group`): the sharded weights, their gradients
 and so AdamW's state (built on the shards) stay in CPU memory; each unit's weights are
 copied to the device for its forward and backward, and the optimizer steps on the CPU.
 The arithmetic is the same, so a run with offload equals one without, and resumes
@@ -29,8 +30,9 @@ every worker and shards it again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -161,12 +163,37 @@ class FSDP:
 
 
 STRATEGIES: dict[str, DDP | FSDP] = {"ddp": DDP(), "fsdp": FSDP()}
-"""`--strategy` with more than one worker; one worker runs the plain loop whatever is named."""
+"""`--strategy` with more than one worker; one worker runs the plain loop whatever is named (FSDP2 with --offload)."""
 
 SHARDED = next(name for name, strategy in STRATEGIES.items() if strategy.shards)
 """The strategy that shards (the one `--offload` needs and the memory plan proposes)."""
 
 
-def shards(strategy: str, workers: int) -> bool:
-    """Whether a run with `--strategy strategy` over `workers` workers shards its state."""
-    return workers > 1 and STRATEGIES[strategy].shards
+def applied(strategy: str, workers: int, offload: bool = False) -> DDP | FSDP | None:
+    """The strategy a run uses: `--strategy` over more than one worker; FSDP2 over one process with
+    `--offload` on one worker (its offload needs the shards, here all of them); else none (the plain loop)."""
+    if workers > 1:
+        return STRATEGIES[strategy]
+    return STRATEGIES[SHARDED] if offload else None
+
+
+def shards(strategy: str, workers: int, offload: bool = False) -> bool:
+    """Whether a run with `--strategy strategy` over `workers` workers (and `--offload`) shards its state."""
+    used = applied(strategy, workers, offload)
+    return used is not None and used.shards
+
+
+@contextlib.contextmanager
+def one_process_group(device: torch.device) -> Iterator[None]:
+    """A process group of this process alone (an in-memory store), for FSDP2 on one worker; none is
+    made, or destroyed, when one exists already."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

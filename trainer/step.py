@@ -91,7 +91,8 @@ def step_normalizers(states: list[TrainingStates], dist: Dist, objective: Object
 
 
 def _autocast(trainer: Trainer):
-    own = trainer.dist.world > 1 and not sharding.STRATEGIES[trainer.cfg.dist.strategy].autocast  # FSDP's own mixed precision
+    used = sharding.applied(trainer.cfg.dist.strategy, trainer.dist.world, trainer.cfg.dist.offload)
+    own = used is not None and not used.autocast  # FSDP's own mixed precision
     if trainer.device.type == "cuda" and trainer.cfg.train.bf16 and not own:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -12,7 +12,8 @@ from t3d.dllm.errors import UserError
 from t3d.trainer import distill
 from t3d.trainer.config import build_config
 from t3d.trainer.memory_plan import (
-    GIB, ModelShape, Setup, _saved_per_token, check_run, data_lengths, lm_head_bytes, parse_size, plan,
+    CUDA_RUNTIME, GIB, ModelShape, Setup, _saved_per_token, _with, candidates, check_run, data_lengths, lm_head_bytes,
+    parse_size, plan, plan_run,
 )  # fmt: skip
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_plan.py"
@@ -45,13 +46,17 @@ def test_lora_trains_adapters_only_and_its_reference_is_free():
     assert rounds.reference == 20_000  # a frozen copy of the adapters
 
 
-def test_offload_leaves_the_gathered_working_set_on_the_device():
-    on = plan(SHAPE, Setup(workers=2, fsdp=True, offload=True))
-    off = plan(SHAPE, Setup(workers=2, fsdp=True))
+@pytest.mark.parametrize("workers", [1, 2])
+def test_offload_leaves_the_gathered_working_set_on_the_device(workers):
+    on = plan(SHAPE, Setup(device="cuda", workers=workers, fsdp=True, offload=True))
+    off = plan(SHAPE, Setup(device="cuda", workers=workers, fsdp=True))
     working = (SHAPE.root_parameters + 2 * SHAPE.layer_parameters) * 4
     assert (on.weights, on.optimizer, on.reference, on.step_temporaries) == (working, 0, 0, 0)
-    assert on.host == 500_000 * 4 + off.gradients + off.optimizer + off.reference
+    assert on.host == 1_000_000 * 4 // workers + off.gradients + off.optimizer + off.reference
+    assert on.peak == working + max(on.activations + on.lm_head, working) + CUDA_RUNTIME
     assert on.peak < off.peak
+    cpu = plan(SHAPE, Setup(device="cpu", workers=workers, fsdp=True, offload=True))  # host and device: one memory
+    assert cpu.peak - cpu.host == on.peak - CUDA_RUNTIME and cpu.peak > plan(SHAPE, Setup(workers=workers, fsdp=True)).peak
 
 
 def test_activations_and_the_peak_rule_by_hand():
@@ -103,6 +108,18 @@ def test_a_run_that_cannot_fit_is_refused_before_loading_with_options_that_fit(k
     (pair,) = [part.split(" (")[0] for part in str(refused.value).split("these would fit: ")[1].split("; ")]
     assert len(_options(pair)) >= 2
     assert check_run(build_config(flags | _options(pair) | {"memory_budget": tight}), log=lambda *a: None)
+
+
+def test_one_worker_is_offered_offload_where_it_lowers_the_peak(kit, teachers, datasets, tmp_path):
+    flags = kit.flags(datasets["block_causal"], teachers["block_causal"], tmp_path / "out", batch_size=8)
+    cfg = build_config(flags)
+    assert {"offload": True} in candidates(cfg)  # FSDP2 over the one process: no second worker needed
+    assert {"strategy": "fsdp", "offload": True} in candidates(build_config(flags | {"num_workers": 2}))
+    shape, lengths = ModelShape.read(teachers["block_causal"]), data_lengths(cfg.data)
+    plans = {(device, offload): plan_run(_with(cfg, offload=offload), shape, lengths, device)
+             for device in ("cuda", "cpu") for offload in (False, True)}  # fmt: skip
+    assert plans["cuda", True].peak < plans["cuda", False].peak and plans["cuda", True].host > 0
+    assert plans["cpu", True].peak >= plans["cpu", False].peak  # on the CPU, offloading moves nothing off the device
 
 
 def _options(proposal: str) -> dict:

@@ -1,5 +1,6 @@
 """`--offload`: FSDP2 with torch's CPUOffloadPolicy trains the same weights as FSDP2 without it,
-and an interrupted offloaded run resumes exactly (2 gloo workers, spawned, no Ray)."""
+and an interrupted offloaded run resumes exactly (2 gloo workers, spawned, no Ray); on one
+worker (FSDP2 over a process group of one, in this process) it trains the plain loop's weights."""
 
 from __future__ import annotations
 
@@ -38,9 +39,7 @@ def runs_on_a_worker(rank: int, world: int, flags: dict) -> bool:
     train(build_config(flags | {"out": str(out / "plain")}), dist, log=lambda *a: None)
     offload = flags | {"out": str(out / "offload"), "offload": True}
     result = train(build_config(offload), dist, log=lambda *a: None)
-    units = [m for m in result.model.net.modules() if hasattr(m, "_get_fsdp_state")]
-    offloaded = bool(units) and all(p.offload_to_cpu for m in units if (g := m._get_fsdp_state()._fsdp_param_group)
-                                    for p in g.fsdp_params)  # every FSDP unit keeps its shards on the CPU  # fmt: skip
+    offloaded = _offloaded(result.model.net)
     if rank == 0:
         _truncate(out / "offload", out / "part", step=2)
     torch.distributed.barrier()
@@ -52,11 +51,42 @@ def _curve(out: Path) -> list[dict]:
     return [{k: json.loads(line)[k] for k in LOSS_KEYS} for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_offload_is_refused_without_fsdp_workers(kit, teachers, datasets, tmp_path):
+def test_offload_is_refused_over_ddp_workers(kit, teachers, datasets, tmp_path):
     from t3d.dllm.errors import UserError
 
-    with pytest.raises(UserError, match="--offload needs --strategy fsdp and --num-workers > 1"):
-        build_config(kit.flags(datasets["block_causal"], teachers["block_causal"], tmp_path, offload=True))
+    flags = kit.flags(datasets["block_causal"], teachers["block_causal"], tmp_path, offload=True, num_workers=2)
+    with pytest.raises(UserError, match="--offload needs --strategy fsdp with 2 workers"):
+        build_config(flags)
+    assert build_config(flags | {"strategy": "fsdp"}).dist.offload
+    assert build_config(flags | {"num_workers": 1}).dist.offload  # one worker: FSDP2 over itself, whatever is named
+
+
+def _offloaded(net: torch.nn.Module) -> bool:
+    """Every FSDP unit of `net` keeps its shards on the CPU (and there is at least one)."""
+    units = [m for m in net.modules() if hasattr(m, "_get_fsdp_state")]
+    return bool(units) and all(p.offload_to_cpu for m in units if (g := m._get_fsdp_state()._fsdp_param_group)
+                               for p in g.fsdp_params)  # fmt: skip
+
+
+def test_offload_on_one_worker_trains_the_plain_loops_weights_and_resumes(kit, teachers, datasets, tmp_path):
+    flags = kit.flags(datasets["block_causal"], teachers["block_causal"], tmp_path, batch_size=2, max_steps=4,
+                      save_every=2, warmup_steps=1)  # fmt: skip
+    train(build_config(flags | {"out": str(tmp_path / "plain")}), log=lambda *a: None)
+    offload = flags | {"out": str(tmp_path / "offload"), "offload": True}
+    result = train(build_config(offload), log=lambda *a: None)
+    assert _offloaded(result.model.net)
+    assert not torch.distributed.is_initialized()  # the group of one is gone with the run
+    _truncate(tmp_path / "offload", tmp_path / "part", step=2)
+    train(build_config(offload | {"out": str(tmp_path / "part"), "resume": True}), log=lambda *a: None)
+    plain, offloaded, resumed = (kit.weights(tmp_path / name / "student") for name in ("plain", "offload", "part"))
+    worst = max(float(np.abs(plain[k] - offloaded[k]).max()) for k in plain)
+    print(json.dumps({"one_worker_offload_vs_plain_max_abs_weight_diff": worst}))
+    assert worst <= 1e-6, worst  # fp32; FSDP2 over one process reduces nothing, only where the shards live differs
+    assert any(not np.array_equal(plain[k], kit.weights(teachers["block_causal"])[k]) for k in plain)  # it trained
+    for a, b in zip(_curve(tmp_path / "plain"), _curve(tmp_path / "offload")):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    assert _curve(tmp_path / "part") == _curve(tmp_path / "offload")  # resumed == uninterrupted, bit for bit
+    assert all(np.array_equal(offloaded[k], resumed[k]) for k in offloaded)
 
 
 @pytest.mark.slow
