@@ -591,22 +591,6 @@ class MemoryLoader:
         )  # fmt: skip
 
 
-@contextlib.contextmanager
-def process_group(device: torch.device) -> Iterator[None]:
-    """A one-process group (NCCL on a GPU, gloo on CPU): FSDP2 shards over it."""
-    import socket
-
-    dist = torch.distributed
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def build_memory_trainer(ckpt: Path, wl: Workload, device: torch.device, out: Path, lora_r: int):
     """`build_trainer` on this checkpoint with the in-memory loader in place of the dataset.
 
@@ -700,7 +684,9 @@ def time_training(trainer, wl: Workload, device: torch.device) -> dict:
 def train_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card: Card | None, shape: Shape, lora_r: int) -> None:
     """T3D steps of one setting (full: lora_r 0, FSDP2 over a one-process group); the models are freed
     afterwards (`freed`)."""
-    with tempfile.TemporaryDirectory(prefix="t3d-gpu-check-") as tmp, process_group(device) if not lora_r else contextlib.nullcontext():
+    from t3d.trainer.sharding import one_process_group
+
+    with tempfile.TemporaryDirectory(prefix="t3d-gpu-check-") as tmp, one_process_group(device) if not lora_r else contextlib.nullcontext():
         trainer = build_memory_trainer(ckpt, wl, device, Path(tmp), lora_r)
         probe = weakref.ref(trainer.student.net)
         trained = [p for p in trainer.student.net.parameters() if p.requires_grad]
