@@ -471,11 +471,36 @@ def print_legend(eval_record: dict[str, Any]) -> None:
 # --- CLI ---------------------------------------------------------------------------------------
 
 
-def build_app():
-    """The typer app of `t3d-run` (tests invoke it in-process)."""
+def distill_help_defaults(argv: list[str]) -> tuple[dict[str, str], str | None]:
+    """For `--help`: the distill table's defaults as the preset in force sets them (t3d-distill's rule: its
+    --preset, else the one for its model), from --distill.preset / --distill.model / --collect.model and the
+    CONFIG file's tables; ({}, None) when --help is not asked for."""
+    if "--help" not in argv:
+        return {}, None
+    from t3d.trainer.distill import _flag, shown_defaults
+
+    config = next((a for a in argv if not a.startswith("-") and Path(a).suffix in (".toml", ".yaml", ".yml")), None)
+    try:
+        tables = load_config_file(config)
+    except (UserError, ValueError):  # the run will say what is wrong with the file
+        tables = {}
+    distill, collect = tables.get("distill") or {}, tables.get("collect") or {}
+    model = (_flag(argv, "--distill.model") or _flag(argv, "--collect.model") or distill.get("model")
+             or collect.get("model") or "builtin")  # fmt: skip
+    preset = _flag(argv, "--distill.preset") or distill.get("preset")
+    shown, epilog = shown_defaults(["--model", str(model), *(["--preset", str(preset)] if preset else [])])
+    epilog = epilog.replace("Defaults shown:", "The distill table's defaults shown:")
+    return shown, epilog.replace("`t3d-distill --model PATH --help`", "`t3d-run --distill.model PATH --help`")
+
+
+def build_app(argv: list[str] | None = None):
+    """The typer app of `t3d-run` (tests invoke it in-process); `argv` (default: this process's arguments)
+    decides what `--help` shows as the distill table's defaults."""
     import inspect
 
     import typer
+
+    shown, epilog = distill_help_defaults(sys.argv[1:] if argv is None else argv)
 
     register_user_error(DatasetError)
     params = [
@@ -486,7 +511,8 @@ def build_app():
     ]  # fmt: skip
     for name, tree in rc.trees().items():
         skip = rc.WIRED.get(name, {})  # set by the run: not options of t3d-run
-        params += tree.parameters(prefix=f"{name}.", panel=lambda opt, name=name: f"{name} table", skip=skip)
+        params += tree.parameters(prefix=f"{name}.", panel=lambda opt, name=name: f"{name} table", skip=skip,
+                                  shown=shown if name == "distill" else None)
 
     def command(config_file: str | None, redo: str | None, **values: Any) -> None:
         def body() -> None:
@@ -499,7 +525,7 @@ def build_app():
         run_cli(body)
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(help=__doc__.split("\n\n")[0])(with_signature(command, params))
+    app.command(help=__doc__.split("\n\n")[0], epilog=epilog)(with_signature(command, params))
     return app
 
 

@@ -93,6 +93,23 @@ def test_help_shows_each_stage_option_with_its_default():
     assert "--collect.out " not in text and "--distill.resume" not in text, "wired options are not flags"
 
 
+def test_help_shows_the_distill_tables_defaults_of_the_preset_in_force(tmp_path):
+    def shown(*args: str) -> tuple[dict[str, str], str]:
+        text = CliRunner().invoke(build_app(["--help", *args]), ["--help", *args], env={"COLUMNS": "400"}).output
+        flags = ("--distill.max-steps", "--distill.lr")
+        lines = {flag: next(line for line in text.splitlines() if f" {flag} " in line) for flag in flags}
+        return lines, " ".join(text.split("The distill table's defaults shown:")[-1].split())
+
+    lines, epilog = shown()  # the built-in job: preset builtin, not the dataclass defaults (1000 steps, lr 1e-4)
+    assert "[default: (800, preset builtin)]" in lines["--distill.max-steps"], lines
+    assert "[default: (0.0003, preset builtin)]" in lines["--distill.lr"]
+    assert epilog.startswith("preset builtin (the default for --model builtin)")
+    assert "(1e-05, preset paper)" in shown("--distill.preset", "paper")[0]["--distill.lr"]
+    config = tmp_path / "run.toml"
+    config.write_text('[distill]\npreset = "paper"\n')
+    assert "(1e-05, preset paper)" in shown(str(config))[0]["--distill.lr"]
+
+
 # --- bad input: one line naming file and key, exit 2, nothing written ------------------------------
 
 
