@@ -166,6 +166,14 @@ def finding(result: dict[str, Any]) -> str:
         parts.append(f"Sharper than the teacher on the marker's position: {', '.join(sharper)} (over {t:g} more often than "
                      "the teacher, whose confidence there is calibrated near 0.8): mode-seeking on the marker-first choice, "
                      "worth at most that one position per word.")  # fmt: skip
+    calibrated = models[0]["calibrated"]["symbol"].get("median", 0)
+    letters = [(m["model"], m["confidence"]["symbol"]["median"]) for m in models[1:]
+               if (m["confidence"]["symbol"].get("median") or 0) > 2 * calibrated]  # fmt: skip
+    if letters and not symbol_high:
+        parts.append("Sharper than a calibrated model on the letters, though under the threshold: median confidence "
+                     f"{', '.join(f'{name} {median:.3f}' for name, median in letters)} where it is {calibrated:.3f}: "
+                     "the objective favours one letter among equally valid ones; a threshold this high never uses it, "
+                     "and it can only cost distinct answers.")  # fmt: skip
     return " ".join(parts)
 
 

@@ -79,8 +79,8 @@ SPEED_TARGET = 0.8
 
 # The comparison (`--compare`, issue 22 item 5): every objective on the same collected data, the
 # same budget (the `builtin` preset, COMMON) and the same scorer; only `--loss` differs, each at
-# its own defaults (docs/OBJECTIVES.md: certainty and d3llm at dParallel's w = 2, T = 0.5).
-COMPARE_LOSSES = ("t3d", "ce", "ddo", "certainty", "d3llm")
+# its own defaults (docs/OBJECTIVES.md: certainty and d3llm at dParallel's w = 2, T = 0.5; cap at λ = 2, dFactory's docs' value).
+COMPARE_LOSSES = ("t3d", "ce", "ddo", "certainty", "cap", "d3llm")
 COMPARE_EVAL = {"steps-per-block": "4,2,1", "strategy": "static,threshold,entropy_bounded", "threshold": 0.9,
                 "temperature": 1.0, "samples-per-prompt": 8, "seed": 0, "timing-repeats": 1}  # fmt: skip
 # The entropy_bounded budget is chosen on the *val* split with the teacher: these (nats per step) in

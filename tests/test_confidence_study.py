@@ -30,19 +30,25 @@ def test_a_reveal_is_classed_by_what_its_word_already_shows():
     assert got[8] == ("one", 1.0) and 9 not in got  # <eos>; padding is no reveal
 
 
-def model(name: str, one: float, pair: float, symbol: float) -> dict:
+def model(name: str, one: float, pair: float, symbol: float, letters: float = 0.13) -> dict:
+    """letters: the median confidence on the symbols (a calibrated model's is 0.125)."""
+
     def cls(at: float) -> dict:
         return {"reveals": 10, "at_threshold": at, "median": 0.5, "p90": 0.9, "mean": 0.5}
 
     calibrated = {"one": cls(1.0), "pair": cls(0.0), "symbol": cls(0.0) | {"median": 0.125}}
     return {"model": name, "validity": 0.99, "share": {"one": 0.1, "pair": 0.2, "symbol": 0.7},
-            "confidence": {"one": cls(one), "pair": cls(pair), "symbol": cls(symbol)}, "calibrated": calibrated}  # fmt: skip
+            "confidence": {"one": cls(one), "pair": cls(pair), "symbol": cls(symbol) | {"median": letters}},
+            "calibrated": calibrated}  # fmt: skip
 
 
 def test_the_finding_names_the_task_or_the_objective_from_the_numbers(tmp_path):
     task_like = {"threshold": 0.9, "models": [model("teacher", 1.0, 0.0, 0.0), model("t3d", 1.0, 0.5, 0.01)]}
     text = study.finding(task_like)
     assert "So the ceiling is the task's" in text and "Sharper than the teacher on the marker's position: t3d" in text
+    assert "on the letters" not in text  # t3d's letters at 0.13: calibrated
+    sharp = {**task_like, "models": [*task_like["models"], model("certainty", 1.0, 0.9, 0.0, letters=0.53)]}
+    assert "on the letters, though under the threshold: median confidence certainty 0.530 where it is 0.125" in study.finding(sharp)
     collapsed = {"threshold": 0.9, "models": [model("teacher", 1.0, 0.0, 0.0), model("ce", 0.5, 0.0, 0.2)]}
     text = study.finding(collapsed)
     assert "So the ceiling is the task's" not in text and "ce pass 0.9 on more than 5% of the symbols" in text
