@@ -77,6 +77,13 @@ def is_sharded(net: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in net.parameters())
 
 
+def is_offloaded(net: nn.Module) -> bool:
+    """Whether `net` has FSDP units and every one keeps its shards on the CPU (`--offload`)."""
+    units = [m for m in net.modules() if hasattr(m, "_get_fsdp_state")]
+    groups = [g for m in units if (g := m._get_fsdp_state()._fsdp_param_group) is not None]
+    return bool(groups) and all(p.offload_to_cpu for g in groups for p in g.fsdp_params)
+
+
 def full_state(net: nn.Module, everywhere: bool = False) -> dict[str, torch.Tensor]:
     """The whole network's state dict (a collective: every worker calls it): on rank 0's CPU
     only ({} elsewhere), or with `everywhere` on every worker's device."""

@@ -20,10 +20,11 @@ from t3d.trainer import checkpoint as ckpt
 from t3d.trainer.build import Dist, build_trainer, quiet
 from t3d.trainer.config import build_config
 from t3d.trainer.logprobs import ResponseLogProbs
+from t3d.trainer.sharding import is_offloaded
 from t3d.trainer.loop import run_steps
 from t3d.trainer.lora import ADAPTER_DIR, REFERENCE_ADAPTER, LoraConfig, adapter_parameter_count, matches, target_modules
 
-FAMILIES = ("sdar", "llada")
+FAMILIES = ("sdar", "llada", "dream")
 LORA = {"lora_r": 4, "lora_alpha": 8.0, "lr": 1e-2, "batch_size": 4, "device": "cpu", "progress": False,
         "warmup_steps": 0, "random_ratio": 0.2}  # fmt: skip
 
@@ -169,6 +170,21 @@ def test_a_resumed_lora_run_with_rounds_equals_an_uninterrupted_one(runs, tmp_pa
     state = ckpt.load_trainer_state(step4)["optimizer"]["state"]
     again_state = ckpt.load_trainer_state(again)["optimizer"]["state"]
     assert all(torch.equal(state[i]["exp_avg_sq"], again_state[i]["exp_avg_sq"]) for i in state)
+
+
+def test_lora_with_offload_on_one_worker_trains_the_same_adapters(runs, tmp_path):
+    """--lora-r with --offload on one GPU: FSDP2 over the one process keeps base and adapters on the CPU, and
+    the adapters (and so the merged student) are those of the plain loop."""
+    from t3d.trainer.loop import train
+
+    teacher_dir, data, _, _ = runs["sdar"]
+    flags = _flags(data, teacher_dir, tmp_path / "plain", max_steps=3)
+    plain = train(build_config(flags), log=quiet).student
+    offloaded = train(build_config(flags | {"out": str(tmp_path / "offload"), "offload": True}), log=quiet)
+    assert is_offloaded(offloaded.model.net)
+    for file in (f"{ADAPTER_DIR}/adapter_model.safetensors", "model.safetensors"):
+        a, b = load_file(str(plain / file)), load_file(str(offloaded.student / file))
+        assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6, file
 
 
 def test_the_next_round_trains_a_lora_student_on_the_merged_one(runs, tmp_path):

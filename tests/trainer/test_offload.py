@@ -17,6 +17,7 @@ from t3d.trainer import checkpoint as ckpt
 from t3d.trainer.build import Dist
 from t3d.trainer.config import build_config
 from t3d.trainer.loop import train
+from t3d.trainer.sharding import is_offloaded
 
 LOSS_KEYS = ("loss", "ddo", "path", "grad_norm")
 
@@ -39,7 +40,7 @@ def runs_on_a_worker(rank: int, world: int, flags: dict) -> bool:
     train(build_config(flags | {"out": str(out / "plain")}), dist, log=lambda *a: None)
     offload = flags | {"out": str(out / "offload"), "offload": True}
     result = train(build_config(offload), dist, log=lambda *a: None)
-    offloaded = _offloaded(result.model.net)
+    offloaded = is_offloaded(result.model.net)
     if rank == 0:
         _truncate(out / "offload", out / "part", step=2)
     torch.distributed.barrier()
@@ -61,20 +62,13 @@ def test_offload_is_refused_over_ddp_workers(kit, teachers, datasets, tmp_path):
     assert build_config(flags | {"num_workers": 1}).dist.offload  # one worker: FSDP2 over itself, whatever is named
 
 
-def _offloaded(net: torch.nn.Module) -> bool:
-    """Every FSDP unit of `net` keeps its shards on the CPU (and there is at least one)."""
-    units = [m for m in net.modules() if hasattr(m, "_get_fsdp_state")]
-    return bool(units) and all(p.offload_to_cpu for m in units if (g := m._get_fsdp_state()._fsdp_param_group)
-                               for p in g.fsdp_params)  # fmt: skip
-
-
 def test_offload_on_one_worker_trains_the_plain_loops_weights_and_resumes(kit, teachers, datasets, tmp_path):
     flags = kit.flags(datasets["block_causal"], teachers["block_causal"], tmp_path, batch_size=2, max_steps=4,
                       save_every=2, warmup_steps=1)  # fmt: skip
     train(build_config(flags | {"out": str(tmp_path / "plain")}), log=lambda *a: None)
     offload = flags | {"out": str(tmp_path / "offload"), "offload": True}
     result = train(build_config(offload), log=lambda *a: None)
-    assert _offloaded(result.model.net)
+    assert is_offloaded(result.model.net)
     assert not torch.distributed.is_initialized()  # the group of one is gone with the run
     _truncate(tmp_path / "offload", tmp_path / "part", step=2)
     train(build_config(offload | {"out": str(tmp_path / "part"), "resume": True}), log=lambda *a: None)
