@@ -33,9 +33,11 @@ def _flags(data: Path, model: Path, out: Path, **extra) -> dict:
     return {"data": str(data), "model": str(model), "out": str(out), "max_steps": 3, "save_every": 0} | LORA | extra
 
 
-def _run(flags: dict, dist: Dist = Dist()):
-    """Build, train to max_steps, save and export (what `loop.train` does), keeping the trainer."""
+def _run(flags: dict, dist: Dist = Dist(), start: int = 0):
+    """Build, train to max_steps, save and export (what `loop.train` does), keeping the trainer; `start`: the
+    step the build must have restored (a resume)."""
     trainer = build_trainer(build_config(flags), dist, log=quiet)
+    assert trainer.step == start, (trainer.step, start)
     run_steps(trainer, lambda metrics: None)
     if trainer.saved_step != trainer.step:
         ckpt.save(trainer)
@@ -161,7 +163,7 @@ def test_a_resumed_lora_run_with_rounds_equals_an_uninterrupted_one(runs, tmp_pa
     shutil.copytree(tmp_path / "whole", part)
     shutil.rmtree(part / "checkpoints" / ckpt.step_name(4))
     (part / "checkpoints" / ckpt.LATEST).write_text(ckpt.step_name(2))
-    resumed, _ = _run(flags | {"out": str(part), "resume": True})
+    resumed, _ = _run(flags | {"out": str(part), "resume": True}, start=2)
     assert resumed.reference.refreshed_at == 4
     again = part / "checkpoints" / ckpt.step_name(4)
     for file in (f"{ADAPTER_DIR}/adapter_model.safetensors", REFERENCE_ADAPTER, "model.safetensors"):
@@ -215,17 +217,27 @@ def test_lora_options_counts_and_refusals(runs, tmp_path):
 
 
 def lora_steps_on_a_worker(rank: int, world: int, flags: dict) -> dict[str, dict[str, np.ndarray]]:
-    """In a spawned gloo worker: 2 LoRA steps with DDP, then with FSDP; rank 0 returns each run's adapter."""
+    """In a spawned gloo worker: 2 LoRA steps with DDP, then with FSDP (a checkpoint each step), then the FSDP
+    run resumed from step 1; rank 0 returns each run's adapter."""
     from t3d.trainer import sharding
 
-    adapters = {}
+    adapters, dist = {}, Dist(rank=rank, world=world)
     for strategy in ("ddp", "fsdp"):
         out = Path(flags["out"]) / strategy
-        trainer, _ = _run(flags | {"out": str(out), "strategy": strategy}, Dist(rank=rank, world=world))
+        trainer, _ = _run(flags | {"out": str(out), "strategy": strategy, "save_every": 1}, dist)
         assert sharding.is_sharded(trainer.student.net) == (strategy == "fsdp")
-        if rank == 0:
-            adapters[strategy] = {k: v.numpy() for k, v in load_file(str(out / "student" / ADAPTER_DIR /
-                                                                       "adapter_model.safetensors")).items()}  # fmt: skip
+    part = Path(flags["out"]) / "fsdp-resumed"  # the FSDP run interrupted after step 1
+    if rank == 0:
+        shutil.copytree(Path(flags["out"]) / "fsdp", part)
+        shutil.rmtree(part / "checkpoints" / ckpt.step_name(2))
+        shutil.rmtree(part / "student")
+        (part / "checkpoints" / ckpt.LATEST).write_text(ckpt.step_name(1))
+    torch.distributed.barrier()
+    _run(flags | {"out": str(part), "strategy": "fsdp", "save_every": 1, "resume": True}, dist, start=1)
+    if rank == 0:
+        for run in ("ddp", "fsdp", "fsdp-resumed"):
+            adapter = Path(flags["out"]) / run / "student" / ADAPTER_DIR / "adapter_model.safetensors"
+            adapters[run] = {k: v.numpy() for k, v in load_file(str(adapter)).items()}
     return adapters
 
 
@@ -236,6 +248,8 @@ def test_ddp_and_fsdp_on_two_workers_train_the_adapters_of_one_worker(runs, tmp_
     two = _flags(data, teacher_dir, tmp_path / "two", max_steps=2, round_every=1, batch_size=2, num_workers=2)
     adapters = run_workers(__file__, "lora_steps_on_a_worker", (two,), tmp_path / "store")[0]
     expected = load_file(str(one / ADAPTER_DIR / "adapter_model.safetensors"))
+    resumed = adapters.pop("fsdp-resumed")
+    assert all(np.array_equal(resumed[k], adapters["fsdp"][k]) for k in resumed)  # FSDP + LoRA resumes bit for bit
     for strategy, found in adapters.items():
         assert found.keys() == expected.keys()
         worst = max(float(np.abs(found[k] - expected[k].numpy()).max()) for k in found)
