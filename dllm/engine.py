@@ -217,9 +217,12 @@ class Engine:
 
     def _choose(self, probs: torch.Tensor, probability: torch.Tensor, masked: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """The strategy's reveal choice (R, m), ranking by the configured confidence measure."""
-        strategy = get_strategy(self.cfg.strategy)
-        score = get_confidence(self.cfg.confidence).score(probs, probability)  # (R, m)
-        extra = {"entropy": entropy(probs)} if getattr(strategy, "uses_entropy", False) else {}
+        strategy, measure = get_strategy(self.cfg.strategy), get_confidence(self.cfg.confidence)
+        extra = {"entropy": entropy(probs)} if getattr(strategy, "uses_entropy", False) else {}  # (R, m) nats
+        if extra and getattr(measure, "negative_entropy", False):
+            score = -extra["entropy"]  # the same tensor the measure would compute
+        else:
+            score = measure.score(probs, probability)  # (R, m)
         return strategy.choose(score, masked, self.step_in_block[active], self.cfg, **extra)
 
     def _softmax(self, logits: torch.Tensor) -> torch.Tensor:

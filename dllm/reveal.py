@@ -77,6 +77,9 @@ class Margin:
 class NegativeEntropy:
     """Minus the entropy of the whole distribution (Dream's `entropy`, its README's choice)."""
 
+    negative_entropy = True
+    """Its score is exactly -entropy(probs): a caller that already has the entropy need not compute it again."""
+
     def score(self, probs, probability):
         return -entropy(probs)
 

@@ -55,6 +55,23 @@ def test_a_row_decodes_the_same_alone_and_in_a_batch(peaked):
             np.testing.assert_array_equal(alone.reveal_step[0], other.reveal_step[i])
 
 
+def test_ranking_by_entropy_reuses_the_strategys_entropy_and_decodes_the_same(peaked, monkeypatch):
+    from t3d.dllm import reveal
+
+    calls = []
+    counted = reveal.entropy
+    for where in ("t3d.dllm.engine.entropy", "t3d.dllm.reveal.entropy"):  # the strategy's and the measure's
+        monkeypatch.setattr(where, lambda probs: calls.append(1) or counted(probs))
+    shared = sample(peaked, PROMPTS, _cfg(confidence="entropy"), SEEDS)
+    once = len(calls)
+    monkeypatch.setattr(reveal.NegativeEntropy, "negative_entropy", False)  # the measure computes its own
+    again = sample(peaked, PROMPTS, _cfg(confidence="entropy"), SEEDS)
+    assert once > 0 and len(calls) - once == 2 * once  # the same steps, each computing it twice instead of once
+    np.testing.assert_array_equal(shared.tokens, again.tokens)
+    np.testing.assert_array_equal(shared.reveal_step, again.reveal_step)
+    np.testing.assert_array_equal(shared.confidence, again.confidence)
+
+
 def test_each_step_reveals_within_the_budget(peaked):
     """From the recorded trajectory: the entropy of each revealed token at its reveal step (the whole
     distribution is recorded, top-k = V), summed per step, is within the budget unless the step revealed one."""
