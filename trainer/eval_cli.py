@@ -130,11 +130,11 @@ def run(cfg: EvalCommandConfig) -> ev.EvalReport | None:
     """The command's body: build, evaluate, report. Cheap checks come before loading anything."""
     p, o = cfg.prompts, cfg.output
     code_limits = code_sandbox_limits(p.code_timeout)
+    if p.code_workers < 1:
+        raise UserError(f"--code-workers must be at least 1, got {p.code_workers}")
     if o.grade is not None:
         if cfg.models.model or p.prompts:
             raise UserError("--grade grades the responses in a file and loads no model: drop --model and --prompts")
-        if p.code_workers < 1:
-            raise UserError(f"--code-workers must be at least 1, got {p.code_workers}")
         run_grade(o.grade, p.scorer, o.json, o.samples, code_limits, p.fields(), p.code_workers)
         return None
     return run_decode(cfg, code_limits)
@@ -154,7 +154,7 @@ def run_decode(cfg: EvalCommandConfig, code_limits: Limits) -> ev.EvalReport:
     overrides = {k: v for k, v in dict(chat_template=p.chat_template, system_prompt=p.system_prompt, user_template=p.user_template).items() if v is not None}
     ev.PromptEncoding(**overrides)  # a bad template fails before any model loads
     like_encoding = ev.like_dataset(p.like) if p.like is not None else None
-    prompt_set = load_prompts(p.prompts, p.limit, p.scorer, code_limits, p.fields())
+    prompt_set = load_prompts(p.prompts, p.limit, p.scorer, code_limits, p.fields(), code_workers=p.code_workers)
     for note in prompt_set.notes:  # the layout recognised, how rows are graded and which cannot be
         print(f"prompts: {note}", file=sys.stderr)
     models = load_models(specs, m.device, m.load)
@@ -288,7 +288,7 @@ class EvalPromptsConfig:
     code_timeout: float = Limits.timeout_s
     """Seconds each code sample may run in the sandbox (wall clock; CPU limit one more)."""
     code_workers: int = 1
-    """Code samples --grade runs at once, each in its own sandbox (threads waiting on them)."""
+    """Code samples judged at once (a decode's and --grade's), each in its own sandbox (threads waiting on them)."""
 
     def fields(self) -> FieldMap:
         """The fields named by --prompt-field / --answer-field / --tests-field (none: each record's layout is recognised)."""

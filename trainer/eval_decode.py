@@ -20,7 +20,7 @@ from t3d.dllm import DiffusionLM, SamplerConfig, UserError, sample
 from t3d.dllm.reveal import get_strategy
 from t3d.dllm.scoring import Verdict
 from t3d.trainer import metrics
-from t3d.trainer.eval_prompts import EvalPrompt, PromptSet, Scorer, decode_response
+from t3d.trainer.eval_prompts import EvalPrompt, PromptSet, Scorer, decode_response, judge_rows
 
 
 # --- settings and configuration ------------------------------------------------------------------
@@ -278,7 +278,7 @@ def judge(prompts: PromptSet, model: DiffusionLM, decoded: Decoded, n: int) -> J
     scorer = prompts.scorer
     rows = [prompt for prompt in prompts.prompts for _ in range(n)]
     texts = [decode_response(model, r) for r in decoded.responses]
-    verdicts = [scorer.judge(q, r, t) for q, r, t in zip(rows, decoded.responses, texts)]
+    verdicts = judge_rows(scorer, rows, decoded.responses, texts)
     judged = [v.correct for v in verdicts]
     lls = [scorer.log_likelihood(q, r) for q, r in zip(rows, decoded.responses)]
     groups = _per_prompt(decoded.responses, n)

@@ -8,6 +8,7 @@ are encoded per model with `t3d.dllm.prompt_encoding`, the encoding collect used
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from t3d.dllm import DiffusionLM, UserError
 from t3d.dllm.prompt_encoding import PromptEncoding, dataset_encoding
 from t3d.dllm.prompt_encoding import encode_prompt as encode_prompt_text
 from t3d.dllm.prompt_files import FieldMap, PromptRecord, builtin_split, describe_layouts, read_prompt_file
-from t3d.dllm.scoring import Grading, Limits, Reference, Verdict, choose_scorer, text_scorer
+from t3d.dllm.scoring import Grading, Limits, Reference, Verdict, choose_scorer, judge_concurrently, runs_code, text_scorer
 from t3d.dllm.task import BuiltinTask, diversity_report
 from t3d.storage_schemas import DatasetError, Manifest
 from t3d.trainer import metrics
@@ -58,18 +59,38 @@ class Scorer(Protocol):
         """
 
 
-class TextScorer:
-    """Prompt-file records judged on response text by a scorer of `t3d.dllm.scoring` (math, exact, code; auto: per record)."""
+def judge_rows(
+    scorer: Scorer, prompts: Sequence[EvalPrompt], responses: Sequence[metrics.Response], texts: Sequence[str]
+) -> list[Verdict]:  # fmt: skip
+    """Each row's verdict, in order: by the scorer's `judge_all` where it has one (a text scorer judging code
+    samples several at a time), else by `judge`, row by row."""
+    own = getattr(scorer, "judge_all", None)
+    if own is not None:
+        return own(prompts, responses, texts)
+    return [scorer.judge(p, r, t) for p, r, t in zip(prompts, responses, texts)]
 
-    def __init__(self, name: str | None, code_limits: Limits | None = None, metric: str | None = None) -> None:
+
+class TextScorer:
+    """Prompt-file records judged on response text by a scorer of `t3d.dllm.scoring` (math, exact, code; auto: per record).
+
+    code_workers: code samples judged at once (threads, each waiting on its own sandbox; `--code-workers`).
+    """
+
+    def __init__(self, name: str | None, code_limits: Limits | None = None, metric: str | None = None, code_workers: int = 1) -> None:
         self.name = name
         self.scorer = text_scorer(name, code_limits) if name is not None else None
         self.metric = metric if metric is not None or self.scorer is None else self.scorer.metric
+        self.code_workers = code_workers
 
     def judge(self, prompt: EvalPrompt, response: metrics.Response, text: str) -> Verdict:
         if self.scorer is None or prompt.reference is None:
             return Verdict(None)
         return self.scorer.score(prompt.reference, text)
+
+    def judge_all(self, prompts: Sequence[EvalPrompt], responses: Sequence[metrics.Response], texts: Sequence[str]) -> list[Verdict]:
+        """`judge` of every row, code samples `code_workers` at a time."""
+        code = [self.scorer is not None and p.reference is not None and runs_code(self.scorer, p.reference) for p in prompts]
+        return judge_concurrently(lambda i: self.judge(prompts[i], responses[i], texts[i]), code, self.code_workers)
 
     def log_likelihood(self, prompt: EvalPrompt, response: metrics.Response) -> float | None:
         return None
@@ -118,12 +139,12 @@ class PromptSet:
 
 def load_prompts(
     source: str | Path | None, limit: int | None = None, scorer: str = "auto", code_limits: Limits | None = None,
-    fields: FieldMap = FieldMap(), split: str = "test",
+    fields: FieldMap = FieldMap(), split: str = "test", code_workers: int = 1,
 ) -> PromptSet:  # fmt: skip
     """`--prompts`: a file, `builtin:SPLIT`, or None (the built-in task's `split`: for the built-in teacher only, checked by the CLI)."""
     named = split if source is None else builtin_split(source, split)
     if named is None:
-        return load_prompt_file(source, limit, scorer, code_limits, fields)
+        return load_prompt_file(source, limit, scorer, code_limits, fields, code_workers)
     if fields.given:
         raise UserError("--prompt-field / --answer-field / --tests-field read a prompt file; the built-in task has none")
     return builtin_prompts(named, limit, scorer=scorer)
@@ -139,8 +160,9 @@ def builtin_prompts(split: str = "test", limit: int | None = None, task_seed: in
 
 
 def load_prompt_file(
-    path: str | Path, limit: int | None = None, scorer: str = "auto", code_limits: Limits | None = None, fields: FieldMap = FieldMap()
-) -> PromptSet:
+    path: str | Path, limit: int | None = None, scorer: str = "auto", code_limits: Limits | None = None,
+    fields: FieldMap = FieldMap(), code_workers: int = 1,
+) -> PromptSet:  # fmt: skip
     """A prompt file in any layout `t3d.dllm.prompt_files` reads (GSM8K, MATH-500, MBPP, HumanEval, t3d's own, or `fields`).
 
     The same reader as t3d-collect's `--prompts`. `scorer` is a name of
@@ -150,16 +172,17 @@ def load_prompt_file(
     grading = choose_scorer(scorer, records, str(path))
     notes = (f"layout: {describe_layouts(records)}", grading.describe())
     return PromptSet(
-        prompts=tuple(_eval_prompt(r) for r in records), scorer=_text_scorer(grading, code_limits), source=str(path), notes=notes,
+        prompts=tuple(_eval_prompt(r) for r in records), scorer=_text_scorer(grading, code_limits, code_workers), source=str(path),
+        notes=notes,
         grading=grading.summary(),
     )  # fmt: skip
 
 
-def _text_scorer(grading: Grading, code_limits: Limits | None) -> TextScorer:
+def _text_scorer(grading: Grading, code_limits: Limits | None, code_workers: int = 1) -> TextScorer:
     """The records' scorer; none when no record has anything to judge it by (no task metric then)."""
     if grading.name is None:
         return TextScorer(None)
-    return TextScorer(grading.scorer, code_limits, metric=grading.metric)
+    return TextScorer(grading.scorer, code_limits, metric=grading.metric, code_workers=code_workers)
 
 
 def _eval_prompt(record: PromptRecord) -> EvalPrompt:

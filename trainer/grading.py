@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from t3d.dllm.errors import UserError
 from t3d.dllm.prompt_files import FieldMap, PromptRecord, read_rows, record_from_value
-from t3d.dllm.scoring import TEXT_SCORERS, Grading, Limits, Verdict, choose_scorer, text_scorer
+from t3d.dllm.scoring import TEXT_SCORERS, Grading, Limits, Verdict, choose_scorer, judge_concurrently, text_scorer
 from t3d.trainer import metrics
 
 GRADE_SCHEMA_VERSION = 1
@@ -104,25 +103,13 @@ def grade(
             "'entry_point' (code) -- a t3d-eval --samples file has neither"
         )
     judge = text_scorer(plan.scorer, code_limits)
-    runs_code = [getattr(TEXT_SCORERS.get(name), "runs_code", False) for name in plan.judges]  # the scorer says so
-    verdicts = _judge_all(judge, lines, runs_code, code_workers)
+    code = [getattr(TEXT_SCORERS.get(name), "runs_code", False) for name in plan.judges]  # the scorer says so
+    verdicts = judge_concurrently(lambda i: judge.score(lines[i].record.reference(), lines[i].response), code, code_workers)
     groups: dict[tuple[str, str], list[tuple[ResponseLine, Verdict]]] = {}
     for line, verdict in zip(lines, verdicts):
         groups.setdefault((line.model, line.setting), []).append((line, verdict))
     records = [_summary(model, setting, rows, plan.metric) for (model, setting), rows in groups.items()]
     return GradeReport(source=source, scorer=plan.name, records=records, verdicts=verdicts, grading=plan)
-
-
-def _judge_all(judge: Any, lines: Sequence[ResponseLine], runs_code: list[bool], workers: int) -> list[Verdict]:
-    """Every line's verdict: code lines `workers` at a time (threads, each waiting on its own sandbox), the rest here
-    (math-verify's timeouts need the main thread)."""
-    score = lambda line: judge.score(line.record.reference(), line.response)  # noqa: E731
-    verdicts: dict[int, Verdict] = {}
-    if workers > 1:
-        code = [i for i, is_code in enumerate(runs_code) if is_code]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t3d-grade") as pool:
-            verdicts.update(zip(code, pool.map(score, [lines[i] for i in code])))
-    return [verdicts[i] if i in verdicts else score(line) for i, line in enumerate(lines)]
 
 
 def _summary(model: str, setting: str, rows: list[tuple[ResponseLine, Verdict]], metric: str | None) -> GradeRecord:

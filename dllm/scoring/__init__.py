@@ -17,7 +17,8 @@ silently left out. A scorer named explicitly must fit every record.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from t3d.dllm.scoring.sandbox import Limits, box
 
 __all__ = [
     "AUTO", "AUTO_ORDER", "BUILTIN", "SCORER_NAMES", "TEXT_SCORERS", "AutoScorer", "CodeScorer", "ExactScorer", "Grading", "Limits",
-    "MathScorer", "Reference", "Scorer", "Verdict", "choose_scorer", "text_scorer",
+    "MathScorer", "Reference", "Scorer", "Verdict", "choose_scorer", "judge_concurrently", "runs_code", "text_scorer",
 ]  # fmt: skip
 
 BUILTIN = "builtin"
@@ -52,6 +53,23 @@ def text_scorer(name: str, code_limits: Limits | None = None) -> Scorer:
         raise UserError(f"unknown scorer {name!r}: choose one of {', '.join(TEXT_SCORERS)}")
     kind = TEXT_SCORERS[name]
     return kind(code_limits) if code_limits is not None and getattr(kind, "runs_code", False) else kind()
+
+
+def runs_code(scorer: Scorer, reference: Reference) -> bool:
+    """Whether `scorer` runs code to judge `reference` (auto: the scorer it picks for that record)."""
+    picked = scorer.pick(reference) if isinstance(scorer, AutoScorer) else scorer
+    return bool(getattr(picked, "runs_code", False))
+
+
+def judge_concurrently(score: Callable[[int], Verdict], code: Sequence[bool], workers: int = 1) -> list[Verdict]:
+    """score(i) for i in range(len(code)): those whose `code[i]` is true `workers` at a time (threads, each
+    waiting on its own sandbox), the rest in this thread (math-verify's timeouts need the main thread)."""
+    verdicts: dict[int, Verdict] = {}
+    if workers > 1:
+        running = [i for i, is_code in enumerate(code) if is_code]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="t3d-judge") as pool:
+            verdicts.update(zip(running, pool.map(score, running)))
+    return [verdicts[i] if i in verdicts else score(i) for i in range(len(code))]
 
 
 class AutoScorer:

@@ -1,4 +1,5 @@
-"""`t3d-eval --grade --code-workers N`: code samples are graded N at a time, with the verdicts of one at a time."""
+"""`t3d-eval --code-workers N`: code samples are judged N at a time (by --grade and by a decode's scorer), with the
+verdicts of one at a time; math stays on the calling thread."""
 
 import json
 import threading
@@ -7,6 +8,7 @@ from typer.testing import CliRunner
 
 from t3d.dllm.scoring import code_tests
 from t3d.trainer.eval_cli import app
+from t3d.trainer.eval_prompts import load_prompt_file
 
 TESTS = ["assert double(2) == 4", "assert double(0) == 0"]
 RESPONSES = ["def double(x):\n    return 2 * x\n", "def double(x):\n    return x + 2\n"] * 3
@@ -35,11 +37,36 @@ def test_code_workers_run_sandboxes_side_by_side_with_the_same_verdicts(tmp_path
 
     monkeypatch.setattr(code_tests, "run_python", side_by_side)
     assert grade(tmp_path, "--code-workers", "2") == sequential == [True, False] * 3
-    assert len(calls) == 6 and all(name.startswith("t3d-grade") for name in calls)
+    assert len(calls) == 6 and all(name.startswith("t3d-judge") for name in calls)
+
+
+def test_a_decodes_scorer_judges_code_side_by_side_and_math_here(tmp_path, monkeypatch):
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"prompt": "double", "tests": TESTS}] * 4 + [{"question": "1 + 1?", "answer": "#### 2"}] * 2
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    texts = RESPONSES[:4] + ["The answer is 2.", "The answer is 3."]
+    one, two = (load_prompt_file(path, code_workers=n) for n in (1, 2))
+    responses = [()] * len(texts)  # token ids: unused by a text scorer
+    sequential = one.scorer.judge_all(one.prompts, responses, texts)
+    meet = threading.Barrier(2, timeout=30)
+    calls, real = [], code_tests.run_python
+
+    def side_by_side(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            meet.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(code_tests, "run_python", side_by_side)
+    parallel = two.scorer.judge_all(two.prompts, responses, texts)
+    assert [v.correct for v in parallel] == [v.correct for v in sequential] == [True, False, True, False, True, False]
+    assert len(calls) == 4 and all(name.startswith("t3d-judge") for name in calls)  # math ran on this thread
 
 
 def test_code_workers_below_one_is_one_line(tmp_path):
     path = tmp_path / "code.jsonl"
     path.write_text(json.dumps({"prompt": "double", "tests": TESTS, "response": RESPONSES[0]}) + "\n")
     result = CliRunner().invoke(app, ["--grade", str(path), "--code-workers", "0"])
+    assert result.exit_code == 2 and "--code-workers must be at least 1" in result.output
+    result = CliRunner().invoke(app, ["--prompts", str(path), "--code-workers", "0"])  # a decode's too, before any load
     assert result.exit_code == 2 and "--code-workers must be at least 1" in result.output
