@@ -98,7 +98,7 @@ def plan_run(cfg: CollectConfig) -> RunPlan:
         vocab_size=teacher.identity["vocab_size"],
     )
     builtin_score = _builtin_score(teacher.task_seed) if builtin else None
-    score = row_scorer(source.grading, records, prepared, teacher.tokenizer, builtin_score)
+    score = row_scorer(source.grading, records, prepared, teacher.tokenizer, builtin_score, cfg.cluster.code_workers)
     units = plan_units(prepared.prompts, cfg.shard_size)
     return RunPlan(cfg, teacher, prepared, units, score, source.grading.name, source.notes, source.grading.summary())
 

@@ -123,8 +123,12 @@ class ClusterConfig:
     """Seconds to wait for a worker to (re)start when none is running; then the run fails."""
     progress: bool = True
     """Show a progress bar."""
+    code_workers: int = 1
+    """Code samples each actor judges at once for the `correct` column, each in its own sandbox (threads waiting on them)."""
 
     def __post_init__(self) -> None:
+        if self.code_workers < 1:
+            raise UserError(f"code_workers must be at least 1, got {self.code_workers}")
         if self.num_workers < 1:
             raise UserError(f"num_workers must be at least 1, got {self.num_workers}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:

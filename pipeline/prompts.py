@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from t3d.dllm.errors import UserError
 from t3d.dllm.prompt_encoding import PromptEncoding, encode_prompt
 from t3d.dllm.prompt_files import FieldMap, PromptRecord, builtin_split, describe_layouts, read_prompt_file
-from t3d.dllm.scoring import BUILTIN, Grading, Reference, choose_scorer, text_scorer
+from t3d.dllm.scoring import BUILTIN, Grading, Reference, Verdict, choose_scorer, judge_concurrently, runs_code, text_scorer
 
 __all__ = [
     "BUILTIN_SPLIT", "EncodedPrompt", "PreparedPrompts", "PromptRecord", "PromptSource", "RowScorer", "load_prompt_source",
@@ -152,28 +153,38 @@ class RowScorer:
     by the ids, so their rows stay unjudged (None).
     """
 
-    def __init__(self, name: str, tokenizer: Any, references: dict[tuple[int, ...], Reference | None]) -> None:
-        self.name, self.tokenizer, self.references = name, tokenizer, references
+    def __init__(
+        self, name: str, tokenizer: Any, references: dict[tuple[int, ...], Reference | None], code_workers: int = 1
+    ) -> None:  # fmt: skip
+        self.name, self.tokenizer, self.references, self.code_workers = name, tokenizer, references, code_workers
         self._scorer: Any = None
 
     def __call__(self, prompt_ids: Any, response_ids: Any) -> bool | None:
-        reference = self.references.get(tuple(int(t) for t in prompt_ids))
-        if reference is None:
-            return None
+        return self.score_all([(prompt_ids, response_ids)])[0]
+
+    def score_all(self, rows: Sequence[tuple[Any, Any]]) -> list[bool | None]:
+        """`correct` of each (prompt ids, response ids), in order: code samples `code_workers` at a time."""
         if self._scorer is None:
             self._scorer = text_scorer(self.name)
-        text = self.tokenizer.decode([int(t) for t in response_ids], skip_special_tokens=True)
-        return self._scorer.score(reference, text).correct
+        references = [self.references.get(tuple(int(t) for t in prompt)) for prompt, _ in rows]
+        texts = [self.tokenizer.decode([int(t) for t in response], skip_special_tokens=True) for _, response in rows]
+        code = [ref is not None and runs_code(self._scorer, ref) for ref in references]
+        judge = lambda i: self._scorer.score(references[i], texts[i]) if references[i] is not None else Verdict(None)  # noqa: E731
+        return [v.correct for v in judge_concurrently(judge, code, self.code_workers)]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name, "tokenizer": self.tokenizer, "references": self.references}
+        return {"name": self.name, "tokenizer": self.tokenizer, "references": self.references, "code_workers": self.code_workers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
 
 
-def row_scorer(grading: Grading | str | None, records: list[PromptRecord], prepared: PreparedPrompts, tokenizer: Any, builtin: Any = None) -> Any:
-    """What fills `correct`: the built-in task's check, a `RowScorer`, or None (no record has anything to judge by)."""
+def row_scorer(
+    grading: Grading | str | None, records: list[PromptRecord], prepared: PreparedPrompts, tokenizer: Any, builtin: Any = None,
+    code_workers: int = 1,
+) -> Any:  # fmt: skip
+    """What fills `correct`: the built-in task's check, a `RowScorer` (judging `code_workers` code samples at once),
+    or None (no record has anything to judge by)."""
     if isinstance(grading, Grading):
         name = None if grading.scorer != BUILTIN and not any(grading.judges) else grading.scorer
     else:
@@ -188,4 +199,4 @@ def row_scorer(grading: Grading | str | None, records: list[PromptRecord], prepa
     for p in prepared.prompts:
         reference = records[p.index].reference()
         references[p.ids] = reference if references.get(p.ids, reference) == reference else None
-    return RowScorer(name, tokenizer, references)
+    return RowScorer(name, tokenizer, references, code_workers)

@@ -115,8 +115,17 @@ def unit_columns(
         sampler=job.rollout.sampler,
         teacher=job.teacher_identity,
         answer=[p.answer for p, _, _ in rows],
-        correct=[job.score(p.ids, resp) if job.score else None for (p, _, _), resp in zip(rows, responses)],
+        correct=_correct(job.score, [p.ids for p, _, _ in rows], responses),
     )
+
+
+def _correct(score: Any, prompts: list[Any], responses: list[list[int]]) -> list[bool | None]:
+    """The `correct` column: a scorer's `score_all` where it has one (code judged several at a time), else row by row."""
+    if score is None:
+        return [None] * len(prompts)
+    pairs = list(zip(prompts, responses))
+    many = getattr(score, "score_all", None)
+    return many(pairs) if many is not None else [score(p, r) for p, r in pairs]
 
 
 def _decode(model: Any, ids: Any, special: bool) -> str:

@@ -67,7 +67,7 @@ def test_ranges_are_checked(flags, message):
 
 def test_dataset_key_ignores_where_and_how_it_runs():
     a = build_config({}, {"num_workers": 1, "out": "a", "prompts": "x.jsonl", "model": "/m1"})
-    b = build_config({}, {"num_workers": 4, "gpus_per_worker": 1.0, "out": "b", "address": "h:1", "prompts": "y.jsonl", "model": "/m2"})
+    b = build_config({}, {"num_workers": 4, "code_workers": 4, "gpus_per_worker": 1.0, "out": "b", "address": "h:1", "prompts": "y.jsonl", "model": "/m2"})
     assert a.dataset_key() == b.dataset_key()
     assert build_config({}, {"temperature": 0.5}).dataset_key() != a.dataset_key()
     assert build_config({}, {"seed": 1}).dataset_key() != a.dataset_key()

@@ -118,3 +118,43 @@ def test_row_scorer_fills_correct_from_the_answers(tmp_path):
     assert score(w1, say("#### 4")) is False
     assert score(w2, say("#### 3")) is None  # no answer: unjudged
     assert row_scorer(None, records, prepared, tokenizer) is None
+
+
+class _Texts:
+    """A tokenizer stand-in: response id i decodes to TEXTS[i]."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return _TEXTS[ids[0]]
+
+
+_TEXTS = ["def double(x):\n    return 2 * x\n", "def double(x):\n    return x + 2\n", "#### 4", "#### 5"]
+
+
+def test_row_scorer_judges_code_rows_side_by_side_with_the_verdicts_of_one_at_a_time(monkeypatch):
+    import pickle
+    import threading
+
+    from t3d.dllm.scoring import Reference, code_tests
+    from t3d.pipeline.config import ClusterConfig
+    from t3d.pipeline.prompts import RowScorer
+
+    references = {(1,): Reference(tests=("assert double(2) == 4", "assert double(0) == 0")), (2,): Reference(answer="4"),
+                  (3,): None}  # fmt: skip
+    rows = [((1,), [0]), ((1,), [1]), ((2,), [2]), ((2,), [3]), ((1,), [0]), ((3,), [2]), ((1,), [1])]
+    one = RowScorer("auto", _Texts(), references)
+    sequential = one.score_all(rows)
+    assert sequential == [True, False, True, False, True, None, False] == [one(p, r) for p, r in rows]
+    meet, calls, real = threading.Barrier(2, timeout=30), [], code_tests.run_python
+
+    def side_by_side(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            meet.wait()  # the first two code samples must be in flight together, or this breaks
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(code_tests, "run_python", side_by_side)
+    two = pickle.loads(pickle.dumps(RowScorer("auto", _Texts(), references, code_workers=2)))  # as a Ray actor gets it
+    assert two.score_all(rows) == sequential
+    assert len(calls) == 4 and all(name.startswith("t3d-judge") for name in calls)  # math ran on the calling thread
+    with pytest.raises(UserError, match="code_workers must be at least 1"):
+        ClusterConfig(code_workers=0)
