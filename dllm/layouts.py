@@ -117,13 +117,13 @@ def recognise(value: dict[str, Any], where: str) -> Layout:
     fields = ", ".join(k for k, v in value.items() if v is not None) or "none"
     raise UserError(
         f"{where}: no known layout has these fields ({fields}); known: {known_layouts()}; "
-        "or name them with --prompt-field / --answer-field / --tests-field"
+        "or name them with --prompt-field / --answer-field / --tests-field / --setup-field"
     )
 
 
 @dataclass(frozen=True, kw_only=True)
 class FieldMap:
-    """Which fields of a file hold the prompt, the answer and the tests, for layouts t3d does not know."""
+    """Which fields of a file hold the prompt, the answer, the tests and their setup, for layouts t3d does not know."""
 
     prompt: str | None = None
     """Field holding the prompt (text or token ids)."""
@@ -131,14 +131,17 @@ class FieldMap:
     """Field holding the reference answer (GSM8K `#### 42`, `\\boxed{42}` or the bare answer)."""
     tests: str | None = None
     """Field holding the code tests: a list of assert statements (or one string of them)."""
+    setup: str | None = None
+    """Field holding code run before the solution is tested (imports, helpers; MBPP's test_setup_code)."""
 
     @property
     def given(self) -> bool:
-        return any(v is not None for v in (self.prompt, self.answer, self.tests))
+        return any(v is not None for v in (self.prompt, self.answer, self.tests, self.setup))
 
     def layout(self) -> Layout:
         """The layout these fields describe; fields not mapped keep t3d's names (`prompt`, `answer`, ...)."""
-        named = {"prompt": self.prompt or "prompt", "answer": self.answer or "answer", "tests": self.tests or "tests"}
+        named = {"prompt": self.prompt or "prompt", "answer": self.answer or "answer", "tests": self.tests or "tests",
+                 "setup": self.setup or "setup"}  # fmt: skip
         shown = ", ".join(f"{role}={field}" for role, field in named.items() if getattr(self, role) is not None)
 
         def convert(value: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +160,7 @@ class FieldMap:
         """
         records = [v for v in values if isinstance(v, dict)]
         present = list(dict.fromkeys(k for v in records for k in v))
-        for option, field in (("--prompt-field", self.prompt), ("--answer-field", self.answer), ("--tests-field", self.tests)):
+        for option, field in (("--prompt-field", self.prompt), ("--answer-field", self.answer), ("--tests-field", self.tests),
+                              ("--setup-field", self.setup)):  # fmt: skip
             if field is not None and records and field not in present:
                 raise UserError(f"{source}: {option} {field!r} names no field of its records (fields: {', '.join(present) or 'none'})")

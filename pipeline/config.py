@@ -45,6 +45,8 @@ class PromptConfig:
     """Field holding the reference answer (`#### 42`, `\\boxed{42}` or bare), graded by math."""
     tests_field: str | None = None
     """Field holding code tests (a list of assert statements), graded by code."""
+    setup_field: str | None = None
+    """Field holding code run before the tests (imports, helpers), for a layout t3d does not recognise."""
     limit: int | None = None
     """Use only the first N prompts of the source."""
     encoding: PromptEncoding = inline(PromptEncoding)
@@ -63,8 +65,8 @@ class PromptConfig:
             raise UserError(f"on_long_prompt must be one of {', '.join(ON_LONG_PROMPT)}, got {self.on_long_prompt!r}")
 
     def fields(self) -> FieldMap:
-        """The fields named by --prompt-field / --answer-field / --tests-field (none: each record's layout is recognised)."""
-        return FieldMap(prompt=self.prompt_field, answer=self.answer_field, tests=self.tests_field)
+        """The fields named by --prompt-field / --answer-field / --tests-field / --setup-field (none: each record's layout is recognised)."""
+        return FieldMap(prompt=self.prompt_field, answer=self.answer_field, tests=self.tests_field, setup=self.setup_field)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +180,8 @@ class CollectConfig:
         # the teacher's fingerprint (checked by `output.open_output`) stand for them.
         del key["prompts"]["prompts"], key["teacher"]["model"], key["teacher"]["trust_remote_code"]
         del key["teacher"]["force_block_size"]  # a permission, not a setting: the block size itself is in the key
+        if key["prompts"]["setup_field"] is None:  # added later: unset, the rows are what they were before it
+            del key["prompts"]["setup_field"]
         sampler = key["rollout"]["sampler"]
         for name in SAMPLER_SETTINGS_ADDED_LATER:  # at its default, a decode is what it was before the setting existed
             if sampler[name] == getattr(SamplerConfig, name):

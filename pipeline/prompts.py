@@ -55,7 +55,7 @@ def load_prompt_source(source: str | None, scorer: str, *, fields: FieldMap = Fi
         if split not in COLLECT_SPLITS:
             raise UserError(f"--prompts builtin:{split}: collect rolls out the built-in task's {' or '.join(COLLECT_SPLITS)} split ({split!r} is not one; test is kept for t3d-eval)")
         if fields.given:
-            raise UserError("--prompt-field / --answer-field / --tests-field read a prompt file; the built-in task has none")
+            raise UserError("--prompt-field / --answer-field / --tests-field / --setup-field read a prompt file; the built-in task has none")
         records = builtin_prompt_records(task_seed, split)[:limit]
         grading = choose_scorer(scorer, None, f"builtin:{split}")
         return PromptSource(records, grading, True, (f"layout    built-in task, {split} split: {len(records)} prompts", f"grading   {grading.describe()}"))

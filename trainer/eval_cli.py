@@ -273,6 +273,8 @@ class EvalPromptsConfig:
     """Field holding the reference answer (`#### 42`, `\\boxed{42}` or bare), graded by math."""
     tests_field: str | None = None
     """Field holding code tests (a list of assert statements), graded by code."""
+    setup_field: str | None = None
+    """Field holding code run before the tests (imports, helpers), for a layout t3d does not recognise."""
     limit: int | None = None
     """Use only the first N prompts."""
     scorer: str = AUTO
@@ -291,8 +293,8 @@ class EvalPromptsConfig:
     """Code samples judged at once (a decode's and --grade's), each in its own sandbox (threads waiting on them)."""
 
     def fields(self) -> FieldMap:
-        """The fields named by --prompt-field / --answer-field / --tests-field (none: each record's layout is recognised)."""
-        return FieldMap(prompt=self.prompt_field, answer=self.answer_field, tests=self.tests_field)
+        """The fields named by --prompt-field / --answer-field / --tests-field / --setup-field (none: each record's layout is recognised)."""
+        return FieldMap(prompt=self.prompt_field, answer=self.answer_field, tests=self.tests_field, setup=self.setup_field)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -146,7 +146,7 @@ def load_prompts(
     if named is None:
         return load_prompt_file(source, limit, scorer, code_limits, fields, code_workers)
     if fields.given:
-        raise UserError("--prompt-field / --answer-field / --tests-field read a prompt file; the built-in task has none")
+        raise UserError("--prompt-field / --answer-field / --tests-field / --setup-field read a prompt file; the built-in task has none")
     return builtin_prompts(named, limit, scorer=scorer)
 
 

@@ -115,6 +115,19 @@ def test_field_options_read_any_other_layout(tmp_path):
         read_prompt_file(path, FieldMap(prompt="instruction", answer="answer_text"))
 
 
+def test_the_setup_field_runs_before_the_tests(tmp_path):
+    rows = [{"task": "Write double.", "checks": ["assert double(square(3)) == 18"], "helpers": "def square(x):\n    return x * x\n"}]
+    path = write(rows, tmp_path / "custom.jsonl")
+    (record,) = read_prompt_file(path, FieldMap(prompt="task", tests="checks", setup="helpers"))
+    assert record.setup == rows[0]["helpers"] and record.tests == tuple(rows[0]["checks"])
+    scorer = text_scorer("code")
+    assert scorer.score(record.reference(), "def double(x):\n    return 2 * x\n").correct is True
+    (bare,) = read_prompt_file(path, FieldMap(prompt="task", tests="checks"))  # without its setup, the tests cannot pass
+    assert scorer.score(bare.reference(), "def double(x):\n    return 2 * x\n").correct is False
+    with pytest.raises(UserError, match=r"--setup-field 'setup_code' names no field of its records"):
+        read_prompt_file(path, FieldMap(prompt="task", tests="checks", setup="setup_code"))
+
+
 def test_a_real_checkpoint_without_prompts_is_refused(tmp_path):
     real = tmp_path / "sdar"
     real.mkdir()

@@ -107,7 +107,9 @@ def test_a_dataset_collected_before_the_embedded_configs_still_resumes():
     written = to_dict(cfg)  # the manifest's config: each section's keys are its options, as a config file writes them
     assert written["teacher"] == {"model": "builtin", "family": "sdar", "dtype": "bfloat16", "trust_remote_code": False,
                                   "force_block_size": False}  # fmt: skip
-    assert written["prompts"] == {"prompts": None, **RECORDED_KEY["prompts"]}
+    assert written["prompts"] == {"prompts": None, **RECORDED_KEY["prompts"], "setup_field": None}
+    # --setup-field came later: unset, it stays out of the key (so that dataset resumes); set, it is part of it
+    assert build_config({}, flags | {"setup_field": "helpers"}).dataset_key()["prompts"]["setup_field"] == "helpers"
 
 
 def test_the_command_line_layers_defaults_file_flags_and_shows_defaults(tmp_path, tools):
