@@ -32,6 +32,17 @@ def run_cli(body: Callable[[], Any]) -> Any:
         raise SystemExit(130) from None
 
 
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name X` or `--name=X` in argv (the last one), else None."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(name + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
     """Read a TOML or YAML file of option values (keys as on the command line, `-` or `_`)."""
     if path is None:

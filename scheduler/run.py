@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from t3d.dllm.cli import load_config_file, register_user_error, run_cli
+from t3d.dllm.cli import flag_value, load_config_file, register_user_error, run_cli
 from t3d.dllm.errors import UserError
 from t3d.dllm.options import with_signature
 from t3d.dllm.outdir import Output, claim
@@ -477,7 +477,7 @@ def distill_help_defaults(argv: list[str]) -> tuple[dict[str, str], str | None]:
     CONFIG file's tables; ({}, None) when --help is not asked for."""
     if "--help" not in argv:
         return {}, None
-    from t3d.trainer.distill import _flag, shown_defaults
+    from t3d.trainer.stages import distill_shown_defaults
 
     config = next((a for a in argv if not a.startswith("-") and Path(a).suffix in (".toml", ".yaml", ".yml")), None)
     try:
@@ -485,10 +485,10 @@ def distill_help_defaults(argv: list[str]) -> tuple[dict[str, str], str | None]:
     except (UserError, ValueError):  # the run will say what is wrong with the file
         tables = {}
     distill, collect = tables.get("distill") or {}, tables.get("collect") or {}
-    model = (_flag(argv, "--distill.model") or _flag(argv, "--collect.model") or distill.get("model")
+    model = (flag_value(argv, "--distill.model") or flag_value(argv, "--collect.model") or distill.get("model")
              or collect.get("model") or "builtin")  # fmt: skip
-    preset = _flag(argv, "--distill.preset") or distill.get("preset")
-    shown, epilog = shown_defaults(["--model", str(model), *(["--preset", str(preset)] if preset else [])])
+    preset = flag_value(argv, "--distill.preset") or distill.get("preset")
+    shown, epilog = distill_shown_defaults(str(model), str(preset) if preset else None)
     epilog = epilog.replace("Defaults shown:", "The distill table's defaults shown:")
     return shown, epilog.replace("`t3d-distill --model PATH --help`", "`t3d-run --distill.model PATH --help`")
 

@@ -201,3 +201,24 @@ def _assert_one_line_error(result, *words: str) -> None:
 def one_line_error():
     """Check a CliRunner result: exit 2, one `error: ...` line on stderr holding every given word, no traceback."""
     return _assert_one_line_error
+
+
+@pytest.fixture
+def sandboxes_in_pairs(monkeypatch):
+    """The code scorer's sandbox runs, patched so the first two samples must be in flight together (a barrier that
+    breaks after 30 s otherwise); yields the name of the thread of each run, in order."""
+    import threading
+
+    from t3d.dllm.scoring import code_tests
+
+    meet, calls, real = threading.Barrier(2, timeout=30), [], code_tests.run_python
+
+    def side_by_side(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            meet.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(code_tests, "run_python", side_by_side)
+    return calls
+

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import typer
 
-from t3d.dllm.cli import load_config_file, register_user_error, run_cli
+from t3d.dllm.cli import flag_value, load_config_file, register_user_error, run_cli
 from t3d.dllm.errors import UserError
 from t3d.dllm.options import config_parameter, with_signature
 from t3d.dllm.outdir import Output, claim
@@ -42,23 +42,12 @@ def _command(**values: Any) -> None:
     run_cli(lambda: run(load_config(config, values)))
 
 
-def _flag(argv: list[str], name: str) -> str | None:
-    """The value of `--name X` or `--name=X` in argv (the last one), else None."""
-    found = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            found = argv[i + 1]
-        elif arg.startswith(name + "="):
-            found = arg.split("=", 1)[1]
-    return found
-
-
 def preset_in_force(argv: list[str]) -> tuple[str, str]:
     """(preset, why) of a run with these arguments: what `--help` shows the defaults of."""
-    config = _flag(argv, "--config")
+    config = flag_value(argv, "--config")
     file = TREE.flatten(load_config_file(config), config) if config else {}
-    model = _flag(argv, "--model") or str(file.get("model", "builtin"))
-    name = _flag(argv, "--preset") or file.get("preset")
+    model = flag_value(argv, "--model") or str(file.get("model", "builtin"))
+    name = flag_value(argv, "--preset") or file.get("preset")
     why = "--preset" if name else f"the default for --model {model}"
     name = name or default_preset(model)
     if name == AUTO:

@@ -139,3 +139,11 @@ def tracker_names(report_to: str) -> tuple[str, ...]:
 
 
 DISTILL, EVAL = DistillStage(), EvalStage()
+
+
+def distill_shown_defaults(model: str, preset: str | None = None) -> tuple[dict[str, str], str]:
+    """What `--help` shows as the distill options' defaults for a run of `model` (and `preset`), with the epilog
+    naming the preset in force: t3d-distill's rule (`t3d.trainer.distill.shown_defaults`)."""
+    from t3d.trainer.distill import shown_defaults
+
+    return shown_defaults(["--model", model, *(["--preset", preset] if preset else [])])

@@ -130,11 +130,10 @@ class _Texts:
 _TEXTS = ["def double(x):\n    return 2 * x\n", "def double(x):\n    return x + 2\n", "#### 4", "#### 5"]
 
 
-def test_row_scorer_judges_code_rows_side_by_side_with_the_verdicts_of_one_at_a_time(monkeypatch):
+def test_row_scorer_judges_code_rows_side_by_side_with_the_verdicts_of_one_at_a_time(request):
     import pickle
-    import threading
 
-    from t3d.dllm.scoring import Reference, code_tests
+    from t3d.dllm.scoring import Reference
     from t3d.pipeline.config import ClusterConfig
     from t3d.pipeline.prompts import RowScorer
 
@@ -144,15 +143,7 @@ def test_row_scorer_judges_code_rows_side_by_side_with_the_verdicts_of_one_at_a_
     one = RowScorer("auto", _Texts(), references)
     sequential = one.score_all(rows)
     assert sequential == [True, False, True, False, True, None, False] == [one(p, r) for p, r in rows]
-    meet, calls, real = threading.Barrier(2, timeout=30), [], code_tests.run_python
-
-    def side_by_side(*args, **kwargs):
-        calls.append(threading.current_thread().name)
-        if len(calls) <= 2:
-            meet.wait()  # the first two code samples must be in flight together, or this breaks
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(code_tests, "run_python", side_by_side)
+    calls = request.getfixturevalue("sandboxes_in_pairs")  # patched only after the sequential run
     two = pickle.loads(pickle.dumps(RowScorer("auto", _Texts(), references, code_workers=2)))  # as a Ray actor gets it
     assert two.score_all(rows) == sequential
     assert len(calls) == 4 and all(name.startswith("t3d-judge") for name in calls)  # math ran on the calling thread

@@ -2,11 +2,9 @@
 verdicts of one at a time; math stays on the calling thread."""
 
 import json
-import threading
 
 from typer.testing import CliRunner
 
-from t3d.dllm.scoring import code_tests
 from t3d.trainer.eval_cli import app
 from t3d.trainer.eval_prompts import load_prompt_file
 
@@ -23,24 +21,14 @@ def grade(tmp_path, *options):
     return [json.loads(line)["correct"] for line in out.read_text().splitlines()]
 
 
-def test_code_workers_run_sandboxes_side_by_side_with_the_same_verdicts(tmp_path, monkeypatch):
+def test_code_workers_run_sandboxes_side_by_side_with_the_same_verdicts(tmp_path, request):
     sequential = grade(tmp_path)
-    meet = threading.Barrier(2, timeout=30)  # the first two samples must be in flight together, or this breaks
-    calls = []
-    real = code_tests.run_python
-
-    def side_by_side(*args, **kwargs):
-        calls.append(threading.current_thread().name)
-        if len(calls) <= 2:
-            meet.wait()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(code_tests, "run_python", side_by_side)
+    calls = request.getfixturevalue("sandboxes_in_pairs")  # patched only after the sequential run
     assert grade(tmp_path, "--code-workers", "2") == sequential == [True, False] * 3
     assert len(calls) == 6 and all(name.startswith("t3d-judge") for name in calls)
 
 
-def test_a_decodes_scorer_judges_code_side_by_side_and_math_here(tmp_path, monkeypatch):
+def test_a_decodes_scorer_judges_code_side_by_side_and_math_here(tmp_path, request):
     path = tmp_path / "mixed.jsonl"
     rows = [{"prompt": "double", "tests": TESTS}] * 4 + [{"question": "1 + 1?", "answer": "#### 2"}] * 2
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -48,16 +36,7 @@ def test_a_decodes_scorer_judges_code_side_by_side_and_math_here(tmp_path, monke
     one, two = (load_prompt_file(path, code_workers=n) for n in (1, 2))
     responses = [()] * len(texts)  # token ids: unused by a text scorer
     sequential = one.scorer.judge_all(one.prompts, responses, texts)
-    meet = threading.Barrier(2, timeout=30)
-    calls, real = [], code_tests.run_python
-
-    def side_by_side(*args, **kwargs):
-        calls.append(threading.current_thread().name)
-        if len(calls) <= 2:
-            meet.wait()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(code_tests, "run_python", side_by_side)
+    calls = request.getfixturevalue("sandboxes_in_pairs")
     parallel = two.scorer.judge_all(two.prompts, responses, texts)
     assert [v.correct for v in parallel] == [v.correct for v in sequential] == [True, False, True, False, True, False]
     assert len(calls) == 4 and all(name.startswith("t3d-judge") for name in calls)  # math ran on this thread
