@@ -21,14 +21,18 @@ freeing its models before the next (`freed` says so):
 4. `train_full` / `train_lora`: T3D steps of an SDAR-1.7B shape (batch 2, 1,024 response
    tokens) from rollouts made in memory: full fine-tuning (FSDP2 on one GPU, float32 master
    weights, bf16 compute) and LoRA (`--lora-r 16`, the base frozen in bf16, one worker):
-   tokens/s, peak memory, the loop's overhead over a bare forward + backward + AdamW step.
+   tokens/s, peak memory, the loop's overhead over a bare forward + backward + AdamW step;
+5. `train_offload`: the full setting with `--offload` on the one GPU (FSDP2 over one process,
+   shards, gradients and AdamW in pinned host memory, the step on the CPU), last and short
+   (one warm-up step, two timed pairs): that it trains, its GPU peak beside `train_full`'s.
 Beside each measured figure: the card's limit from a roofline model of the same shapes
 (`roofline`: FLOPs and bytes per forward or step, commit forwards and KV reads included),
 the `fraction_of_limit` reached, and `launch_bound` (half or more of the wall time outside
 the network). A part that fails or runs long keeps what it measured, with its error beside
 it, and the rest go on; past the budget and 30 s the partial JSON is printed and the
-process exits. Expected on an H100 (`--plan`): ~270 s (decode ~135 s at a fifth of its
-limit, training ~60 s, checkpoints and loading ~70 s) against the 480 s budget.
+process exits. Expected on an H100 (`--plan`): ~320 s (decode ~135 s at a fifth of its
+limit, training ~60 s, `train_offload` ~50 s at assumed PCIe and host-memory rates and
+capped at 90 s, checkpoints and loading ~70 s) against the 480 s budget.
 """
 
 from __future__ import annotations
@@ -591,12 +595,13 @@ class MemoryLoader:
         )  # fmt: skip
 
 
-def build_memory_trainer(ckpt: Path, wl: Workload, device: torch.device, out: Path, lora_r: int):
+def build_memory_trainer(ckpt: Path, wl: Workload, device: torch.device, out: Path, lora_r: int, offload: bool = False):
     """`build_trainer` on this checkpoint with the in-memory loader in place of the dataset.
 
     Full (lora_r 0): float32 master weights, FSDP2-sharded over the one-process group (bf16
     compute). LoRA: the base frozen in the checkpoint's bf16 (peft keeps the adapters in
     float32), one worker's plain loop (nothing to shard: the reference is the same network).
+    `offload`: the full setting with --offload (FSDP2's CPUOffloadPolicy on the one process).
     """
     from t3d.trainer import build, sharding
     from t3d.trainer.config import build_config
@@ -604,7 +609,7 @@ def build_memory_trainer(ckpt: Path, wl: Workload, device: torch.device, out: Pa
     flags = {"model": str(ckpt), "data": "(in memory)", "out": str(out), "batch_size": wl.train_batch,
              "max_steps": 1_000_000, "device": device.type, "progress": False, "save_every": 0,
              "path_k_steps": wl.block, "warmup_steps": 0}  # fmt: skip
-    flags |= {"lora_r": lora_r, "dtype": "bfloat16"} if lora_r else {"dtype": "float32", "strategy": "fsdp"}
+    flags |= {"lora_r": lora_r, "dtype": "bfloat16"} if lora_r else {"dtype": "float32", "strategy": "fsdp", "offload": offload}
     cfg = build_config(flags)
     original = build.build_loader
     build.build_loader = lambda cfg, model, dist, log=print: MemoryLoader(wl, model.pad_id)
@@ -612,8 +617,8 @@ def build_memory_trainer(ckpt: Path, wl: Workload, device: torch.device, out: Pa
         trainer = build.build_trainer(cfg, log=lambda *a: None)
     finally:
         build.build_loader = original
-    if not lora_r:  # the loop shards with > 1 worker; one GPU here, the same code
-        sharding.STRATEGIES["fsdp"].shard(trainer, build._rebuild_optimizer)
+    if not lora_r and not sharding.is_sharded(trainer.student.net):  # with --offload the build shards by itself
+        sharding.STRATEGIES["fsdp"].shard(trainer, build._rebuild_optimizer)  # as the loop does with > 1 worker
     return trainer
 
 
@@ -681,19 +686,25 @@ def time_training(trainer, wl: Workload, device: torch.device) -> dict:
     }  # fmt: skip
 
 
-def train_part(out: dict, ckpt: Path, wl: Workload, device: torch.device, card: Card | None, shape: Shape, lora_r: int) -> None:
-    """T3D steps of one setting (full: lora_r 0, FSDP2 over a one-process group); the models are freed
-    afterwards (`freed`)."""
-    from t3d.trainer.sharding import one_process_group
+def train_part(
+    out: dict, ckpt: Path, wl: Workload, device: torch.device, card: Card | None, shape: Shape, lora_r: int,
+    offload: bool = False,
+) -> None:  # fmt: skip
+    """T3D steps of one setting (full: lora_r 0, FSDP2 over a one-process group, with `offload` its shards on
+    the CPU); the models are freed afterwards (`freed`)."""
+    from t3d.trainer.sharding import is_offloaded, one_process_group
 
     with tempfile.TemporaryDirectory(prefix="t3d-gpu-check-") as tmp, one_process_group(device) if not lora_r else contextlib.nullcontext():
-        trainer = build_memory_trainer(ckpt, wl, device, Path(tmp), lora_r)
+        trainer = build_memory_trainer(ckpt, wl, device, Path(tmp), lora_r, offload)
+        if offload and not is_offloaded(trainer.student.net):
+            raise RuntimeError("--offload was accepted but the student's FSDP units keep their shards on the device")
         probe = weakref.ref(trainer.student.net)
         trained = [p for p in trainer.student.net.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in trained)
         if lora_r and trainable > 0.1 * sum(p.numel() for p in trainer.student.net.parameters()):
             raise RuntimeError(f"--lora-r {lora_r} was accepted but the student trains {trainable} parameters: no adapters")
-        out |= {"setting": f"LoRA r {lora_r}, bf16 base, one worker" if lora_r else "full, FSDP2 on one device",
+        setting = "full, FSDP2 on one device" + (", --offload" if offload else "")
+        out |= {"setting": f"LoRA r {lora_r}, bf16 base, one worker" if lora_r else setting,
                 "trainable_params_m": round(trainable / 1e6, 2), "trainable_dtype": str(trained[0].dtype)}  # fmt: skip
         try:
             out |= time_training(trainer, wl, device)
@@ -735,6 +746,9 @@ def plan(wl: Workload, card: Card) -> dict:
         "load_and_logits_s": round(2 * big.params / disk + 6 * big.params / card.bandwidth + 10),
         "decode_s": round(sum(2 * d["limit_s"] * 5 for d in decode.values()) + 10),
         "train_s": round(steps * train["limit_s_per_step"] * 3 + 2 * (4 * small.params / disk + 20)),
+        # 5 steps, each moving fp32 weights up and gradients down over PCIe (~25 GB/s) and AdamW on the host
+        # (~32 bytes read and written per parameter at ~20 GB/s); assumed rates, not the card's
+        "train_offload_s": round(5 * (8 * small.params / 25e9 + 32 * small.params / 20e9) + 4 * small.params / disk + 20),
     }
     estimate["total_s"] = sum(estimate.values())
     return {"card": card.name, "decode_roofline": decode, "train_roofline_full": train, "estimate_wall_s": estimate}
@@ -771,6 +785,9 @@ def run(args, report: Report) -> None:
     else:
         report.part("train_lora", lambda out: train_part(out, ckpt_17b, wl, device, card, Shape.of(small), wl.lora_r),
                     cap_s=150)  # fmt: skip
+    short = dataclasses.replace(wl, train_warmup=1, train_pairs=min(2, wl.train_pairs))  # the CPU steps AdamW: slow
+    report.part("train_offload", lambda out: train_part(out, ckpt_17b, short, device, card, Shape.of(small), 0, offload=True),
+                cap_s=90)  # fmt: skip
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def test_smoke_runs_every_part_without_ray_polars_zarr(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout)
     print(json.dumps(report))
-    parts = ("checkpoint", "load", "decode", "train_checkpoint", "train_full", "train_lora")
+    parts = ("checkpoint", "load", "decode", "train_checkpoint", "train_full", "train_lora", "train_offload")
     assert not [p for p in parts if "error" in report[p] or "skipped" in report[p]], run.stderr[-2000:]
     assert report["imported_heavy_modules"] == []
     assert report["checkpoint"]["shards"] == 2 and report["checkpoint"]["built"]
@@ -78,12 +78,14 @@ def test_smoke_runs_every_part_without_ray_polars_zarr(tmp_path):
         assert row["roofline"]["forwards"] == 1 + 2 * (4 // per_step + 1) - 1
         assert row["t3d"]["trunk_forwards"] >= row["roofline"]["forwards"] <= row["bare"]["trunk_forwards"]
 
-    full, lora = report["train_full"], report["train_lora"]
-    for entry in (full, lora):
+    full, lora, offload = report["train_full"], report["train_lora"], report["train_offload"]
+    assert offload["setting"] == "full, FSDP2 on one device, --offload"
+    assert offload["trainable_params_m"] == full["trainable_params_m"]
+    for entry in (full, lora, offload):
         assert entry["tok_s"] > 0 and _in_unit(entry["fraction_of_limit"]) and entry["loss_finite"]
         assert entry["bare_s_per_step"] > 0 and entry["input_tokens_per_step"] > 0
     assert 0 < lora["trainable_params_m"] < full["trainable_params_m"] / 50
-    assert all(report[p]["freed"] for p in ("load", "decode", "train_full", "train_lora"))
+    assert all(report[p]["freed"] for p in ("load", "decode", "train_full", "train_lora", "train_offload"))
 
 
 def test_shapes_are_the_published_configs(realckpt):
