@@ -134,14 +134,16 @@ class FieldMap:
     setup: str | None = None
     """Field holding code run before the solution is tested (imports, helpers; MBPP's test_setup_code)."""
 
+    ROLES = ("prompt", "answer", "tests", "setup")
+    """The fields above; each is the option `--ROLE-field`."""
+
     @property
     def given(self) -> bool:
-        return any(v is not None for v in (self.prompt, self.answer, self.tests, self.setup))
+        return any(getattr(self, role) is not None for role in self.ROLES)
 
     def layout(self) -> Layout:
         """The layout these fields describe; fields not mapped keep t3d's names (`prompt`, `answer`, ...)."""
-        named = {"prompt": self.prompt or "prompt", "answer": self.answer or "answer", "tests": self.tests or "tests",
-                 "setup": self.setup or "setup"}  # fmt: skip
+        named = {role: getattr(self, role) or role for role in self.ROLES}
         shown = ", ".join(f"{role}={field}" for role, field in named.items() if getattr(self, role) is not None)
 
         def convert(value: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +162,7 @@ class FieldMap:
         """
         records = [v for v in values if isinstance(v, dict)]
         present = list(dict.fromkeys(k for v in records for k in v))
-        for option, field in (("--prompt-field", self.prompt), ("--answer-field", self.answer), ("--tests-field", self.tests),
-                              ("--setup-field", self.setup)):  # fmt: skip
+        for role in self.ROLES:
+            option, field = f"--{role}-field", getattr(self, role)
             if field is not None and records and field not in present:
                 raise UserError(f"{source}: {option} {field!r} names no field of its records (fields: {', '.join(present) or 'none'})")

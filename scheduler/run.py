@@ -488,9 +488,7 @@ def distill_help_defaults(argv: list[str]) -> tuple[dict[str, str], str | None]:
     model = (flag_value(argv, "--distill.model") or flag_value(argv, "--collect.model") or distill.get("model")
              or collect.get("model") or "builtin")  # fmt: skip
     preset = flag_value(argv, "--distill.preset") or distill.get("preset")
-    shown, epilog = distill_shown_defaults(str(model), str(preset) if preset else None)
-    epilog = epilog.replace("Defaults shown:", "The distill table's defaults shown:")
-    return shown, epilog.replace("`t3d-distill --model PATH --help`", "`t3d-run --distill.model PATH --help`")
+    return distill_shown_defaults(str(model), str(preset) if preset else None)
 
 
 def build_app(argv: list[str] | None = None):

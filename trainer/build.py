@@ -72,6 +72,7 @@ class Trainer:
     last_checkpoint: Path | None = None  # its path (rank 0)
     rows_read: list[np.ndarray] = field(default_factory=list)
     adapters: Adapters | None = None  # the student's LoRA adapters (--lora-r), None for full fine-tuning
+    strategy: Any = None  # the data-parallel strategy in use (`sharding.applied`), None for the plain loop
 
     @property
     def objective(self) -> Objective:
@@ -246,7 +247,7 @@ def build_trainer(cfg: DistillConfig, dist: Dist = Dist(), log: Callable = print
         scheduler=build_scheduler(optimizer, cfg), loader=loader,
         states=build_state_config(cfg, student, loader), device=device, dist=dist, adapters=adapters,
     )  # fmt: skip
-    strategy = sharding.applied(cfg.dist.strategy, dist.world, cfg.dist.offload)
+    trainer.strategy = strategy = sharding.applied(cfg.dist.strategy, dist.world, cfg.dist.offload)
     if strategy is not None:
         strategy.shard(trainer, _rebuild_optimizer)
     if resume_from is not None:

@@ -56,18 +56,21 @@ def preset_in_force(argv: list[str]) -> tuple[str, str]:
     return name, why
 
 
-def shown_defaults(argv: list[str]) -> tuple[dict[str, str], str]:
-    """(option -> `value, preset NAME` for what the preset in force sets, the epilog naming it), for `--help`."""
+def shown_defaults(
+    argv: list[str], what: str = "Defaults", command: str = "t3d-distill --model PATH --help"
+) -> tuple[dict[str, str], str]:  # fmt: skip
+    """(option -> `value, preset NAME` for what the preset in force sets, the epilog naming it), for `--help`;
+    `what` names the options in the epilog, `command` how to see another model's."""
     try:
         name, why = preset_in_force(argv)
         values = preset_values(name)
     except UserError as err:  # the help still shows; the run will say the same
-        return {}, f"Defaults shown: the dataclass defaults (the preset in force is unknown: {err})."
+        return {}, f"{what} shown: the dataclass defaults (the preset in force is unknown: {err})."
     shown = {key: f"{str(v).lower() if isinstance(v, bool) else v}, preset {name}" for key, v in values.items()}
-    return shown, (f"Defaults shown: preset {name} ({why}) over the dataclass defaults. Presets: builtin for --model "
+    return shown, (f"{what} shown: preset {name} ({why}) over the dataclass defaults. Presets: builtin for --model "
                    "builtin; auto for any other model: paper-2b below 3B parameters, paper-4b below 6B, else paper-8b "
                    "(the official T3D recipe, lr scaled to the size); paper: the official configuration; none. "
-                   "`t3d-distill --model PATH --help` shows that model's.")  # fmt: skip
+                   f"`{command}` shows that model's.")  # fmt: skip
 
 
 SHOWN, EPILOG = shown_defaults(sys.argv[1:]) if "--help" in sys.argv[1:] else ({}, None)

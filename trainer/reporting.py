@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from t3d.trainer import sharding
 from t3d.trainer.build import Trainer
 from t3d.trainer.config import differences_from_preset, effective_warmup
 
@@ -62,9 +61,8 @@ def describe(trainer: Trainer, log: Callable = print) -> None:
         f"reference: {ref}")  # fmt: skip
     log(f"data {cfg.data.path}: {loader.num_rows:,} rows in {loader.num_shards} shards; response length {length}, "
         f"mean prompt {loader.mean_prompt_len:.1f} tokens")  # fmt: skip
-    used = sharding.applied(cfg.dist.strategy, cfg.dist.num_workers, cfg.dist.offload)
-    spread = "" if used is None else f"; {next(k for k, v in sharding.STRATEGIES.items() if v is used)}" + (
-        ", shards offloaded to the CPU" if cfg.dist.offload else "")  # fmt: skip
+    used = trainer.strategy
+    spread = "" if used is None else f"; {used.name}" + (", shards offloaded to the CPU" if cfg.dist.offload else "")
     log(f"global batch {cfg.rows_per_step} rows = {cfg.train.batch_size} per micro-batch x {cfg.train.grad_accum} "
         f"accumulated x {cfg.dist.num_workers} workers{spread}; ~{tokens:,.0f} tokens per step "
         f"({trainer.states.layout.name} layout)")  # fmt: skip

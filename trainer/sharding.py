@@ -136,6 +136,7 @@ def grad_norm(total: torch.Tensor) -> float:
 class DDP:
     """A whole copy of the student per worker; gradients all-reduced by DistributedDataParallel."""
 
+    name = "ddp"
     autocast = True
     """The loop's bf16 autocast applies (on CUDA with --bf16)."""
     shards = False
@@ -153,6 +154,7 @@ class DDP:
 class FSDP:
     """FSDP2 over the workers: student and reference sharded, the optimizer rebuilt on the shards."""
 
+    name = "fsdp"
     autocast = False
     """FSDP brings its own mixed precision (`MixedPrecisionPolicy`) instead of the loop's autocast."""
     shards = True
@@ -169,7 +171,7 @@ class FSDP:
         """After a resume: already sharded."""
 
 
-STRATEGIES: dict[str, DDP | FSDP] = {"ddp": DDP(), "fsdp": FSDP()}
+STRATEGIES: dict[str, DDP | FSDP] = {s.name: s for s in (DDP(), FSDP())}
 """`--strategy` with more than one worker; one worker runs the plain loop whatever is named (FSDP2 with --offload)."""
 
 SHARDED = next(name for name, strategy in STRATEGIES.items() if strategy.shards)

@@ -142,8 +142,9 @@ DISTILL, EVAL = DistillStage(), EvalStage()
 
 
 def distill_shown_defaults(model: str, preset: str | None = None) -> tuple[dict[str, str], str]:
-    """What `--help` shows as the distill options' defaults for a run of `model` (and `preset`), with the epilog
-    naming the preset in force: t3d-distill's rule (`t3d.trainer.distill.shown_defaults`)."""
+    """What t3d-run's `--help` shows as the distill table's defaults for a run of `model` (and `preset`), with the
+    epilog naming the preset in force: t3d-distill's rule (`t3d.trainer.distill.shown_defaults`)."""
     from t3d.trainer.distill import shown_defaults
 
-    return shown_defaults(["--model", model, *(["--preset", preset] if preset else [])])
+    argv = ["--model", model, *(["--preset", preset] if preset else [])]
+    return shown_defaults(argv, what="The distill table's defaults", command="t3d-run --distill.model PATH --help")

@@ -91,8 +91,7 @@ def step_normalizers(states: list[TrainingStates], dist: Dist, objective: Object
 
 
 def _autocast(trainer: Trainer):
-    used = sharding.applied(trainer.cfg.dist.strategy, trainer.dist.world, trainer.cfg.dist.offload)
-    own = used is not None and not used.autocast  # FSDP's own mixed precision
+    own = trainer.strategy is not None and not trainer.strategy.autocast  # FSDP's own mixed precision
     if trainer.device.type == "cuda" and trainer.cfg.train.bf16 and not own:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
