@@ -97,3 +97,20 @@ def test_offload_trains_the_same_weights_and_resumes_exactly(kit, teachers, data
         assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
     assert _curve(tmp_path / "part") == _curve(tmp_path / "offload")  # resumed == uninterrupted, bit for bit
     assert all(np.array_equal(offload[k], resumed[k]) for k in offload)
+
+
+@pytest.mark.parametrize("family", ["sdar", "llada", "dream"])
+def test_offload_on_one_worker_matches_the_plain_loop_on_the_real_layouts(family, real_fixtures, kit, tmp_path):
+    teacher = real_fixtures / family
+    data = kit.collect(tmp_path / "data", teacher, prompts=4, shards=1)
+    flags = {"data": str(data), "model": str(teacher), "max_steps": 2, "save_every": 0, "batch_size": 2, "device": "cpu",
+             "progress": False, "warmup_steps": 0, "lr": 1e-3}  # fmt: skip
+    train(build_config(flags | {"out": str(tmp_path / "plain")}), log=lambda *a: None)
+    result = train(build_config(flags | {"out": str(tmp_path / "offload"), "offload": True}), log=lambda *a: None)
+    assert is_offloaded(result.model.net)
+    plain, offloaded = (kit.weights(tmp_path / name / "student") for name in ("plain", "offload"))
+    start = kit.weights(teacher)
+    assert plain.keys() == offloaded.keys() == start.keys()  # the family's own tensor names
+    assert any(not np.array_equal(plain[k], start[k]) for k in plain)  # it trained
+    assert max(float(np.abs(plain[k] - offloaded[k]).max()) for k in plain) <= 1e-6
+
